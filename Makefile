@@ -1,0 +1,40 @@
+# The README's two commands: `make demo` and `make test`. Each sets itself up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+APP    := $(VENV)/bin/appliance
+STAMP  := $(VENV)/.installed
+SHARED ?= ../shared/data
+
+.PHONY: setup demo test bench eval models lint clean
+
+$(STAMP): setup.cfg pyproject.toml
+	bash scripts/ensure-system-deps.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(APP) analyze samples/demo_skeleton.mp4 --profile bw-polg-44-4
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) -m bench
+
+eval: setup
+	$(APP) eval $(SHARED)
+
+# Reproduces models/*.onnx from the pinned upstream weights (needs torch; not run in CI).
+models:
+	bash scripts/export-models.sh
+
+lint: setup
+	$(VENV)/bin/ruff check appliance tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,5 @@
+"""`appliance models ...` (being written)."""
+
+
+def register(sub) -> None:
+    """Adds the `models` command group."""

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the appliance needs to build and test:
+#   libsystemd-dev + pkg-config  (systemd-python compiles against them)
+#   systemd                      (systemd-analyze verify/security for the unit tests)
+# Runs apt only when something is missing, so a prepared machine needs no network.
+set -euo pipefail
+missing=()
+pkg-config --version >/dev/null 2>&1 || missing+=(pkg-config)
+pkg-config --exists libsystemd 2>/dev/null || missing+=(libsystemd-dev)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+echo "installing Debian packages: ${missing[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
