@@ -98,6 +98,11 @@ class TrackingConfig:
     match_iou: float = opt(0.2, lo=0.01, hi=0.95, fix="minimum IoU to associate a detection with a track, e.g. 0.2")
     max_lost_s: float = opt(1.5, lo=0.1, hi=30, fix="seconds a lost track is kept for re-association, e.g. 1.5")
     max_tracks: int = opt(200, lo=1, hi=10000, fix="hard bound on live tracks, e.g. 200")
+    low_match_iou: float = opt(0.5, lo=0.01, hi=0.95,
+                               fix="minimum IoU to extend a track with a low-score detection, e.g. 0.5")
+    keypoint_weight: float = opt(0.5, lo=0.0, hi=1.0,
+                                 fix="share of keypoint similarity (OKS) in matching; 0 = boxes only, e.g. 0.5")
+    confirm_hits: int = opt(2, lo=1, hi=10, fix="detections in a row before a new track gets an id, e.g. 2")
 
 
 @dataclass(frozen=True)
@@ -133,12 +138,36 @@ class UplinkConfig:
     curve_secret: str = opt("", fix="path to the device's CURVE secret key (written by 'provision init')")
     heartbeat_s: float = opt(30.0, lo=1, hi=3600, fix="seconds between signed heartbeats, e.g. 30")
     ack_timeout_s: float = opt(10.0, lo=0.1, hi=600, fix="seconds to wait for the station's ack, e.g. 10")
+    station_signing_public: str = opt("", fix="path to the station's Ed25519 public key (signs acks); "
+                                              "empty = trust CURVE alone")
+    retry_initial_s: float = opt(0.5, lo=0.01, hi=600, fix="first retry delay after a timeout in seconds, e.g. 0.5")
+    retry_max_s: float = opt(30.0, lo=0.1, hi=3600, fix="longest retry delay in seconds, e.g. 30")
+    max_envelope_bytes: int = opt(64 * 1024**2, lo=1024 * 1024, hi=2**31,
+                                  fix="largest envelope the station accepts in bytes, e.g. 67108864")
+
+
+#: Longest retention period accepted (90 days, as legal profiles allow); docs/audit-log.md §5.
+LEGAL_MAX_RETENTION_HOURS = 2160.0
+
+
+@dataclass(frozen=True)
+class RetentionRule:
+    profile: str = opt(fix="the legal profile id this period applies to, e.g. 'bw-polg-44-4'")
+    hours: float = opt(lo=1, hi=LEGAL_MAX_RETENTION_HOURS,
+                       fix="retention period in hours for clips permitted by this profile, e.g. 72")
 
 
 @dataclass(frozen=True)
 class AuditConfig:
     log: str = opt("", fix="path of the audit log; empty = <state_dir>/audit.jsonl")
     checkpoint_every: int = opt(100, lo=1, hi=1_000_000, fix="records between signed checkpoints, e.g. 100")
+    checkpoint_interval_s: float = opt(300.0, lo=1, hi=86400,
+                                       fix="an append makes a checkpoint when the last is older than this, e.g. 300")
+    retention_hours: float = opt(72.0, lo=1, hi=LEGAL_MAX_RETENTION_HOURS,
+                                 fix="default clip retention in hours (Mannheim: 72), at most 2160")
+    retention: tuple[RetentionRule, ...] = opt((), fix="[[audit.retention]] tables with profile and hours")
+    retention_grace_s: float = opt(1800.0, lo=0, hi=86400,
+                                   fix="seconds past expiry a deletion still counts as on time in reports, e.g. 1800")
 
 
 @dataclass(frozen=True)

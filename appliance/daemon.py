@@ -195,6 +195,8 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
                     "frames": pipeline.stats.frames, "analysed_frames": pipeline.stats.analysed_frames,
                     "clips_sealed": sealer.sealed, "clips_refused_spool_full": sealer.refused,
                     "written_wall": time.time()})
+                # Anchor a quiet tail too: checkpoints reach the station with the heartbeats.
+                audit.maybe_checkpoint()
             notifier.ping()
             if now - last_counts >= COUNTS_PERIOD_S:
                 st = pipeline.stats

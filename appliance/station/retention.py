@@ -1,0 +1,347 @@
+"""Retention: delete every stored clip past its profile's period unless a legal hold keeps it.
+
+    job = RetentionJob(StationClipStore(station_dir), RetentionPolicy.from_config(cfg.audit),
+                       audit=station_log, holds=LegalHolds.open(station_dir))
+    result = job.run()          # deletes, and records each deletion with its ciphertext hash
+
+The job works over a small :class:`ClipStore` protocol so it can be tested on an injected
+clock and any store. Deletion is ``unlink`` + ``fsync`` of the directory, not an overwrite:
+each clip is encrypted under its own key that exists only HPKE-wrapped inside its envelope,
+so once the envelope file is gone the clip is unrecoverable even where flash keeps old
+blocks (docs/audit-log.md §5).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from appliance.audit.canonical import utc_iso
+from appliance.errors import ApplianceError, InputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETENTION_HOURS = 72.0
+HOLDS_FILE = "holds.sqlite"
+MIN_HOLD_REASON_CHARS = 1
+
+
+def _legal_max() -> float:
+    from appliance.config import LEGAL_MAX_RETENTION_HOURS
+    return LEGAL_MAX_RETENTION_HOURS
+
+
+@dataclass(frozen=True)
+class RetainedClip:
+    """What retention needs to know about one stored clip."""
+
+    clip_id: str
+    device_id: str
+    profile_id: str
+    received_at: float          # Unix seconds at the station
+    envelope_sha256: str        # SHA-256 of the stored envelope (the proof of what is deleted)
+    pattern: str = ""
+
+
+class ClipStore(Protocol):
+    """The store operations retention uses. ``delete_clip`` must remove every file holding the
+    envelope or a wrapped key, durably (see :func:`delete_files_durably`), and the index row,
+    and return the number of files unlinked."""
+
+    def list_clips(self) -> Iterable[RetainedClip]: ...
+
+    def delete_clip(self, clip_id: str) -> int: ...
+
+
+def delete_files_durably(paths: Iterable[str | Path]) -> int:
+    """Unlinks the files that exist, then fsyncs each parent directory once so the unlinks
+    survive a power cut. Returns how many files were removed."""
+    removed = 0
+    parents: set[Path] = set()
+    for p in map(Path, paths):
+        try:
+            p.unlink()
+            removed += 1
+        except FileNotFoundError:
+            continue
+        parents.add(p.parent)
+    for d in parents:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------
+# Policy
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """Retention hours per legal profile id; ``default_hours`` for any other profile."""
+
+    default_hours: float = DEFAULT_RETENTION_HOURS
+    per_profile: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        limit = _legal_max()
+        for name, hours in [("default", self.default_hours), *self.per_profile.items()]:
+            if not (0 < hours <= limit):
+                raise InputError(f"retention for {name}: {hours} h is outside 0 < h <= {limit:g} "
+                                 "(the declared legal maximum)")
+
+    def hours_for(self, profile_id: str) -> float:
+        return float(self.per_profile.get(profile_id, self.default_hours))
+
+    def expires_at(self, clip: RetainedClip) -> float:
+        return clip.received_at + self.hours_for(clip.profile_id) * 3600.0
+
+    @classmethod
+    def from_config(cls, audit_cfg: Any, profiles_dir: str | Path | None = None) -> RetentionPolicy:
+        """Config ``[[audit.retention]]`` overrides, then each bundled/installed profile's own
+        ``retention_hours``, then ``audit.retention_hours``."""
+        per: dict[str, float] = {}
+        try:
+            from appliance.policy.profile import available_profiles, load_profile
+            for pid in available_profiles(profiles_dir):
+                try:
+                    per[pid] = float(load_profile(pid, profiles_dir).retention_hours)
+                except ApplianceError as exc:     # a broken profile must not stop deletions
+                    log.warning("profile %s not usable for retention: %s", pid, exc)
+        except (ImportError, OSError, ApplianceError) as exc:
+            log.warning("legal profiles not readable for retention: %s", exc)
+        for rule in audit_cfg.retention:
+            per[rule.profile] = float(rule.hours)
+        return cls(float(audit_cfg.retention_hours), per)
+
+
+# ---------------------------------------------------------------------------------------
+# Legal holds
+
+
+@dataclass(frozen=True)
+class Hold:
+    id: int
+    clip_id: str
+    reason: str
+    by: str
+    set_at: float
+    until: float
+    released_at: float | None = None
+    released_by: str | None = None
+    release_reason: str | None = None
+
+    def active(self, now: float) -> bool:
+        return self.released_at is None and now < self.until
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "clip_id": self.clip_id, "reason": self.reason, "by": self.by,
+                "set_at": utc_iso(self.set_at), "until": utc_iso(self.until),
+                "released_at": utc_iso(self.released_at) if self.released_at else None,
+                "released_by": self.released_by, "release_reason": self.release_reason}
+
+
+_HOLDS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS legal_holds (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    clip_id        TEXT NOT NULL,
+    reason         TEXT NOT NULL,
+    set_by         TEXT NOT NULL,
+    set_at         REAL NOT NULL,
+    until          REAL NOT NULL,
+    released_at    REAL,
+    released_by    TEXT,
+    release_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS legal_holds_clip ON legal_holds (clip_id);
+"""
+
+
+class LegalHolds:
+    """Legal holds in their own SQLite file; each change is audited before it is committed."""
+
+    def __init__(self, path: str | Path, *, audit: Any = None, clock: Callable[[], float] = time.time):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._audit = audit
+        self._clock = clock
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_HOLDS_SCHEMA)
+
+    @classmethod
+    def open(cls, station_dir: str | Path, **kwargs: Any) -> LegalHolds:
+        return cls(Path(station_dir) / HOLDS_FILE, **kwargs)
+
+    def set(self, clip_id: str, *, reason: str, by: str, until: float) -> Hold:
+        now = self._clock()
+        if not by.strip():
+            raise InputError("legal hold refused: who sets it is mandatory (fix: --by NAME)")
+        if len(reason.strip()) < MIN_HOLD_REASON_CHARS:
+            raise InputError("legal hold refused: a reason is mandatory (fix: --reason 'case number, court order')")
+        if until <= now:
+            raise InputError(f"legal hold refused: until {utc_iso(until)} is not in the future")
+        if self._audit is not None:
+            self._audit.append("hold.set", clip_id=clip_id, reason=reason, by=by, until=utc_iso(until))
+        cur = self._db.execute("INSERT INTO legal_holds (clip_id, reason, set_by, set_at, until) "
+                               "VALUES (?, ?, ?, ?, ?)", (clip_id, reason, by, now, until))
+        return Hold(int(cur.lastrowid), clip_id, reason, by, now, until)
+
+    def release(self, clip_id: str, *, reason: str, by: str) -> int:
+        """Releases every active hold of ``clip_id``; returns how many."""
+        now = self._clock()
+        if not by.strip() or len(reason.strip()) < MIN_HOLD_REASON_CHARS:
+            raise InputError("hold release refused: --by and a --reason are mandatory")
+        active = [h for h in self.holds(clip_id) if h.active(now)]
+        if not active:
+            return 0
+        if self._audit is not None:
+            self._audit.append("hold.release", clip_id=clip_id, reason=reason, by=by)
+        self._db.execute("UPDATE legal_holds SET released_at=?, released_by=?, release_reason=? "
+                         "WHERE clip_id=? AND released_at IS NULL AND until > ?",
+                         (now, by, reason, clip_id, now))
+        return len(active)
+
+    def holds(self, clip_id: str | None = None) -> list[Hold]:
+        sql = ("SELECT id, clip_id, reason, set_by, set_at, until, released_at, released_by, release_reason "
+               "FROM legal_holds")
+        rows = (self._db.execute(sql + " WHERE clip_id=? ORDER BY id", (clip_id,)) if clip_id is not None
+                else self._db.execute(sql + " ORDER BY id"))
+        return [Hold(*row) for row in rows]
+
+    def active(self, now: float | None = None) -> dict[str, Hold]:
+        """clip id → the active hold lasting longest."""
+        now = self._clock() if now is None else now
+        found: dict[str, Hold] = {}
+        for h in self.holds():
+            if h.active(now) and (h.clip_id not in found or h.until > found[h.clip_id].until):
+                found[h.clip_id] = h
+        return found
+
+    def close(self) -> None:
+        self._db.close()
+
+
+# ---------------------------------------------------------------------------------------
+# The job
+
+
+@dataclass(frozen=True)
+class Deletion:
+    clip: RetainedClip
+    expires_at: float
+    deleted_at: float
+    files: int
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    deleted: tuple[Deletion, ...]
+    held: tuple[tuple[RetainedClip, Hold], ...]
+    kept: int                       # not yet expired
+    errors: tuple[str, ...]
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "deleted": [{"clip_id": d.clip.clip_id, "device_id": d.clip.device_id, "profile_id": d.clip.profile_id,
+                         "envelope_sha256": d.clip.envelope_sha256, "expires_at": utc_iso(d.expires_at),
+                         "deleted_at": utc_iso(d.deleted_at), "files": d.files} for d in self.deleted],
+            "held": [{"clip_id": c.clip_id, "until": utc_iso(h.until), "reason": h.reason, "by": h.by}
+                     for c, h in self.held],
+            "kept": self.kept, "errors": list(self.errors),
+        }
+
+
+class RetentionJob:
+    """Deletes expired, unheld clips from ``store`` and records each deletion in ``audit``."""
+
+    def __init__(self, store: ClipStore, policy: RetentionPolicy, *, audit: Any,
+                 holds: LegalHolds | None = None, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.policy = policy
+        self.audit = audit
+        self.holds = holds
+        self.clock = clock
+
+    def run(self, *, dry_run: bool = False) -> RetentionResult:
+        now = self.clock()
+        active = self.holds.active(now) if self.holds is not None else {}
+        deleted: list[Deletion] = []
+        held: list[tuple[RetainedClip, Hold]] = []
+        errors: list[str] = []
+        kept = 0
+        for clip in sorted(self.store.list_clips(), key=lambda c: (c.received_at, c.clip_id)):
+            expires = self.policy.expires_at(clip)
+            if now < expires:
+                kept += 1
+                continue
+            if clip.clip_id in active:
+                held.append((clip, active[clip.clip_id]))
+                continue
+            if dry_run:
+                deleted.append(Deletion(clip, expires, now, 0))
+                continue
+            try:
+                files = self.store.delete_clip(clip.clip_id)
+            except (OSError, sqlite3.Error, ApplianceError) as exc:
+                errors.append(f"{clip.clip_id}: {exc}")
+                log.error("retention: could not delete %s: %s", clip.clip_id, exc)
+                continue
+            deleted_at = self.clock()
+            # Recorded after the deletion succeeded: a record never claims a deletion that
+            # did not happen (docs/audit-log.md §5).
+            self.audit.append(
+                "retention.delete", clip_id=clip.clip_id, device_id=clip.device_id, profile_id=clip.profile_id,
+                pattern=clip.pattern, envelope_sha256=clip.envelope_sha256,
+                received_at=utc_iso(clip.received_at), expires_at=utc_iso(expires),
+                retention_hours=self.policy.hours_for(clip.profile_id), files=files)
+            deleted.append(Deletion(clip, expires, deleted_at, files))
+        if not dry_run:
+            self.audit.append("retention.run", deleted=len(deleted), held=len(held), kept=kept,
+                              errors=len(errors), held_clips=sorted(c.clip_id for c, _ in held))
+        return RetentionResult(tuple(deleted), tuple(held), kept, tuple(errors), dry_run)
+
+
+# ---------------------------------------------------------------------------------------
+# Adapter to the station's store (appliance/station/store.py)
+
+
+class StationClipStore:
+    """:class:`ClipStore` over the station's own ``ClipStore`` (``station.db`` index +
+    ``envelopes/<device>/*.env``). Its ``delete_clip`` unlinks the envelope file (which holds
+    the only wrapped copy of the clip's key), fsyncs the directory, then deletes the row."""
+
+    def __init__(self, station_dir: str | Path):
+        from appliance.station import db as station_db
+        from appliance.station.store import ClipStore as StationStore
+        self.station_dir = Path(station_dir)
+        if not station_db.db_path(self.station_dir).exists():
+            raise InputError(f"no station database in {self.station_dir} (fix: give the station's directory)")
+        self._store = StationStore(self.station_dir)
+
+    def list_clips(self) -> Iterable[RetainedClip]:
+        for c in self._store.list_clips():
+            profile = c.header.get("profile") if isinstance(c.header, dict) else None
+            profile_id = str(profile.get("id", "")) if isinstance(profile, dict) else str(profile or "")
+            yield RetainedClip(c.clip_id, c.device_id, profile_id, c.received_unix_ms / 1000.0,
+                               c.envelope_sha256, c.pattern)
+
+    def delete_clip(self, clip_id: str) -> int:
+        path = self._store.get(clip_id).path
+        existed = path.exists()
+        self._store.delete_clip(clip_id)
+        return int(existed)
+
+    def close(self) -> None:
+        self._store.close()
