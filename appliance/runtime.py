@@ -23,8 +23,9 @@ import collections
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -107,6 +108,7 @@ class Pipeline:
         if self._frame_size == (width, height):
             return
         self._frame_size = (width, height)
+        self.tracker.frame_size = (width, height)
         self._masks = MaskSet.from_regions(self._mask_regions, width, height)
         self._gate = PolicyGate(self.profile, ZoneSet.from_regions(self._zone_regions, width, height))
 
