@@ -192,6 +192,12 @@ class AppConfig:
         return Path(self.spool.dir or Path(self.device.state_dir) / "spool")
 
     @property
+    def health_file(self) -> Path:
+        # In the spool directory: the one place both units may access (systemd/*.service).
+        # It holds a signed health statement, never pixels.
+        return self.spool_dir / "health.json"
+
+    @property
     def audit_log(self) -> Path:
         return Path(self.audit.log or Path(self.device.state_dir) / "audit.jsonl")
 

@@ -4,7 +4,7 @@ Threads:
   capture   source.frames() → Pipeline.ingest (downscale, masks, ring); never blocks on analysis
   main      every 1/analysis.fps: the ring's newest frame → Pipeline.analyse → gate → triggers;
             due clips → seal → spool; health to systemd (STATUS=, WATCHDOG=1) and to
-            <state_dir>/health.json for the uplink's heartbeats; hourly audit counts.
+            <spool>/health.json (signed) for the uplink's heartbeats; hourly audit counts.
 
 When inference is slower than the analysis rate, frames are skipped, never queued. A lost
 camera never ends the daemon (the source reconnects with back-off). SIGTERM: capture stops,
@@ -18,13 +18,10 @@ it writes only sealed envelopes (spool), the audit log and health.json.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from appliance import __version__
 from appliance.audit.log import AuditLog
@@ -41,6 +38,7 @@ from appliance.service import (
 )
 from appliance.spool.spool import Spool, SpoolFullError
 from appliance.types import Clip, Decision
+from appliance.uplink.health import write_signed_health
 
 log = logging.getLogger("appliance.daemon")
 
@@ -54,13 +52,6 @@ def key_paths(cfg: AppConfig) -> tuple[Path, Path]:
     signing = Path(cfg.seal.signing_key) if cfg.seal.signing_key else state / "keys" / "signing.key"
     station = Path(cfg.seal.station_public_key) if cfg.seal.station_public_key else state / "station" / "hpke.pub"
     return signing, station
-
-
-def write_health(path: Path, health: dict[str, Any]) -> None:
-    """Atomically replaces health.json (read by the uplink for its signed heartbeats)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(health, sort_keys=True))
-    os.replace(tmp, path)
 
 
 class ClipSealer:
@@ -159,7 +150,7 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
     counted_frames = counted_analysed = 0
     recent: list[float] = []
     finished_stream = False
-    health_path = state / "health.json"
+    health_path = cfg.health_file
     persons = 0
     try:
         while not stop.is_set():
@@ -188,13 +179,13 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
                 sh = spool.health()
                 camera = "ok" if source.health.connected else ("ended" if capture_done.is_set() else "reconnecting")
                 notifier.health(fps=fps, persons=persons, spool_depth=sh.pending, camera=camera)
-                write_health(health_path, {
+                write_signed_health(health_path, {
                     "version": __version__, "analysis_fps": round(fps, 2), "model_sha256": pipeline.pose.model_sha256,
                     "profile": pipeline.profile.ref.id, "camera": camera,
                     "last_frame_wall": source.health.last_frame_wall, "uptime_s": round(now - started, 1),
                     "frames": pipeline.stats.frames, "analysed_frames": pipeline.stats.analysed_frames,
                     "clips_sealed": sealer.sealed, "clips_refused_spool_full": sealer.refused,
-                    "written_wall": time.time()})
+                    "written_wall": time.time()}, device_id=cfg.device.id, signing_key=sealer.signing_key)
                 # Anchor a quiet tail too: checkpoints reach the station with the heartbeats.
                 audit.maybe_checkpoint()
             notifier.ping()

@@ -33,8 +33,6 @@ def as_user(uid: int, code: str, root: Path) -> subprocess.CompletedProcess:
         check=False, capture_output=True, text=True, timeout=60, cwd=str(root))
 
 
-@pytest.mark.xfail(strict=True, reason="appliance/spool/spool.py creates envelopes 0600 and directories "
-                   "0700: the uplink user cannot read them; needs 0640/0770 (provisioning report)")
 def test_uplink_user_reads_and_deletes_what_the_pixel_user_spooled():
     root = Path(tempfile.mkdtemp(prefix="appliance-perm-"))
     try:

@@ -1,8 +1,25 @@
 """Capture stage: camera/file → downscaled frames → the RAM-only RingBuffer."""
 
 from appliance.capture.ring import RingBuffer
-from appliance.capture.source import (FileSource, LiveSource, SourceHealth, classify_source,
-                                      downscale, open_source, probe_video, redact)
+from appliance.capture.source import (
+                                      FileSource,
+                                      LiveSource,
+                                      SourceHealth,
+                                      classify_source,
+                                      downscale,
+                                      open_source,
+                                      probe_video,
+                                      redact,
+)
 
-__all__ = ["RingBuffer", "FileSource", "LiveSource", "SourceHealth", "classify_source", "downscale",
-           "open_source", "probe_video", "redact"]
+__all__ = [
+                                      "FileSource",
+                                      "LiveSource",
+                                      "RingBuffer",
+                                      "SourceHealth",
+                                      "classify_source",
+                                      "downscale",
+                                      "open_source",
+                                      "probe_video",
+                                      "redact",
+]

@@ -1,7 +1,17 @@
 """Pose stage: Frame → Detections (boxes, scores, COCO-17 keypoints in frame pixels)."""
 
-from appliance.pose.estimator import PoseEstimator, estimator_from_config, letterbox_geometry
+from appliance.pose.estimator import (
+           PoseEstimator,
+           estimator_from_config,
+           letterbox_geometry,
+)
 from appliance.pose.manifest import ModelEntry, load_manifest, verified_model
 
-__all__ = ["PoseEstimator", "estimator_from_config", "letterbox_geometry", "ModelEntry",
-           "load_manifest", "verified_model"]
+__all__ = [
+           "ModelEntry",
+           "PoseEstimator",
+           "estimator_from_config",
+           "letterbox_geometry",
+           "load_manifest",
+           "verified_model",
+]

@@ -1,5 +1,234 @@
-"""`appliance station ...` commands (to be filled by the station stage)."""
+"""`appliance station ...`: keys, the receiver, listing, and decryption for an operator.
+
+    appliance station keygen  --dir DIR [--kem MLKEM768_X25519|X25519] [--force]
+    appliance station serve   --dir DIR [--bind tcp://0.0.0.0:7100] [--ready-file F]
+    appliance station list    --dir DIR [--device ID] [--json]
+    appliance station export  CLIP_ID OUT_DIR --dir DIR --operator NAME --reason TEXT
+    appliance station decrypt ENVELOPE_FILE OUT_DIR --dir DIR --operator NAME --reason TEXT
+    appliance station devices list --dir DIR
+    appliance station devices add ...     (appliance/provision/station_devices.py, if present)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import InputError
+
+DEFAULT_DIR = os.environ.get("APPLIANCE_STATION_DIR", "/var/lib/appliance-station")
+DEFAULT_BIND = "tcp://0.0.0.0:7100"
+
+
+def _dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", default=DEFAULT_DIR, type=Path,
+                   help=f"station directory (keys, database, envelopes); default {DEFAULT_DIR} "
+                        f"or $APPLIANCE_STATION_DIR")
+
+
+def _access_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--operator", help="who decrypts (required; recorded in the audit log)")
+    p.add_argument("--reason", help="why, e.g. a case number (required; recorded in the audit log)")
 
 
 def register(sub) -> None:
     """Adds the `station` command group to the top-level parser."""
+    station = sub.add_parser("station", help="central station: keys, receiver, export")
+    ssub = station.add_subparsers(dest="station_command", metavar="STATION_COMMAND", required=True)
+
+    p = ssub.add_parser("keygen", help="generate the station's key pairs (private files 0600, never printed)")
+    _dir_arg(p)
+    p.add_argument("--kem", default="MLKEM768_X25519", choices=("MLKEM768_X25519", "X25519"),
+                   help="HPKE KEM for clip encryption (default: post-quantum hybrid MLKEM768_X25519)")
+    p.add_argument("--force", action="store_true", help="replace existing keys (makes stored clips unreadable)")
+    p.set_defaults(func=cmd_keygen)
+
+    p = ssub.add_parser("serve", help="receive envelopes, heartbeats and probes from enrolled devices")
+    _dir_arg(p)
+    p.add_argument("--bind", default=DEFAULT_BIND, help=f"ZeroMQ endpoint to bind, default {DEFAULT_BIND}")
+    p.add_argument("--ready-file", type=Path, help="write the bound endpoint here once listening")
+    p.add_argument("--max-envelope-bytes", type=int, default=64 * 1024 * 1024,
+                   help="largest envelope accepted (default 64 MiB)")
+    p.add_argument("--no-audit", action="store_true", help="do not write <dir>/audit.jsonl (tests only)")
+    p.set_defaults(func=cmd_serve)
+
+    p = ssub.add_parser("list", help="list stored clips (metadata only; nothing is decrypted)")
+    _dir_arg(p)
+    p.add_argument("--device", help="only this device")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_list)
+
+    p = ssub.add_parser("export", help="verify and decrypt a stored clip: WebM + metadata + report")
+    p.add_argument("clip_id")
+    p.add_argument("out_dir", type=Path)
+    _dir_arg(p)
+    _access_args(p)
+    p.set_defaults(func=cmd_export)
+
+    p = ssub.add_parser("decrypt", help="verify and decrypt an envelope file (e.g. taken from a spool)")
+    p.add_argument("envelope", type=Path)
+    p.add_argument("out_dir", type=Path)
+    _dir_arg(p)
+    _access_args(p)
+    p.set_defaults(func=cmd_decrypt)
+
+    devices = ssub.add_parser("devices", help="the registry of enrolled devices")
+    dsub = devices.add_subparsers(dest="devices_command", metavar="DEVICES_COMMAND", required=True)
+    p = dsub.add_parser("list", help="enrolled devices, key fingerprints and last-seen")
+    _dir_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_devices_list)
+    _register_provisioning_device_commands(dsub)
+
+
+def _register_provisioning_device_commands(dsub) -> None:
+    """`devices add` belongs to the provisioning stage, built on DeviceRegistry.add_device."""
+    import importlib
+
+    try:
+        station_devices = importlib.import_module("appliance.provision.station_devices")
+    except ModuleNotFoundError as exc:
+        if exc.name != "appliance.provision.station_devices":
+            raise
+        return
+    station_devices.register(dsub)
+
+
+def _station_audit(station_dir: Path) -> Any:
+    from appliance.audit.log import AuditLog
+    from appliance.seal.keys import load_signing_key
+    from appliance.station.keys import StationKeyPaths
+
+    key = load_signing_key(StationKeyPaths.of(station_dir).signing_private)
+    return AuditLog(station_dir / "audit.jsonl", signer=key, origin="station", device="station")
+
+
+def cmd_keygen(args) -> int:
+    from appliance.station.keys import StationKeyPaths, generate_station_keys
+
+    fingerprints = generate_station_keys(args.dir, kem=args.kem, force=args.force)
+    paths = StationKeyPaths.of(args.dir)
+    print(f"station keys written to {paths.directory} (private files mode 0600)")
+    for name, fp in fingerprints.items():
+        print(f"  {name:<22} {fp}")
+    print("give every device these public files: " + ", ".join(str(p) for p in paths.public_files()))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from appliance.station.server import StationServer
+
+    audit = None if args.no_audit else _station_audit(args.dir)
+    server = StationServer(args.dir, args.bind, audit=audit, max_envelope_bytes=args.max_envelope_bytes,
+                           ready_file=args.ready_file)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: server.stop())
+    try:
+        server.serve_forever()
+    finally:
+        if audit is not None:
+            audit.close()
+    return 0
+
+
+def cmd_list(args) -> int:
+    from appliance.station.store import ClipStore
+
+    store = ClipStore(args.dir)
+    try:
+        clips = store.list_clips(args.device)
+    finally:
+        store.close()
+    for c in clips:
+        row = {"clip_id": c.clip_id, "device_id": c.device_id, "sequence": c.sequence, "pattern": c.pattern,
+               "created_unix_ms": c.created_unix_ms, "received_unix_ms": c.received_unix_ms, "bytes": c.bytes,
+               "profile": c.header.get("profile", {}).get("id", "")}
+        if args.json:
+            print(json.dumps(row, sort_keys=True))
+        else:
+            received = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c.received_unix_ms / 1000))
+            print(f"{c.clip_id}  {c.device_id}#{c.sequence:<6} {c.pattern:<9} {row['profile']:<14} "
+                  f"{c.bytes:>10} B  received {received}Z")
+    if not args.json:
+        print(f"{len(clips)} clip(s)", file=sys.stderr)
+    return 0
+
+
+def _print_export(result) -> int:
+    r = result.report
+    print(f"wrote {result.webm}, {result.metadata}, {result.report_path}")
+    print(f"device {r['device_id']} (key {r['device_signing_key']}), sequence {r['sequence']}: signature valid")
+    f = r["frames"]
+    if r["verdict"] == "intact":
+        print(f"frames: {f['decoded']} decoded, all SHA-256 match the sealed list: intact")
+        return 0
+    print(f"frames: ALTERED - mismatched {f['mismatched_frames']}, missing {f['missing_frames']}, "
+          f"extra {f['extra_frames']}")
+    return 6
+
+
+def _audit_for_access(args) -> Any:
+    from appliance.station.export import require_operator
+
+    require_operator(args.operator, args.reason)  # refuse before opening anything
+    return _station_audit(args.dir)
+
+
+def cmd_export(args) -> int:
+    from appliance.station.export import export_clip
+
+    audit = _audit_for_access(args)
+    try:
+        return _print_export(export_clip(args.dir, args.clip_id, args.out_dir, operator=args.operator,
+                                         reason=args.reason, audit=audit))
+    finally:
+        audit.close()
+
+
+def cmd_decrypt(args) -> int:
+    from appliance.station.export import decrypt_envelope_to
+
+    audit = _audit_for_access(args)
+    try:
+        data = args.envelope.read_bytes()
+    except OSError as exc:
+        audit.close()
+        raise InputError(f"{args.envelope}: cannot read: {exc.strerror or exc}") from None
+    try:
+        name = args.envelope.name.removesuffix(".env")
+        return _print_export(decrypt_envelope_to(data, args.out_dir, name, station_dir=args.dir,
+                                                 operator=args.operator, reason=args.reason, audit=audit))
+    finally:
+        audit.close()
+
+
+def cmd_devices_list(args) -> int:
+    from appliance.station.registry import DeviceRegistry
+    from appliance.station.store import ClipStore
+
+    registry, store = DeviceRegistry(args.dir), ClipStore(args.dir)
+    try:
+        for d in registry.list_devices():
+            seen = store.last_seen(d.device_id)
+            row = {"device_id": d.device_id, "enabled": d.enabled, "signing_key": d.signing_fingerprint,
+                   "curve_key": d.curve_fingerprint, "description": d.description,
+                   "last_seen_unix_ms": seen.last_seen_unix_ms if seen else None,
+                   "highest_sequence": seen.highest_sequence if seen else 0,
+                   "health": seen.health if seen else {}}
+            if args.json:
+                print(json.dumps(row, sort_keys=True))
+            else:
+                last = (time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(seen.last_seen_unix_ms / 1000))
+                        if seen and seen.last_seen_unix_ms else "never")
+                print(f"{d.device_id:<28} {'enabled ' if d.enabled else 'DISABLED'} sign {d.signing_fingerprint} "
+                      f"curve {d.curve_fingerprint} last seen {last}")
+    finally:
+        registry.close()
+        store.close()
+    return 0

@@ -1,0 +1,125 @@
+"""Decrypting a stored clip for a named operator with a reason, with a verification report.
+
+The only place the station's HPKE private key is loaded. Writes, into OUT_DIR:
+
+    <name>.webm           the clip
+    <name>.metadata.json  the sealed metadata (event, tracks, frame times and hashes)
+    <name>.report.json    device, signature, per-frame hash check, operator and reason
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import InputError
+from appliance.seal.envelope import open_envelope, parse_envelope
+from appliance.seal.keys import load_hpke_private_key
+from appliance.seal.synthetic import decoded_frame_hashes
+from appliance.station.keys import StationKeyPaths
+from appliance.station.registry import DeviceRegistry
+from appliance.station.store import ClipStore
+
+
+class AccessRefused(InputError):
+    """Decrypting without a named operator and a reason is refused."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    webm: Path
+    metadata: Path
+    report_path: Path
+    report: dict[str, Any]
+
+    @property
+    def intact(self) -> bool:
+        return self.report["verdict"] == "intact"
+
+
+def require_operator(operator: str | None, reason: str | None) -> tuple[str, str]:
+    if not operator or not operator.strip():
+        raise AccessRefused("access refused: --operator NAME is required to decrypt a clip")
+    if not reason or not reason.strip():
+        raise AccessRefused("access refused: a non-empty --reason is required to decrypt a clip "
+                            "(e.g. a case number and why the clip is needed)")
+    return operator.strip(), reason.strip()
+
+
+class _AnyDeviceKeys:
+    """Disabled devices' clips stay verifiable at export."""
+
+    def __init__(self, registry: DeviceRegistry):
+        self.registry = registry
+
+    def signing_public(self, device_id: str):
+        return self.registry.signing_public_any(device_id)
+
+
+def frame_check(webm_path: Path, expected: list[str]) -> dict[str, Any]:
+    """Re-decodes the WebM and compares each frame's SHA-256 with the sealed list."""
+    decoded = decoded_frame_hashes(str(webm_path))
+    mismatched = [i for i, (a, b) in enumerate(zip(decoded, expected, strict=False)) if a != b]
+    return {"expected": len(expected), "decoded": len(decoded), "mismatched_frames": mismatched,
+            "missing_frames": list(range(len(decoded), len(expected))),
+            "extra_frames": list(range(len(expected), len(decoded))),
+            "ok": not mismatched and len(decoded) == len(expected)}
+
+
+def decrypt_envelope_to(data: bytes, out_dir: str | Path, name: str, *, station_dir: str | Path,
+                        operator: str | None, reason: str | None, audit: Any = None,
+                        clip_id: str | None = None) -> ExportResult:
+    operator, reason = require_operator(operator, reason)
+    paths = StationKeyPaths.of(station_dir)
+    registry = DeviceRegistry(station_dir)
+    try:
+        parsed = parse_envelope(data)
+        if audit is not None:  # recorded (and refused by the log's own rules) BEFORE decrypting
+            audit.append("station.export", clip_id=clip_id, device_id=parsed.header.device_id,
+                         sequence=parsed.header.sequence, envelope_sha256=parsed.sha256,
+                         operator=operator, reason=reason)
+        device = registry.get(parsed.header.device_id, include_disabled=True)
+        opened = open_envelope(data, load_hpke_private_key(paths.hpke_private), _AnyDeviceKeys(registry))
+    finally:
+        registry.close()
+    assert device is not None  # open_envelope raised unknown_device otherwise
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    webm = out / f"{name}.webm"
+    meta = out / f"{name}.metadata.json"
+    webm.write_bytes(opened.video)
+    meta.write_text(json.dumps(opened.metadata, indent=2, sort_keys=True) + "\n")
+    frames = frame_check(webm, list(opened.metadata.get("frame_sha256", [])))
+    report = {
+        "format": "appliance-export-report", "version": 1, "clip_id": clip_id,
+        "envelope_sha256": parsed.sha256, "device_id": parsed.header.device_id,
+        "device_signing_key": device.signing_fingerprint, "device_enabled": device.enabled,
+        "sequence": parsed.header.sequence, "signature": "valid", "decryption": "ok",
+        "header": parsed.header.to_json(), "frames": frames,
+        "verdict": "intact" if frames["ok"] else "altered",
+        "operator": operator, "reason": reason, "exported_unix_ms": int(time.time() * 1000),
+    }
+    report_path = out / f"{name}.report.json"
+    report_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    if audit is not None:
+        audit.append("station.export_result", clip_id=clip_id, envelope_sha256=parsed.sha256,
+                     operator=operator, verdict=report["verdict"],
+                     mismatched_frames=frames["mismatched_frames"][:100])
+    return ExportResult(webm, meta, report_path, report)
+
+
+def export_clip(station_dir: str | Path, clip_id: str, out_dir: str | Path, *, operator: str | None,
+                reason: str | None, audit: Any = None) -> ExportResult:
+    """Verifies and decrypts a stored clip for ``operator`` with ``reason`` (both required)."""
+    require_operator(operator, reason)  # refuse before touching anything
+    store = ClipStore(station_dir)
+    try:
+        clip = store.get(clip_id)
+        data = store.read_envelope(clip)
+    finally:
+        store.close()
+    return decrypt_envelope_to(data, out_dir, clip_id, station_dir=station_dir, operator=operator,
+                               reason=reason, audit=audit, clip_id=clip_id)

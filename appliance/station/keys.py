@@ -1,0 +1,97 @@
+"""The station's key files (docs/keys.md, "Station key directory")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.errors import InputError
+from appliance.seal.keys import (
+    DEFAULT_KEM,
+    generate_hpke_key,
+    generate_signing_key,
+    load_hpke_public_key,
+    load_signing_public_key,
+    public_key_fingerprint,
+)
+from appliance.uplink.curve import (
+    curve_fingerprint,
+    generate_curve_keypair,
+    load_curve_public,
+)
+
+
+@dataclass(frozen=True)
+class StationKeyPaths:
+    directory: Path
+
+    @classmethod
+    def of(cls, station_dir: str | Path) -> StationKeyPaths:
+        return cls(Path(station_dir) / "keys")
+
+    @property
+    def hpke_private(self) -> Path:
+        return self.directory / "hpke.key"
+
+    @property
+    def hpke_public(self) -> Path:
+        return self.directory / "hpke.pub"
+
+    @property
+    def signing_private(self) -> Path:
+        return self.directory / "signing.key"
+
+    @property
+    def signing_public(self) -> Path:
+        return self.directory / "signing.pub"
+
+    @property
+    def curve_public(self) -> Path:
+        return self.directory / "station.key"
+
+    @property
+    def curve_secret(self) -> Path:
+        return self.directory / "station.key_secret"
+
+    def private_files(self) -> tuple[Path, ...]:
+        return (self.hpke_private, self.signing_private, self.curve_secret)
+
+    def public_files(self) -> tuple[Path, ...]:
+        """What goes to every device (the provisioning bundle)."""
+        return (self.hpke_public, self.signing_public, self.curve_public)
+
+    def require(self) -> None:
+        missing = [p for p in (*self.public_files(), self.signing_private, self.curve_secret) if not p.exists()]
+        if missing:
+            raise InputError(f"station keys missing: {', '.join(map(str, missing))} "
+                             f"(fix: run 'appliance station keygen --dir {self.directory.parent}')")
+
+
+def generate_station_keys(station_dir: str | Path, *, kem: str = DEFAULT_KEM,
+                          force: bool = False) -> dict[str, str]:
+    """Creates all station key pairs; returns {name: fingerprint}. Private files are 0600."""
+    paths = StationKeyPaths.of(station_dir)
+    if not force:
+        existing = [p for p in (*paths.private_files(), *paths.public_files()) if p.exists()]
+        if existing:
+            raise InputError(f"station keys already exist ({existing[0]}); refusing to replace them: losing "
+                             f"the HPKE private key makes every stored clip unreadable (use --force to really do it)")
+    paths.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    hpke_pub = generate_hpke_key(paths.hpke_private, paths.hpke_public, kem=kem, overwrite=force)
+    sign_pub = generate_signing_key(paths.signing_private, public_path=paths.signing_public, overwrite=force)
+    generate_curve_keypair(paths.directory, "station", overwrite=force)
+    return {
+        f"hpke ({hpke_pub.kem})": hpke_pub.fingerprint,
+        "signing (Ed25519)": public_key_fingerprint(sign_pub),
+        "curve": curve_fingerprint(load_curve_public(paths.curve_public)),
+    }
+
+
+def station_fingerprints(station_dir: str | Path) -> dict[str, str]:
+    paths = StationKeyPaths.of(station_dir)
+    hpke_pub = load_hpke_public_key(paths.hpke_public)
+    return {
+        f"hpke ({hpke_pub.kem})": hpke_pub.fingerprint,
+        "signing (Ed25519)": public_key_fingerprint(load_signing_public_key(paths.signing_public)),
+        "curve": curve_fingerprint(load_curve_public(paths.curve_public)),
+    }

@@ -1,0 +1,147 @@
+"""The station's registry of enrolled devices: who may connect (CURVE) and sign (Ed25519).
+
+The provisioning stage's ``appliance station devices add`` is built on :meth:`DeviceRegistry.add_device`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.utils.z85
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from appliance.errors import InputError
+from appliance.seal.envelope import DEVICE_ID_RE
+from appliance.seal.keys import fingerprint_bytes, raw_public, signing_public_from_bytes
+from appliance.station import db
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    device_id: str
+    signing_public_raw: bytes   # 32 bytes Ed25519
+    curve_public: bytes          # Z85, 40 characters
+    description: str
+    added_unix_ms: int
+    enabled: bool
+
+    @property
+    def signing_public(self) -> Ed25519PublicKey:
+        return Ed25519PublicKey.from_public_bytes(self.signing_public_raw)
+
+    @property
+    def signing_fingerprint(self) -> str:
+        return fingerprint_bytes(self.signing_public_raw)
+
+    @property
+    def curve_fingerprint(self) -> str:
+        return fingerprint_bytes(zmq.utils.z85.decode(self.curve_public))
+
+
+def _curve_z85(curve_public: bytes | str) -> bytes:
+    key = curve_public.encode("ascii") if isinstance(curve_public, str) else bytes(curve_public)
+    key = key.strip()
+    if len(key) == 32:  # raw bytes given
+        key = zmq.utils.z85.encode(key)
+    try:
+        if len(key) != 40 or len(zmq.utils.z85.decode(key)) != 32:
+            raise ValueError
+    except (ValueError, KeyError):
+        raise InputError("CURVE public key must be 40 Z85 characters (a zmq.auth '.key' file's public-key)") from None
+    return key
+
+
+class DeviceRegistry:
+    """Enrolled devices in ``<station dir>/station.db``. Cheap to construct; one per thread."""
+
+    def __init__(self, station_dir: str | Path):
+        self.station_dir = Path(station_dir)
+        self._conn = db.connect(self.station_dir)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def add_device(self, device_id: str, signing_public: Ed25519PublicKey | bytes,
+                   curve_public: bytes | str, *, description: str = "",
+                   replace: bool = False) -> DeviceRecord:
+        """Enrols a device (or, with ``replace``, re-keys it). Returns the stored record.
+
+        ``signing_public``: Ed25519PublicKey, its 32 raw bytes or PEM; ``curve_public``: Z85.
+        """
+        if not isinstance(device_id, str) or not DEVICE_ID_RE.fullmatch(device_id):
+            raise InputError(f"device id {device_id!r} must match {DEVICE_ID_RE.pattern}")
+        if not isinstance(signing_public, Ed25519PublicKey):
+            signing_public = signing_public_from_bytes(bytes(signing_public))
+        raw = raw_public(signing_public)
+        curve = _curve_z85(curve_public)
+        existing = self.get(device_id, include_disabled=True)
+        if existing is not None and not replace:
+            raise InputError(f"device {device_id!r} is already enrolled (use replace to re-key it)")
+        other = self.by_curve_key(curve, include_disabled=True)
+        if other is not None and other.device_id != device_id:
+            raise InputError(f"that CURVE key already belongs to device {other.device_id!r}")
+        self._conn.execute(
+            "INSERT INTO devices(device_id, signing_public, curve_public, description, added_unix_ms, enabled) "
+            "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT(device_id) DO UPDATE SET signing_public=excluded.signing_public,"
+            " curve_public=excluded.curve_public, description=excluded.description, enabled=1",
+            (device_id, raw, curve.decode("ascii"), description, int(time.time() * 1000)))
+        record = self.get(device_id)
+        assert record is not None
+        return record
+
+    def set_enabled(self, device_id: str, enabled: bool) -> None:
+        """Disabling keeps the record (old clips stay verifiable) but refuses new connections."""
+        cur = self._conn.execute("UPDATE devices SET enabled=? WHERE device_id=?", (int(enabled), device_id))
+        if cur.rowcount == 0:
+            raise InputError(f"no enrolled device {device_id!r}")
+
+    @staticmethod
+    def _record(row) -> DeviceRecord:
+        return DeviceRecord(row["device_id"], bytes(row["signing_public"]), row["curve_public"].encode("ascii"),
+                            row["description"], row["added_unix_ms"], bool(row["enabled"]))
+
+    def get(self, device_id: str, *, include_disabled: bool = False) -> DeviceRecord | None:
+        row = self._conn.execute("SELECT * FROM devices WHERE device_id=?", (device_id,)).fetchone()
+        if row is None or (not row["enabled"] and not include_disabled):
+            return None
+        return self._record(row)
+
+    def by_curve_key(self, curve_public: bytes | str, *, include_disabled: bool = False) -> DeviceRecord | None:
+        key = curve_public.decode("ascii") if isinstance(curve_public, bytes) else curve_public
+        row = self._conn.execute("SELECT * FROM devices WHERE curve_public=?", (key,)).fetchone()
+        if row is None or (not row["enabled"] and not include_disabled):
+            return None
+        return self._record(row)
+
+    def list_devices(self) -> list[DeviceRecord]:
+        return [self._record(r) for r in self._conn.execute("SELECT * FROM devices ORDER BY device_id")]
+
+    def signing_public(self, device_id: str) -> Ed25519PublicKey | None:
+        """For :func:`appliance.seal.verify_envelope`: enabled devices only."""
+        record = self.get(device_id)
+        return None if record is None else record.signing_public
+
+    def signing_public_any(self, device_id: str) -> Ed25519PublicKey | None:
+        """Also disabled devices: their stored clips must stay verifiable at export."""
+        record = self.get(device_id, include_disabled=True)
+        return None if record is None else record.signing_public
+
+
+class AllowListProvider:
+    """ZAP credentials callback for ``zmq.auth``: enabled devices' CURVE keys only.
+
+    Runs in the authenticator's thread, so it opens its own short-lived connection per call.
+    """
+
+    def __init__(self, station_dir: str | Path):
+        self.station_dir = Path(station_dir)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        registry = DeviceRegistry(self.station_dir)
+        try:
+            return registry.by_curve_key(key) is not None
+        finally:
+            registry.close()

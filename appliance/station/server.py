@@ -1,0 +1,263 @@
+"""The station receiver: ROUTER socket, CurveZMQ server, ZAP allow-list, verify → store → ack.
+
+Protocol: docs/wire-protocol.md. One thread serves the socket (SQLite connections belong to
+it); ``zmq.auth``'s authenticator thread consults the registry at every CURVE handshake. No
+input can stop the loop: every message is handled inside a guard that turns any failure into
+a logged, audited NACK.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
+
+from appliance.seal.envelope import (
+    DEFAULT_MAX_ENVELOPE_BYTES,
+    EnvelopeError,
+    parse_envelope,
+    verify_parsed,
+)
+from appliance.seal.keys import (
+    fingerprint_bytes,
+    load_hpke_public_key,
+    load_signing_key,
+)
+from appliance.station.keys import StationKeyPaths
+from appliance.station.registry import AllowListProvider, DeviceRecord, DeviceRegistry
+from appliance.station.store import ClipStore
+from appliance.uplink import protocol as p
+from appliance.uplink.curve import load_curve_keypair
+from appliance.uplink.health import HealthStatementError, verify_health
+
+log = logging.getLogger("appliance.station")
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, detail: str = "", device_id: str | None = None):
+        self.reason, self.detail, self.device_id = reason, detail, device_id
+        super().__init__(reason)
+
+
+class StationServer:
+    """Serves one ROUTER endpoint until :meth:`stop` (or SIGTERM via the CLI).
+
+    ``audit``: optional object with ``append(kind, **fields)``; receives ``station.received``
+    (signature verified), ``station.stored``, ``station.rejected`` (reason), ``station.heartbeat``,
+    ``station.probe``.
+    """
+
+    def __init__(self, station_dir: str | Path, bind: str = "tcp://127.0.0.1:*", *, audit: Any = None,
+                 max_envelope_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES, ready_file: str | Path | None = None):
+        self.station_dir = Path(station_dir)
+        self.bind = bind
+        self.audit = audit
+        self.max_envelope_bytes = int(max_envelope_bytes)
+        self.ready_file = Path(ready_file) if ready_file else None
+        self.paths = StationKeyPaths.of(self.station_dir)
+        self.paths.require()
+        self._signing_key = load_signing_key(self.paths.signing_private)
+        # Only the HPKE *public* key: serving never needs to decrypt (export does, on demand).
+        self._station_key_fp = load_hpke_public_key(self.paths.hpke_public).fingerprint
+        self._curve_public, self._curve_secret = load_curve_keypair(self.paths.curve_secret)
+        self._stop = threading.Event()
+        self.endpoint: str | None = None
+        self.ready = threading.Event()
+        self.counts: dict[str, int] = {}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _audit(self, kind: str, **fields: Any) -> None:
+        if self.audit is not None:
+            try:
+                self.audit.append(kind, **fields)
+            except Exception:
+                log.exception("audit append failed for %s", kind)
+
+    def _count(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    # -- loop -------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        ctx = zmq.Context()
+        auth = ThreadAuthenticator(ctx, log=logging.getLogger("appliance.station.zap"))
+        auth.start()
+        auth.configure_curve_callback("*", AllowListProvider(self.station_dir))
+        sock = ctx.socket(zmq.ROUTER)
+        monitor = None
+        registry = DeviceRegistry(self.station_dir)
+        store = ClipStore(self.station_dir)
+        try:
+            recovered = store.recover()
+            if recovered:
+                log.warning("re-indexed %d envelope file(s) whose index rows a crash had lost", recovered)
+            sock.curve_server = True
+            sock.curve_secretkey = self._curve_secret
+            sock.curve_publickey = self._curve_public
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            p.set_common_options(sock, maxmsgsize=self.max_envelope_bytes + p.FRAME_SLACK, linger_ms=1000)
+            sock.setsockopt(zmq.SNDTIMEO, 1000)
+            monitor = sock.get_monitor_socket()
+            sock.bind(self.bind)
+            self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            log.info("station listening on %s (max envelope %d bytes)", self.endpoint, self.max_envelope_bytes)
+            if self.ready_file is not None:
+                tmp = self.ready_file.with_name(self.ready_file.name + ".tmp")
+                tmp.write_text(self.endpoint + "\n")
+                os.replace(tmp, self.ready_file)
+            self.ready.set()
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            poller.register(monitor, zmq.POLLIN)
+            while not self._stop.is_set():
+                events = dict(poller.poll(200))
+                if monitor in events:
+                    self._log_monitor(monitor)
+                if sock in events:
+                    self._serve_one(sock, registry, store)
+        finally:
+            if monitor is not None:
+                sock.disable_monitor()
+                monitor.close(0)
+            sock.close()
+            auth.stop()
+            registry.close()
+            store.close()
+            ctx.term()
+            log.info("station stopped")
+
+    def _log_monitor(self, monitor: zmq.Socket) -> None:
+        while monitor.poll(0):
+            msg = recv_monitor_message(monitor)
+            name = p.event_name(msg["event"])
+            level = logging.WARNING if name.startswith("HANDSHAKE_FAILED") else logging.DEBUG
+            log.log(level, "socket %s %s (value %s)", name, msg.get("endpoint", b"").decode(errors="replace"),
+                    msg.get("value"))
+
+    def _serve_one(self, sock: zmq.Socket, registry: DeviceRegistry, store: ClipStore) -> None:
+        frames = sock.recv_multipart(copy=False)
+        routing_id = frames[0].bytes
+        try:
+            user_id = frames[-1].get("User-Id") or ""
+        except zmq.ZMQError:
+            user_id = ""
+        data = [f.bytes for f in frames[1:]]
+        request_id = data[2] if len(data) > 2 and len(data[2]) == p.REQUEST_ID_BYTES else b"\0" * 8
+        peer = fingerprint_bytes(zmq.utils.z85.decode(user_id)) if len(user_id) == 40 else "?"
+        # Audit: one record per outcome (each append is an fsync): station.received (verified)
+        # + station.stored for a clip, station.rejected (with reason) for anything refused.
+        try:
+            ok, body = self._handle(data, user_id, peer, registry, store)
+        except Rejected as r:
+            ok, body = False, self._reject(r, peer)
+        except EnvelopeError as exc:
+            ok, body = False, self._reject(Rejected(exc.reason, exc.detail), peer)
+        except Exception as exc:
+            log.exception("internal error handling a message from %s", peer)
+            ok, body = False, self._reject(Rejected("internal_error", type(exc).__name__), peer)
+        body["request_id"] = request_id.hex()
+        body.setdefault("station_unix_ms", p.now_ms())
+        raw, sig = p.sign_body(self._signing_key, p.REPLY_CONTEXT, body)
+        try:
+            sock.send_multipart([routing_id, p.PROTOCOL, p.ACK if ok else p.NACK, request_id, raw, sig])
+        except zmq.ZMQError as exc:  # peer vanished (ROUTER_MANDATORY) or stuck (SNDTIMEO)
+            log.warning("reply to %s not delivered: %s", peer, exc)
+
+    def _reject(self, r: Rejected, peer: str) -> dict[str, Any]:
+        self._count(f"rejected.{r.reason}")
+        log.warning("rejected message from %s: %s%s", peer, r.reason, f" ({r.detail})" if r.detail else "")
+        self._audit("station.rejected", reason=r.reason, detail=r.detail, peer=peer, device_id=r.device_id)
+        return {"type": "nack", "status": "rejected", "reason": r.reason, "detail": r.detail[:200]}
+
+    def _device_for(self, device_id: str, user_id: str, registry: DeviceRegistry) -> DeviceRecord:
+        device = registry.get(device_id)
+        if device is None:
+            raise Rejected("unknown_device", device_id, device_id)
+        if device.curve_public.decode("ascii") != user_id:
+            raise Rejected("wrong_device", f"{device_id} sent over another device's connection", device_id)
+        return device
+
+    def _handle(self, data: list[bytes], user_id: str, peer: str, registry: DeviceRegistry,
+                store: ClipStore) -> tuple[bool, dict[str, Any]]:
+        try:
+            req = p.parse_request(data)
+        except p.ProtocolError as exc:
+            raise Rejected(exc.reason, exc.detail) from None
+        if req.kind == p.ENVELOPE:
+            return self._handle_envelope(req, user_id, peer, registry, store)
+        try:
+            doc = p.parse_json_body(req.body)
+        except p.ProtocolError as exc:
+            raise Rejected(exc.reason, exc.detail) from None
+        device_id = doc.get("device_id")
+        if not isinstance(device_id, str):
+            raise Rejected("malformed", "no device_id")
+        device = self._device_for(device_id, user_id, registry)
+        if req.kind == p.PROBE:
+            if not p.verify_body(device.signing_public, p.PROBE_CONTEXT, req.body, req.signature):
+                raise Rejected("bad_signature", f"probe from {device_id}", device_id)
+            if doc.get("type") != "probe":
+                raise Rejected("malformed", "probe body type", device_id)
+            self._count("probe")
+            self._audit("station.probe", device_id=device_id)
+            log.info("probe from %s answered (nothing stored)", device_id)
+            return True, {"type": "ack", "for": "probe", "status": "probe-ok", "device_id": device_id,
+                          "nonce": str(doc.get("nonce", ""))[:128]}
+        if doc.get("type") != "heartbeat":
+            raise Rejected("malformed", "heartbeat body type", device_id)
+        health = doc.get("health", {})
+        checkpoints = doc.get("checkpoints", [])
+        if not isinstance(health, dict) or not isinstance(checkpoints, list):
+            raise Rejected("malformed", "heartbeat health/checkpoints", device_id)
+        recorded = dict(health)
+        recorded["pixel_signed"] = False
+        if doc.get("pixel_health") is not None:
+            # The pixel process's own statement, signed with the device key the uplink never holds.
+            try:
+                statement = verify_health(doc["pixel_health"], device_id, device.signing_public)
+            except HealthStatementError as exc:
+                raise Rejected("bad_signature", f"pixel health from {device_id}: {exc}", device_id) from None
+            recorded.update(pixel=statement["health"], pixel_unix_ms=statement["unix_ms"], pixel_signed=True)
+        store.record_seen(device_id, "heartbeat", recorded)
+        new = store.add_checkpoints(device_id, checkpoints)
+        self._count("heartbeat")
+        self._audit("station.heartbeat", device_id=device_id, checkpoints_new=new)
+        return True, {"type": "ack", "for": "heartbeat", "status": "recorded", "device_id": device_id}
+
+    def _handle_envelope(self, req: p.Request, user_id: str, peer: str, registry: DeviceRegistry,
+                         store: ClipStore) -> tuple[bool, dict[str, Any]]:
+        parsed = parse_envelope(req.body, max_bytes=self.max_envelope_bytes)
+        header = parsed.header
+        device = self._device_for(header.device_id, user_id, registry)
+        try:
+            verify_parsed(parsed, device.signing_public)
+        except EnvelopeError as exc:
+            raise Rejected(exc.reason, exc.detail, header.device_id) from None
+        self._audit("station.received", peer=peer, frames=4, bytes=len(parsed.data), device_id=header.device_id,
+                    sequence=header.sequence, envelope_sha256=parsed.sha256, verified=True)
+        if header.station_key != self._station_key_fp:
+            raise Rejected("wrong_station_key", f"sealed to {header.station_key}", header.device_id)
+        try:
+            result = store.store(parsed)
+        except EnvelopeError as exc:
+            raise Rejected(exc.reason, exc.detail, header.device_id) from None
+        if result.duplicate:  # a fresh store recorded last-seen in its own transaction
+            store.record_seen(header.device_id, "envelope")
+        status = "duplicate" if result.duplicate else "stored"
+        self._count(status)
+        log.info("%s %s#%d as clip %s (%d bytes)", status, header.device_id, header.sequence,
+                 result.clip.clip_id, len(parsed.data))
+        self._audit("station.stored", clip_id=result.clip.clip_id, device_id=header.device_id,
+                    sequence=header.sequence, envelope_sha256=parsed.sha256, status=status)
+        return True, {"type": "ack", "for": "envelope", "status": status, "device_id": header.device_id,
+                      "sequence": header.sequence, "envelope_sha256": parsed.sha256,
+                      "clip_id": result.clip.clip_id}
