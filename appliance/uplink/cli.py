@@ -10,8 +10,7 @@ signing key).
 from __future__ import annotations
 
 import logging
-import signal
-import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,16 +88,20 @@ def build_uplink(cfg, *, audit: Any = None):
 def cmd_uplink(args) -> int:
     from appliance.audit.log import AuditLog
     from appliance.config import load_config
+    from appliance.service import (
+        ServiceNotifier,
+        configure_logging,
+        install_signal_handlers,
+    )
     from appliance.uplink.client import UplinkTimeout
 
     cfg = load_config(args.config)
+    configure_logging("appliance-uplink")
     # No signer: this process appends records; the pixel process (key holder) checkpoints them.
     audit = AuditLog(cfg.audit_log, origin="appliance", device=cfg.device.id,
                      checkpoint_every=cfg.audit.checkpoint_every)
     uplink = build_uplink(cfg, audit=audit)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = install_signal_handlers()
     try:
         if args.once:
             for entry in uplink.spool.pending():
@@ -108,8 +111,21 @@ def cmd_uplink(args) -> int:
                     log.error("%s", exc)
                     return 1
             return 0 if not uplink.spool.pending() else 1
+        notifier = ServiceNotifier()
+        last_tick = [time.monotonic()]
+        # The loop may legitimately wait a back-off or an ack timeout; longer means hung.
+        stall_s = max(60.0, cfg.uplink.retry_max_s + 2 * cfg.uplink.ack_timeout_s)
+
+        def tick() -> None:
+            last_tick[0] = time.monotonic()
+            notifier.health(spool_depth=len(uplink.spool.pending()),
+                            station="ok" if not uplink.last_error else "unreachable")
+
+        notifier.run_watchdog(lambda: time.monotonic() - last_tick[0] < stall_s, stop)
+        notifier.ready(f"uplink to {cfg.uplink.endpoint}")
         log.info("uplink for %s → %s (spool %s)", cfg.device.id, cfg.uplink.endpoint, cfg.spool_dir)
-        uplink.run(stop)
+        uplink.run(stop, on_tick=tick)
+        notifier.stopping("uplink stopping")
         return 0
     finally:
         uplink.close()

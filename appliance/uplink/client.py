@@ -259,9 +259,15 @@ class Uplink:
             return "rejected"
         raise UplinkTimeout(f"station could not store it: {reply.reason}")
 
-    def run(self, stop: threading.Event, *, idle_poll_s: float = 0.2) -> None:
-        """Loops until ``stop`` is set: heartbeats when due, envelopes oldest first, back-off on failure."""
+    def run(self, stop: threading.Event, *, idle_poll_s: float = 0.2,
+            on_tick: Callable[[], None] | None = None) -> None:
+        """Loops until ``stop`` is set: heartbeats when due, envelopes oldest first, back-off on failure.
+
+        ``on_tick`` runs once per iteration (the CLI reports liveness and STATUS= to systemd).
+        """
         while not stop.is_set():
+            if on_tick is not None:
+                on_tick()
             try:
                 if time.monotonic() >= self._next_heartbeat:
                     self._next_heartbeat = time.monotonic() + self.heartbeat_s
