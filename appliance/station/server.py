@@ -257,7 +257,8 @@ class StationServer:
         log.info("%s %s#%d as clip %s (%d bytes)", status, header.device_id, header.sequence,
                  result.clip.clip_id, len(parsed.data))
         self._audit("station.stored", clip_id=result.clip.clip_id, device_id=header.device_id,
-                    sequence=header.sequence, envelope_sha256=parsed.sha256, status=status)
+                    sequence=header.sequence, envelope_sha256=parsed.sha256, status=status,
+                    profile=header.profile["id"], pattern=header.pattern)
         return True, {"type": "ack", "for": "envelope", "status": status, "device_id": header.device_id,
                       "sequence": header.sequence, "envelope_sha256": parsed.sha256,
                       "clip_id": result.clip.clip_id}
