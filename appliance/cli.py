@@ -2,7 +2,8 @@
 
 Each command group lives with the stage it belongs to and registers its own sub-parser:
 
-    analyze, eval, run          appliance/runtime_cli.py  (the pixel pipeline)
+    analyze, run                appliance/runtime_cli.py  (the pixel pipeline)
+    eval                        appliance/behaviour/cli.py
     uplink                      appliance/uplink/cli.py   (the network process)
     station ...                 appliance/station/cli.py
     provision ...               appliance/provision/cli.py
@@ -25,6 +26,7 @@ from appliance.errors import ApplianceError
 
 COMMAND_MODULES = (
     "appliance.runtime_cli",
+    "appliance.behaviour.cli",
     "appliance.uplink.cli",
     "appliance.station.cli",
     "appliance.provision.cli",

@@ -105,6 +105,74 @@ class TrackingConfig:
     confirm_hits: int = opt(2, lo=1, hi=10, fix="detections in a row before a new track gets an id, e.g. 2")
 
 
+# Thresholds of the behaviour detectors; documented in docs/behaviour.md. Defined here (not in
+# appliance/behaviour/config.py, which re-exports it) so that config and behaviour do not
+# import each other. Lengths in torso lengths, speeds in torso lengths per second.
+@dataclass(frozen=True)
+class BehaviourConfig:
+    keypoint_min_conf: float = opt(0.3, lo=0.05, hi=0.95,
+                                   fix="keypoints below this confidence are ignored, e.g. 0.3")
+    history_s: float = opt(3.0, lo=1.0, hi=30.0,
+                           fix="seconds of skeleton history kept per track, e.g. 3")
+    max_tracks: int = opt(256, lo=1, hi=10000,
+                          fix="most tracks whose history is kept (oldest dropped first), e.g. 256")
+
+    # Strike / kick: a fast limb that ends at another person's head or body.
+    strike_wrist_speed: float = opt(8.0, lo=0.5, hi=100,
+                                    fix="wrist speed relative to the hips that counts as a blow, "
+                                        "torso lengths per second, e.g. 8")
+    strike_reach: float = opt(0.6, lo=0.05, hi=5,
+                              fix="how close the wrist must come to the other's head or torso, "
+                                  "torso lengths, e.g. 0.6")
+    kick_ankle_speed: float = opt(8.0, lo=0.5, hi=100,
+                                  fix="ankle speed relative to the hips that counts as a kick, "
+                                      "torso lengths per second, e.g. 8")
+    kick_reach: float = opt(0.6, lo=0.05, hi=5,
+                            fix="how close the ankle must come to the other's body, torso lengths, e.g. 0.6")
+
+    # Push: hands on the other's torso, then the other is accelerated away.
+    push_reach: float = opt(0.5, lo=0.05, hi=5,
+                            fix="hand-to-torso distance that counts as contact, torso lengths, e.g. 0.5")
+    push_speed: float = opt(3.0, lo=0.2, hi=50,
+                            fix="gain in the pushed person's speed away from the pusher, "
+                                "torso lengths per second, e.g. 3")
+
+    # Strangle: both hands at the other's neck for a while.
+    strangle_reach: float = opt(0.45, lo=0.05, hi=5,
+                                fix="hand-to-neck distance that counts as a grip, torso lengths, e.g. 0.45")
+    strangle_min_s: float = opt(1.0, lo=0.2, hi=30,
+                                fix="seconds both hands must stay at the neck, e.g. 1")
+
+    # Fight: two persons close together, moving violently, for a while.
+    fight_distance: float = opt(3.0, lo=0.2, hi=10,
+                                fix="hip-to-hip distance within which two persons interact, torso lengths, e.g. 3")
+    fight_limb_speed: float = opt(5.0, lo=0.5, hi=100,
+                                  fix="limb speed (wrists, ankles, relative to the hips) that counts as "
+                                      "violent motion, torso lengths per second, e.g. 5")
+    fight_window_s: float = opt(1.0, lo=0.3, hi=10,
+                                fix="seconds over which a fight's evidence is gathered, e.g. 1")
+    fight_min_fraction: float = opt(0.3, lo=0.05, hi=1.0,
+                                    fix="fraction of both persons' limb steps in the window that are violent, e.g. 0.3")
+
+    # Fall / lying.
+    fall_drop: float = opt(1.0, lo=0.1, hi=10,
+                           fix="how far the hips must drop, torso lengths, e.g. 1")
+    fall_window_s: float = opt(1.5, lo=0.2, hi=10,
+                               fix="seconds within which the drop must happen, e.g. 1.5")
+    lying_angle_deg: float = opt(60.0, lo=20, hi=90,
+                                 fix="torso angle from vertical above which a person counts as lying, e.g. 60")
+    lying_min_s: float = opt(3.0, lo=0.5, hi=600,
+                             fix="seconds a person must stay down before 'lying' fires, e.g. 3")
+
+    # Events.
+    min_confidence: float = opt(0.5, lo=0.0, hi=1.0,
+                                fix="an observation below this confidence is not reported, e.g. 0.5")
+    episode_gap_s: float = opt(1.5, lo=0.1, hi=60,
+                               fix="seconds without evidence after which an episode ends, e.g. 1.5")
+    repeat_s: float = opt(10.0, lo=1.0, hi=3600,
+                          fix="an ongoing episode is reported again at most this often, seconds, e.g. 10")
+
+
 @dataclass(frozen=True)
 class Region:
     name: str = opt(fix="a short name for the polygon, e.g. 'entrance'")
@@ -178,6 +246,7 @@ class AppConfig:
     analysis: AnalysisConfig = opt(fix="", factory=AnalysisConfig)
     pose: PoseConfig = opt(fix="", factory=PoseConfig)
     tracking: TrackingConfig = opt(fix="", factory=TrackingConfig)
+    behaviour: BehaviourConfig = opt(fix="", factory=BehaviourConfig)
     policy: PolicyConfig = opt(fix="", factory=PolicyConfig)
     zones: tuple[Region, ...] = opt((), fix="[[zones]] tables with name and polygon; none = whole frame")
     privacy_masks: tuple[Region, ...] = opt((), fix="[[privacy_masks]] tables with name and polygon")

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Caches pose Detections for every frame of a set of videos, for behaviour research.
+
+Mirrors the runtime's pose path (frames wider than 960 px are downscaled to 960 wide with
+INTER_AREA, then the manifest-verified pose model at input width 640) but keeps *every*
+frame at the clip's own rate, so analysis rates can be chosen later by subsampling on the
+timestamps. One ``.npz`` per clip goes to the cache directory (default
+``/tmp/skeleton-cache``; never the repository: the clips' licences do not allow shipping
+anything derived from most of them).
+
+    .venv/bin/python scripts/extract_skeletons.py                    # the default set
+    .venv/bin/python scripts/extract_skeletons.py --data ../shared/data --out /tmp/skeleton-cache
+
+Each npz holds: ``t`` float64[F] (seconds), ``frame_index`` int64[F], ``count`` int32[F],
+``boxes`` float32[F, M, 4], ``scores`` float32[F, M], ``keypoints`` float32[F, M, 17, 3]
+(padded with zeros to the largest person count M), ``frame_size`` int32[2] (w, h of the
+analysed image), ``fps`` float64, ``source`` str.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+MAX_WIDTH = 960  # the ring's default max_width: pose sees what the ring holds
+
+
+def default_sources(data: Path, repo: Path) -> list[tuple[str, Path]]:
+    """(cache name, video path) for the research set, most useful first."""
+    out: list[tuple[str, Path]] = []
+    for cls in ("fight", "nofight"):
+        for p in sorted((data / "scfd-dev" / cls).glob("*.mp4")):
+            out.append((f"scfd-{cls}-{p.stem}", p))
+    for p in sorted((data / "falls").glob("*.mp4")):
+        out.append((f"falls-{p.stem}", p))
+    for p in sorted((data / "mot").glob("TUD-*/video.mp4")):
+        out.append((f"mot-{p.parent.name}", p))
+    pets = data / "mot" / "PETS09-S2L1" / "img1"
+    if pets.is_dir():
+        out.append(("mot-PETS09-S2L1", pets / "%06d.jpg"))
+    for p in sorted((repo / "samples").glob("*.mp4")):
+        out.append((f"samples-{p.stem}", p))
+    for p in sorted((data / "normal").glob("*.mp4")):
+        if not (repo / "samples" / p.name).exists():
+            out.append((f"normal-{p.stem}", p))
+    return out
+
+
+def read_frames(path: Path, fps_hint: float | None = None):
+    """Yields (frame_index, t_seconds, bgr image downscaled to MAX_WIDTH)."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise RuntimeError(f"cannot open {path}")
+    fps = cap.get(cv2.CAP_PROP_FPS) or fps_hint or 25.0
+    if fps_hint:
+        fps = fps_hint
+    index = 0
+    try:
+        while True:
+            ok, image = cap.read()
+            if not ok:
+                break
+            # Index/fps rather than CAP_PROP_POS_MSEC: image sequences have no timestamps,
+            # and for these constant-rate files the two agree.
+            t = index / fps
+            h, w = image.shape[:2]
+            if w > MAX_WIDTH:
+                image = cv2.resize(image, (MAX_WIDTH, round(h * MAX_WIDTH / w)), interpolation=cv2.INTER_AREA)
+            yield index, t, image, fps
+            index += 1
+    finally:
+        cap.release()
+
+
+def extract(est, name: str, path: Path, out_dir: Path) -> Path:
+    target = out_dir / f"{name}.npz"
+    if target.exists():
+        return target
+    fps_hint = 7.0 if "PETS09" in name else None
+    ts, idxs, dets_list = [], [], []
+    frame_size = (0, 0)
+    fps = 0.0
+    for index, t, image, clip_fps in read_frames(path, fps_hint):
+        fps = clip_fps
+        frame_size = (image.shape[1], image.shape[0])
+        dets = est(image)
+        ts.append(t)
+        idxs.append(index)
+        dets_list.append(dets)
+    n = len(dets_list)
+    m = max([len(d) for d in dets_list] + [1])
+    boxes = np.zeros((n, m, 4), np.float32)
+    scores = np.zeros((n, m), np.float32)
+    kpts = np.zeros((n, m, 17, 3), np.float32)
+    count = np.zeros((n,), np.int32)
+    for i, d in enumerate(dets_list):
+        k = len(d)
+        count[i] = k
+        boxes[i, :k] = d.boxes
+        scores[i, :k] = d.scores
+        kpts[i, :k] = d.keypoints
+    tmp = out_dir / f".{name}.tmp.npz"
+    np.savez_compressed(tmp, t=np.asarray(ts, np.float64), frame_index=np.asarray(idxs, np.int64),
+                        count=count, boxes=boxes, scores=scores, keypoints=kpts,
+                        frame_size=np.asarray(frame_size, np.int32), fps=np.float64(fps),
+                        source=str(path))
+    os.replace(tmp, target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    repo = Path(__file__).resolve().parent.parent
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=repo.parent / "shared" / "data")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/skeleton-cache"))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(repo))
+    from appliance.pose import PoseEstimator
+
+    est = PoseEstimator(input_width=640, threads=args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    sources = default_sources(args.data, repo)
+    start = time.monotonic()
+    for i, (name, path) in enumerate(sources):
+        t0 = time.monotonic()
+        extract(est, name, path, args.out)
+        print(f"[{i + 1}/{len(sources)}] {name}: {time.monotonic() - t0:.1f} s "
+              f"(total {time.monotonic() - start:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""`appliance eval`: layout discovery, the UR Fall CSV path, and one real end-to-end run
+(real pose model on real video) on a tiny folder built in tmp_path."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from appliance.behaviour import BehaviourConfig
+from appliance.behaviour.cli import register
+from appliance.behaviour.evaluate import URFD_CSV, URFD_FPS, URFD_KEYPOINTS, URFD_SIZE, evaluate_urfd, plan_for
+from appliance.errors import InputError
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parent / "fixtures" / "behaviour"
+
+
+def _cli(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(argv)
+
+
+def test_plan_accepts_a_fight_folder_or_a_data_root(tmp_path):
+    scfd = tmp_path / "root" / "scfd-dev"
+    for sub in ("fight", "nofight"):
+        (scfd / sub).mkdir(parents=True)
+        (scfd / sub / "a.mp4").write_bytes(b"")
+        (scfd / sub / "notes.txt").write_text("not a video")
+    (tmp_path / "root" / "mot" / "SEQ" / "img1").mkdir(parents=True)
+    direct = plan_for(scfd)
+    assert [p.name for p in direct.fight] == ["a.mp4"] and [p.name for p in direct.nofight] == ["a.mp4"]
+    assert not direct.normal
+    root = plan_for(tmp_path / "root")
+    assert root.fight == direct.fight and [p.name for p in root.normal] == ["img1"]
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "file"])
+def test_plan_rejects_what_it_cannot_evaluate(tmp_path, make):
+    target = tmp_path / "x"
+    if make == "empty":
+        target.mkdir()
+    elif make == "file":
+        target.write_text("x")
+    with pytest.raises(InputError):
+        plan_for(target)
+
+
+def _write_urfd_csv(path: Path) -> None:
+    """The constructed-fall fixture in the UR Fall CSV layout (13 keypoints, normalised, labels)."""
+    z = np.load(FIXTURES / "fall_constructed.npz")
+    header = ["video", "frame"] + [f"k{i}_{c}" for i in range(13) for c in "xys"] + ["label"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for t, kp in zip(z["t"], z["keypoints"]):
+            label = 0 if t < 2.0 else 1 if t < 2.6 else 2
+            pts = kp[list(URFD_KEYPOINTS)].copy()
+            pts[:, 0] /= URFD_SIZE[0]
+            pts[:, 1] /= URFD_SIZE[1]
+            w.writerow(["fall-x", round(t * URFD_FPS), *pts.reshape(-1).tolist(), label])
+
+
+def test_urfd_csv_sequences_are_scored(tmp_path):
+    path = tmp_path / URFD_CSV
+    _write_urfd_csv(path)
+    result = evaluate_urfd(path, BehaviourConfig(), 10.0)
+    assert result["sequences"] == 1 and result["fall_detected"] == 1
+    assert result["lying_expected"] == 1 and result["lying_detected"] == 1
+    assert result["down_on_upright_frames"] == 0.0 and result["down_on_lying_frames"] > 0.8
+    assert 0 <= result["fall_delay_median_s"] < 1.5
+
+
+def test_urfd_csv_errors_are_one_line(tmp_path):
+    bad = tmp_path / URFD_CSV
+    bad.write_text("video,frame,label\nfall-01,1,0\n")
+    with pytest.raises(InputError, match="UR Fall"):
+        evaluate_urfd(bad, BehaviourConfig(), 10.0)
+
+
+def _short_clip(src: Path, dst: Path, seconds: float) -> None:
+    cap = cv2.VideoCapture(str(src))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    ok, image = cap.read()
+    out = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"mp4v"), fps, (image.shape[1], image.shape[0]))
+    for _ in range(int(seconds * fps)):
+        out.write(image)
+        ok, image = cap.read()
+        if not ok:
+            break
+    out.release()
+    cap.release()
+
+
+def test_eval_runs_the_real_pipeline_on_a_small_folder(tmp_path, capsys):
+    (tmp_path / "fight").mkdir()
+    (tmp_path / "nofight").mkdir()
+    (tmp_path / "fight" / "demo.mp4").symlink_to(REPO / "samples" / "demo_skeleton.mp4")
+    _short_clip(REPO / "samples" / "one-by-one-person-detection.mp4", tmp_path / "nofight" / "walk.mp4", 3.0)
+    args = _cli(["eval", str(tmp_path), "--json", "--quiet"])
+    assert args.func(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    fight = report["fight"]
+    assert fight["fight_clips"] == 1 and fight["nofight_clips"] == 1
+    assert fight["nofight_recall"] == 1.0          # 3 s of a person walking: nothing violent
+    assert 0.0 <= fight["balanced_accuracy"] <= 1.0
+    assert report["urfd_csv"] is None and report["normal"] is None
+    # Nothing was written next to the data.
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["demo.mp4", "fight", "nofight", "walk.mp4"]
+
+    args = _cli(["eval", str(tmp_path), "--quiet"])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "balanced accuracy" in text and "no-fight recall" in text
+
+
+def test_eval_of_a_missing_folder_is_a_user_error(tmp_path):
+    args = _cli(["eval", str(tmp_path / "nope"), "--quiet"])
+    with pytest.raises(InputError):
+        args.func(args)
