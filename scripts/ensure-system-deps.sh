@@ -2,12 +2,15 @@
 # Installs the Debian packages the appliance needs to build and test:
 #   libsystemd-dev + pkg-config  (systemd-python compiles against them)
 #   systemd                      (systemd-analyze verify/security for the unit tests)
+#   strace, util-linux           (privacy trace tests, two-user spool permission test)
 # Runs apt only when something is missing, so a prepared machine needs no network.
 set -euo pipefail
 missing=()
 pkg-config --version >/dev/null 2>&1 || missing+=(pkg-config)
 pkg-config --exists libsystemd 2>/dev/null || missing+=(libsystemd-dev)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v strace >/dev/null 2>&1 || missing+=(strace)       # the privacy trace tests
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)  # the two-user spool test
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 echo "installing Debian packages: ${missing[*]}" >&2
 SUDO=""
