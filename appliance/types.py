@@ -17,8 +17,9 @@ time, kept only for humans and for the envelope header.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,7 @@ class Detections:
         return int(self.scores.shape[0])
 
     @staticmethod
-    def empty(frame_index: int, t: float) -> "Detections":
+    def empty(frame_index: int, t: float) -> Detections:
         return Detections(
             frame_index, t,
             np.zeros((0, 4), np.float32), np.zeros((0,), np.float32),

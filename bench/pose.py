@@ -124,7 +124,7 @@ def pipeline_figures(video: Path, analyse_every_frame: bool = True, max_frames: 
 def run() -> list[tuple[str, float, str]]:
     rows: list[tuple[str, float, str]] = []
     frames = real_frames()
-    ref_ms, reference = None, None
+    reference = None
     for model in ("yolo11n-pose", "yolo11n-pose-int8"):
         for threads in (2, 1):
             est = PoseEstimator(model, threads=threads)
@@ -135,7 +135,7 @@ def run() -> list[tuple[str, float, str]]:
                 ms, outs = time_variant(est, frames, square)
                 rows.append((f"pose {model} {shape} threads={threads}", round(ms, 1), "ms/frame"))
                 if model == "yolo11n-pose" and not square and threads == 2:
-                    ref_ms, reference = ms, outs
+                    reference = outs
                 elif reference is not None and threads == 2:
                     m_oks, recall = agreement(reference, outs)
                     rows.append((f"agreement {model} {shape} vs fp32 640x384: mean OKS", round(m_oks, 3), ""))
@@ -149,5 +149,6 @@ def run() -> list[tuple[str, float, str]]:
         fps, overhead, n = pipeline_figures(video)
         rows.append((f"pipeline {video.name} (every frame analysed, {n} frames)", round(fps, 1), "analysed fps"))
         rows.append((f"pipeline {video.name}: time outside inference", round(overhead * 100, 1), "% of inference"))
-    rows.append(("peak RSS of this benchmark process", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0), "MB"))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows.append(("peak RSS of this benchmark process", round(peak_mb), "MB"))
     return rows

@@ -45,7 +45,7 @@ def wait_for(predicate, timeout: float, what: str, step: float = 0.2):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_run_delivers_a_triggered_clip_and_stops_on_sigterm(tmp_path, capsys, station):
+def test_run_delivers_a_triggered_clip_and_stops_on_sigterm(tmp_path, capsys, station):  # noqa: F811
     station_dir, server = station
     cfg_path, bundle, fingerprint = provision_device(tmp_path, capsys, station_dir, server.endpoint)
     code, out = run(capsys, "provision", "import", str(bundle), "--config", str(cfg_path),
@@ -70,8 +70,8 @@ def test_run_delivers_a_triggered_clip_and_stops_on_sigterm(tmp_path, capsys, st
     env.pop("JOURNAL_STREAM", None)
     # Output goes to files, not pipes: nobody reads a pipe while the test waits, and a full
     # pipe would block the daemon's logging.
-    pixel_log = open(tmp_path / "pixel.log", "w")  # noqa: SIM115 (closed in finally)
-    uplink_log = open(tmp_path / "uplink.log", "w")  # noqa: SIM115
+    pixel_log = open(tmp_path / "pixel.log", "w")
+    uplink_log = open(tmp_path / "uplink.log", "w")
     pixel = subprocess.Popen([*APP, "run", "--config", str(cfg_path), "--max-seconds", "300"], cwd=REPO,
                              env=env, stdout=pixel_log, stderr=subprocess.STDOUT, text=True)
     uplink = None

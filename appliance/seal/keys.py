@@ -228,7 +228,7 @@ def _unarmour(data: bytes, path: str | Path, kind: str) -> tuple[str, bytes]:
         kem = first[len(prefix):-len(suffix)]
         if last != f"-----END APPLIANCE HPKE {kem} {kind} KEY-----":
             raise ValueError
-        raw = base64.b64decode("".join(l.strip() for l in lines[1:-1]), validate=True)
+        raw = base64.b64decode("".join(line.strip() for line in lines[1:-1]), validate=True)
     except (ValueError, IndexError, UnicodeDecodeError):
         raise KeyFileError(f"{path}: not an APPLIANCE HPKE {kind} KEY file") from None
     return kem, raw

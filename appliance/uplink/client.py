@@ -219,7 +219,7 @@ class Uplink:
                 signed, plain = self.health_source()
                 if plain:
                     h["pixel_unsigned"] = plain
-            except Exception as exc:  # noqa: BLE001 - health is best-effort; the heartbeat must still go
+            except Exception as exc:
                 h["health_source_error"] = str(exc)[:200]
         return h, signed
 
