@@ -37,6 +37,7 @@ from appliance.audit.canonical import (
     utc_iso,
 )
 from appliance.audit.checkpoints import Checkpoint, parse_checkpoint, sign_checkpoint
+from appliance.durable import fsync_dir
 from appliance.errors import ApplianceError
 
 KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
@@ -102,7 +103,7 @@ class AuditLog:
             raise AuditError(f"cannot open audit log {self.path}: {exc.strerror or exc}") from None
         with self._locked():
             if self._count == 0:
-                _fsync_dir(self.path.parent)     # the new file's name survives a power cut too
+                fsync_dir(self.path.parent)     # the new file's name survives a power cut too
                 self._write("audit.genesis", {
                     "log": secrets.token_hex(16), "origin": origin, "device": device,
                     "public_key": b64(raw_public(signer.public_key())) if signer else None,
@@ -331,13 +332,6 @@ def _parse_trusted_line(line: bytes, path: Path, offset: int) -> dict[str, Any]:
                          "refusing to append (run 'appliance audit verify')")
     return record
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:

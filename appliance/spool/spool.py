@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.durable import atomic_write, fsync_dir
 from appliance.errors import ApplianceError
 
 STALE_TMP_S = 600.0  # a put() takes well under a second; older temp files are wreckage
@@ -71,30 +72,6 @@ class SpoolHealth:
                 "spool_rejected": self.rejected, "spool_used_bytes": self.used_bytes,
                 "spool_max_bytes": self.max_bytes,
                 "spool_full_fraction": round(self.full_fraction, 4)}
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
-    """tmp file in ``tmp_dir`` (same filesystem), fsync, rename onto ``path``, fsync the directory."""
-    tmp = tmp_dir / f".{path.name}.{os.getpid()}.tmp"
-    # 0640 / 0770: the uplink unit (another user in the shared group) reads and deletes.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class Spool:
@@ -236,15 +213,15 @@ class Spool:
         """Keeps an envelope the station refused permanently, out of the send queue."""
         target = self._rejected / entry.path.name
         os.rename(entry.path, target)
-        _fsync_dir(self.dir)
-        _fsync_dir(self._rejected)
+        fsync_dir(self.dir)
+        fsync_dir(self._rejected)
         self._audit("spool.rejected", device_id=entry.device_id, sequence=entry.sequence, reason=reason)
         return SpoolEntry(target, entry.device_id, entry.sequence, entry.size)
 
     def _remove(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):  # already acked (idempotent)
             path.unlink()
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def _pid_alive(pid: int) -> bool:

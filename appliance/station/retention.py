@@ -14,7 +14,6 @@ blocks (docs/audit-log.md §5).
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.audit.canonical import utc_iso
+from appliance.durable import fsync_dir
 from appliance.errors import ApplianceError, InputError
 
 log = logging.getLogger(__name__)
@@ -72,11 +72,7 @@ def delete_files_durably(paths: Iterable[str | Path]) -> int:
             continue
         parents.add(p.parent)
     for d in parents:
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(d)
     return removed
 
 

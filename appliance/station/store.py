@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.durable import atomic_write, fsync_dir
 from appliance.errors import InputError
 from appliance.seal.envelope import (
     EnvelopeError,
@@ -25,7 +26,6 @@ from appliance.seal.envelope import (
     canonical_json,
     parse_envelope,
 )
-from appliance.spool.spool import _fsync_dir, atomic_write
 from appliance.station import db
 
 MAX_CHECKPOINTS_PER_HEARTBEAT = 1000
@@ -123,7 +123,7 @@ class ClipStore:
         device_dir = self.envelope_dir / header.device_id
         if not device_dir.exists():
             device_dir.mkdir(parents=True, mode=0o700)
-            _fsync_dir(self.envelope_dir)
+            fsync_dir(self.envelope_dir)
         rel = Path("envelopes") / header.device_id / f"{header.sequence:016d}-{sha[:16]}.env"
         atomic_write(self.station_dir / rel, parsed.data, self._tmp)
         return StoreResult(self._index(parsed, rel), duplicate=False)
@@ -183,7 +183,7 @@ class ClipStore:
         """Removes the envelope file and its row (retention); the device's sequence floor stays."""
         clip = self.get(clip_id)
         clip.path.unlink(missing_ok=True)
-        _fsync_dir(clip.path.parent)
+        fsync_dir(clip.path.parent)
         self._conn.execute("PRAGMA synchronous=FULL")  # a deletion must not come back as a dangling row
         self._conn.execute("DELETE FROM clips WHERE clip_id=?", (clip_id,))
         self._conn.execute("PRAGMA synchronous=NORMAL")
