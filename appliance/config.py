@@ -86,7 +86,10 @@ class PoseConfig:
     models_dir: str = opt("", fix="directory holding manifest.toml and the ONNX files; empty = bundled models/")
     input_width: int = opt(640, lo=160, hi=1920, fix="model input width in pixels, a multiple of 32, e.g. 640")
     threads: int = opt(2, lo=1, hi=64, fix="onnxruntime intra-op threads, e.g. the number of cores")
-    score_threshold: float = opt(0.35, lo=0.01, hi=0.99, fix="minimum person score, e.g. 0.35")
+    # Low on purpose: fighters are tangled and blurred and get low person scores; the tracker
+    # only starts tracks above tracking.high_score, lower ones can only extend a track, and the
+    # fight classifier was trained at 0.1 (0.67 vs 0.72 balanced accuracy, docs/behaviour.md).
+    score_threshold: float = opt(0.1, lo=0.01, hi=0.99, fix="minimum person score, e.g. 0.1")
     nms_iou: float = opt(0.5, lo=0.05, hi=0.95, fix="IoU above which overlapping persons are merged, e.g. 0.5")
     max_persons: int = opt(50, lo=1, hi=300, fix="most persons kept per frame, e.g. 50")
 
@@ -143,7 +146,11 @@ class BehaviourConfig:
     strangle_min_s: float = opt(1.0, lo=0.2, hi=30,
                                 fix="seconds both hands must stay at the neck, e.g. 1")
 
-    # Fight: two persons close together, moving violently, for a while.
+    # Fight: the window classifier (appliance/behaviour/fight_model.py) when a model is named,
+    # else the kinematic rule below (two persons close together, moving violently, for a while).
+    fight_model: str = opt("fight-window-lr",
+                           fix="a fight classifier listed in models/manifest.toml, e.g. 'fight-window-lr'; "
+                               "empty = the kinematic fight rule")
     fight_distance: float = opt(3.0, lo=0.2, hi=10,
                                 fix="hip-to-hip distance within which two persons interact, torso lengths, e.g. 3")
     fight_limb_speed: float = opt(5.0, lo=0.5, hi=100,
@@ -327,7 +334,7 @@ def _build(cls: type, table: Any, where: str, problems: list[str]) -> Any:
 def _convert(tp: Any, value: Any, key: str, fix: str, meta: dict, problems: list[str]) -> Any:
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):  # X | None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        inner = next(a for a in typing.get_args(tp) if a is not type(None))
         return _convert(inner, value, key, fix, meta, problems)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key, problems)

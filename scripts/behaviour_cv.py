@@ -31,6 +31,10 @@ from appliance.behaviour import BehaviourAnalyzer, BehaviourConfig  # noqa: E402
 from appliance.behaviour.evaluate import run_analyzer  # noqa: E402
 from scripts.make_behaviour_fixtures import tracked_from_cache  # noqa: E402
 
+#: The kinematic rules only (this script measures their thresholds; the window classifier has
+#: its own, scripts/train_fight_classifier.py).
+RULES = BehaviourConfig(fight_model="")
+
 GRID = {
     "fight_limb_speed": (4.0, 5.0, 6.0),
     "fight_min_fraction": (0.2, 0.3, 0.4),
@@ -59,7 +63,7 @@ def nested_cv(candidates: list[np.ndarray], y: np.ndarray, folds: int = 10, seed
 
 
 def p90_limb_speed(frames) -> float:
-    analyzer = BehaviourAnalyzer()
+    analyzer = BehaviourAnalyzer(RULES)
     speeds = []
     for f in frames:
         analyzer.update(f)
@@ -83,12 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     for values in itertools.product(*GRID.values()):
         kw = dict(zip(keys, values))
         kw["kick_ankle_speed"] = kw["strike_wrist_speed"]
-        cfg = dataclasses.replace(BehaviourConfig(), **kw)
+        cfg = dataclasses.replace(RULES, **kw)
         candidates.append(np.array([any(e.pattern.violent for e in run_analyzer(clips[n], cfg)) for n in names]))
         labels.append(kw)
     everything = np.arange(len(y))
     in_sample = sorted(((balanced_accuracy(c, y, everything), i) for i, c in enumerate(candidates)), reverse=True)
-    default = np.array([any(e.pattern.violent for e in run_analyzer(clips[n])) for n in names])
+    default = np.array([any(e.pattern.violent for e in run_analyzer(clips[n], RULES)) for n in names])
     print(f"clips: {int(y.sum())} fight, {int((1 - y).sum())} no-fight; grid of {len(candidates)} threshold sets")
     print(f"defaults: fight recall {default[y == 1].mean():.2f}, no-fight recall {1 - default[y == 0].mean():.2f}, "
           f"balanced accuracy {balanced_accuracy(default, y, everything):.3f} (in-sample)")

@@ -10,6 +10,8 @@ anything derived from most of them).
 
     .venv/bin/python scripts/extract_skeletons.py                    # the default set
     .venv/bin/python scripts/extract_skeletons.py --data ../shared/data --out /tmp/skeleton-cache
+    .venv/bin/python scripts/extract_skeletons.py --out /tmp/skeleton-cache-v2 --score-threshold 0.05 \
+        --threads 1 --only scfd-,mot-,normal-,samples-       # the fight classifier's training cache
 
 Each npz holds: ``t`` float64[F] (seconds), ``frame_index`` int64[F], ``count`` int32[F],
 ``boxes`` float32[F, M, 4], ``scores`` float32[F, M], ``keypoints`` float32[F, M, 17, 3]
@@ -120,13 +122,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=repo.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=Path("/tmp/skeleton-cache"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--input-width", type=int, default=640, help="pose model input width (runtime default 640)")
+    # Extracting at a low threshold keeps every choice >= it open: greedy NMS visits boxes in
+    # score order, so filtering the output at a higher score equals running at that score.
+    ap.add_argument("--score-threshold", type=float, default=0.35,
+                    help="minimum person score (runtime default 0.35); 0.05 keeps higher choices open")
+    ap.add_argument("--only", default="", help="comma-separated cache-name prefixes, e.g. scfd-,mot-")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(repo))
     from appliance.pose import PoseEstimator
 
-    est = PoseEstimator(input_width=640, threads=args.threads)
+    est = PoseEstimator(input_width=args.input_width, threads=args.threads,
+                        score_threshold=args.score_threshold)
     args.out.mkdir(parents=True, exist_ok=True)
     sources = default_sources(args.data, repo)
+    if args.only:
+        prefixes = tuple(p for p in args.only.split(",") if p)
+        sources = [(n, p) for n, p in sources if n.startswith(prefixes)]
     start = time.monotonic()
     for i, (name, path) in enumerate(sources):
         t0 = time.monotonic()

@@ -135,12 +135,23 @@ def build_pair(kps: list[np.ndarray], size, mode: str) -> list[TrackedFrame]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/skeleton-cache"))
+    ap.add_argument("--classifier-cache", type=Path, default=Path("/tmp/skeleton-cache-v2"),
+                    help="pose cache extracted at score 0.05 (scripts/extract_skeletons.py --score-threshold "
+                         "0.05) for the fight classifier's fixtures; skipped when missing")
     args = ap.parse_args(argv)
     mit = "Surveillance Camera Fight Dataset (MIT, S. Akti 2020), clip {}: pose keypoints only, real tracker, 10 fps"
     for name, clip in (("scfd_strike", "fight/fi023"), ("scfd_push", "fight/fi042"), ("scfd_fight", "fight/fi017"),
                        ("scfd_nofight_crowd", "nofight/nofi044"), ("scfd_nofight_group", "nofight/nofi026")):
         cls, stem = clip.split("/")
         save(name, tracked_from_cache(args.cache, f"scfd-{cls}-{stem}"), mit.format(clip))
+    if args.classifier_cache.is_dir():
+        # The fight classifier's operating point: pose score >= 0.1, the default tracker.
+        from scripts.train_fight_classifier import tracked_from_cache as tracked_low
+
+        for name, clip in (("scfd_fight_lowthr", "fight/fi033"), ("scfd_nofight_lowthr", "nofight/nofi007")):
+            cls, stem = clip.split("/")
+            save(name, tracked_low(args.classifier_cache, f"scfd-{cls}-{stem}", 0.1),
+                 mit.format(clip) + "; pose score >= 0.1, default tracker")
     cc = "samples/one-by-one-person-detection.mp4 (CC BY 4.0, Intel)"
     save("walking", tracked_from_cache(args.cache, "samples-one-by-one-person-detection", t_max=40.0),
          f"{cc}: first 40 s, real tracker, 10 fps")

@@ -52,14 +52,18 @@ def patterns(events) -> set[Pattern]:
 @pytest.mark.parametrize("fixture, pattern", [
     ("scfd_strike", Pattern.STRIKE),        # real CCTV fight: a punch lands on the other's head
     ("scfd_push", Pattern.PUSH),            # real CCTV fight: a shove
-    ("scfd_fight", Pattern.FIGHT),          # real CCTV fight: sustained violent limb motion, close
+    ("scfd_fight", Pattern.FIGHT),          # real CCTV fight: the window classifier (default)
+    ("scfd_fight_rule", Pattern.FIGHT),     # the same with the kinematic fight rule (fight_model = "")
     ("pair_strangle_constructed", Pattern.STRANGLE),
     ("pair_kick_constructed", Pattern.KICK),
     ("fall_constructed", Pattern.FALL),
     ("fall_constructed", Pattern.LYING),
 ])
 def test_detector_fires_on_its_positive(fixture, pattern):
-    events = run(load_fixture(fixture))
+    cfg = None
+    if fixture.endswith("_rule"):
+        fixture, cfg = fixture.removesuffix("_rule"), BehaviourConfig(fight_model="")
+    events = run(load_fixture(fixture), cfg)
     hits = [e for e in events if e.pattern is pattern]
     assert hits, f"{pattern.value} not detected in {fixture}: {[e.pattern.value for e in events]}"
     e = hits[0]
@@ -69,7 +73,10 @@ def test_detector_fires_on_its_positive(fixture, pattern):
     assert e.explanation
     json.dumps(e.to_json())   # explanations are JSON scalars
     # Units are in the key names.
-    assert all(any(u in k for u in ("torso", "_s", "deg", "track", "wrist", "fraction")) for k in e.explanation)
+    # Units are in the key names (the classifier's: a probability, a count of windows, the model
+    # and its reasons, each "feature = value (+log-odds)" with the unit in the feature name).
+    units = ("torso", "_s", "deg", "track", "wrist", "fraction", "probability", "windows", "model", "reason")
+    assert all(any(u in k for u in units) for k in e.explanation)
 
 
 def test_strike_explains_speed_and_reach():
@@ -167,7 +174,9 @@ def test_separate_episodes_after_a_gap():
 def test_history_is_bounded_under_track_churn():
     base = load_fixture("walking")
     person = next(f.persons[0] for f in base if f.persons)
-    cfg = BehaviourConfig(max_tracks=16, history_s=2.0)
+    # The per-track histories are what this bounds; the fight classifier's frame window (its own
+    # bound) is checked in test_behaviour_fight_model.py and would only slow this loop down.
+    cfg = BehaviourConfig(max_tracks=16, history_s=2.0, fight_model="")
     analyzer = BehaviourAnalyzer(cfg)
     most_tracks = most_samples = 0
     for i in range(3000):

@@ -32,7 +32,8 @@ APP = [sys.executable, "-m", "appliance.cli"]
 # not call violent. This rig lowers the fight thresholds so that the grab surely becomes a
 # permitted violent event under bw-polg-44-4: the test is about the daemon's plumbing, not
 # about detector accuracy (that is `make eval`).
-SENSITIVE_BEHAVIOUR = {"fight_limb_speed": 0.5, "fight_min_fraction": 0.05, "fight_distance": 6.0}
+SENSITIVE_BEHAVIOUR = {"fight_model": "", "fight_limb_speed": 0.5, "fight_min_fraction": 0.05,
+                       "fight_distance": 6.0}
 
 
 def wait_for(predicate, timeout: float, what: str, step: float = 0.2):

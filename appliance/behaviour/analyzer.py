@@ -25,6 +25,7 @@ import numpy as np
 
 from appliance.behaviour import features as F
 from appliance.behaviour.config import BehaviourConfig
+from appliance.behaviour.fight_model import FightModel, FrameWindow, has_pair, window_features
 from appliance.types import Event, Pattern, TrackedFrame
 
 #: Two samples further apart than this are not differentiated (a track gap, not motion).
@@ -127,11 +128,20 @@ class BehaviourAnalyzer:
     >>> analyzer.flush()
     """
 
-    def __init__(self, cfg: BehaviourConfig | None = None):
+    def __init__(self, cfg: BehaviourConfig | None = None, *, models_dir: str | None = None):
+        """``models_dir``: where the fight classifier's manifest is (default: bundled models/).
+        Raises :class:`~appliance.errors.ModelError` when the named model is missing or its
+        file's sha256 differs from the manifest (a changed model is refused, not ignored)."""
         self.cfg = cfg or BehaviourConfig()
         self._tracks: dict[int, _TrackHistory] = {}
         self._episodes: dict[Pattern, _Episode] = {}
         self._t: float | None = None
+        self.fight_model: FightModel | None = None
+        self._window: FrameWindow | None = None
+        self._fight_run = 0   # consecutive windows at or above the model's threshold
+        if self.cfg.fight_model:
+            self.fight_model = FightModel.load(self.cfg.fight_model, models_dir)
+            self._window = FrameWindow(self.fight_model.window_s)
 
     # ------------------------------------------------------------------ public
 
@@ -143,6 +153,11 @@ class BehaviourAnalyzer:
         persons = [self._ingest(p, t) for p in frame.persons]
         self._prune(t)
         observations = self._pair_observations(persons, t) + self._single_observations(persons, t)
+        if self._window is not None:
+            self._window.push(frame)
+            fight = self._fight_window(t)
+            if fight is not None:
+                observations.append(fight)
         return self._episode_events(observations, t)
 
     def flush(self) -> list[Event]:
@@ -224,7 +239,7 @@ class BehaviourAnalyzer:
                         obs = detect(actor, target, scale, t)
                         if obs is not None:
                             out.append(obs)
-                fight = self._fight(a, b, dist, t)
+                fight = self._fight(a, b, dist, t) if self.fight_model is None else None
                 if fight is not None:
                     out.append(fight)
         return out
@@ -377,6 +392,34 @@ class BehaviourAnalyzer:
             "hip_distance_torso": _r(dist),
             "window_s": _r(t - first),
         })
+
+    def _fight_window(self, t: float) -> Observation | None:
+        """The window classifier: P(fight) of the last ``window_s`` seconds of skeletons."""
+        model, window = self.fight_model, self._window
+        frames = list(window.frames)
+        if window.span_s < model.min_window_s - 1e-6 or not has_pair(frames):
+            self._fight_run = 0
+            return None
+        x = window_features(frames)
+        p = model.probability(x)
+        # Sustained, not one noisy window: fire after consecutive_windows in a row.
+        self._fight_run = self._fight_run + 1 if p >= model.threshold else 0
+        if self._fight_run < model.consecutive_windows:
+            return None
+        # 0.5 at the model's threshold, 1 at certainty (the other detectors' convention).
+        conf = 0.5 + 0.5 * (p - model.threshold) / (1.0 - model.threshold)
+        ids = tuple(sorted({q.track_id for f in frames for q in f.persons}))
+        explanation: dict[str, Any] = {
+            "fight_probability": _r(p),
+            "threshold_probability": model.threshold,
+            "window_s": _r(window.span_s),
+            "consecutive_windows": self._fight_run,
+            "model": model.name,
+            "model_sha256": model.sha256[:16],
+        }
+        for rank, part in enumerate(model.contributions(x), 1):
+            explanation[f"reason_{rank}"] = f"{part['readable']} (+{part['log_odds']} log-odds)"
+        return Observation(Pattern.FIGHT, t, frames[0].t, ids, conf, explanation)
 
     def _single_observations(self, persons: list[_Person], t: float) -> list[Observation]:
         out: list[Observation] = []
