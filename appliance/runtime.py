@@ -186,12 +186,12 @@ class Pipeline:
         self.pending = [tr for tr in self.pending if tr not in ready]
         clips = []
         for trigger in ready:
-            frames = self.ring.window(trigger.window_start_t, trigger.window_end_t)
-            if not frames:
-                log.warning("trigger %s: no frames left in the ring for its window", trigger.event.pattern)
-                continue
-            clips.append(build_clip(trigger, frames, self._tracks_json(trigger), self.pose.model_sha256,
-                                    self._masks, self.cfg.ring.max_fps))
+            with self.ring.pinned_window(trigger.window_start_t, trigger.window_end_t) as frames:
+                if not frames:
+                    log.warning("trigger %s: no frames left in the ring for its window", trigger.event.pattern)
+                    continue
+                clips.append(build_clip(trigger, frames, self._tracks_json(trigger), self.pose.model_sha256,
+                                        self._masks, self.cfg.ring.max_fps))
             self.stats.clips += 1
         return clips
 

@@ -37,7 +37,7 @@ FRAMES_PER_VIDEO = 24
 
 
 def calibration_frames() -> list[np.ndarray]:
-    est = PoseEstimator()
+    est = PoseEstimator("yolo11n-pose")  # the fp32 source model (the INT8 one is being made)
     blobs = []
     for video in CALIBRATION_VIDEOS:
         cap = cv2.VideoCapture(str(video))

@@ -67,7 +67,7 @@ def provision_device(tmp_path: Path, capsys, station_dir: Path, endpoint: str) -
     code, out = run(capsys, "provision", "enrol", "--config", str(cfg), "--out", str(request))
     assert code == 0, out
     body = json.loads(request.read_text())["body"]
-    assert "PRIVATE" not in request.read_text() and body["model"]["name"] == "yolo11n-pose"
+    assert "PRIVATE" not in request.read_text() and body["model"]["name"] == "yolo11n-pose-int8"
 
     bundle = tmp_path / "bundle.json"
     code, out = run(capsys, "station", "devices", "add", str(request), "--dir", str(station_dir),

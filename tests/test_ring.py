@@ -62,3 +62,20 @@ def test_rejects_non_bgr_frames():
     ring = RingBuffer(seconds=1.0, max_fps=4)
     with pytest.raises(ValueError, match="uint8"):
         ring.push(np.zeros((4, 4), np.uint8), 0, 0.0, 0.0)
+
+
+def test_pinned_window_is_zero_copy_read_only_and_never_overwritten():
+    ring = RingBuffer(seconds=1.0, max_fps=4)      # capacity 4
+    for i in range(4):
+        ring.push(img(i), i, i * 0.25, 0.0)
+    with ring.pinned_window(0.25, 0.75) as frames:
+        assert [f.index for f in frames] == [1, 2, 3]
+        assert not frames[0].image.flags.writeable
+        assert np.shares_memory(frames[0].image, ring._pixels)
+        # Slot 0 (frame 0) is free to overwrite; the next push would hit pinned frame 1.
+        assert ring.push(img(40), 4, 1.0, 0.0)
+        assert not ring.push(img(50), 5, 1.25, 0.0)
+        assert ring.dropped_pinned == 1
+        assert [int(f.image[0, 0, 0]) for f in frames] == [1, 2, 3]
+    assert ring.push(img(60), 6, 1.5, 0.0)          # unpinned: overwriting resumes
+    assert [f.index for f in ring.frames()] == [2, 3, 4, 6]

@@ -12,8 +12,10 @@ memory budget: 15 s × 12.5 fps × 960×540×3 B ≈ 292 MB.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -35,6 +37,8 @@ class RingBuffer:
         self._wall = np.zeros(self.capacity, np.float64)
         self._count = 0          # frames stored since the last reset (monotonic)
         self._last_t = -math.inf
+        self._pinned_from: int | None = None   # oldest sequence number a clip is reading
+        self.dropped_pinned = 0  # frames refused because they would overwrite a pinned frame
 
     # -- writing ------------------------------------------------------------------------
 
@@ -51,7 +55,16 @@ class RingBuffer:
         with self._lock:
             if t - self._last_t < self._min_dt * 0.9:
                 return False
+            if self._pinned_from is not None and self._count - self._pinned_from >= self.capacity:
+                # A clip is still reading the oldest frames: drop the live frame rather than
+                # overwrite evidence mid-encode (with a 15 s ring and a 10 s clip window this
+                # needs an encode slower than 5 s).
+                self.dropped_pinned += 1
+                return False
             if self._pixels is None or self._pixels.shape[1:] != image.shape:
+                if self._pinned_from is not None:
+                    self.dropped_pinned += 1
+                    return False
                 self._allocate(image.shape)
             slot = self._count % self.capacity
             np.copyto(self._pixels[slot], image)
@@ -115,6 +128,31 @@ class RingBuffer:
         with self._lock:
             return [self._frame(s) for s in self._slots_in_order()
                     if t_start <= self._t[s % self.capacity] <= t_end]
+
+    @contextlib.contextmanager
+    def pinned_window(self, t_start: float, t_end: float) -> Iterator[list[Frame]]:
+        """Zero-copy frames with ``t_start <= t <= t_end``, valid only inside the ``with``.
+
+        The images are read-only views into the ring, so a 10 s clip does not double the
+        memory (≈ 190 MB at 960×540); while pinned, :meth:`push` drops live frames instead
+        of overwriting one of these. One pin at a time (clips are built one after another).
+        """
+        with self._lock:
+            if self._pinned_from is not None:
+                raise RuntimeError("the ring is already pinned")
+            seqs = [s for s in self._slots_in_order() if t_start <= self._t[s % self.capacity] <= t_end]
+            frames = []
+            for s in seqs:
+                slot = s % self.capacity
+                view = self._pixels[slot].view()
+                view.flags.writeable = False
+                frames.append(Frame(int(self._index[slot]), float(self._t[slot]), float(self._wall[slot]), view))
+            self._pinned_from = seqs[0] if seqs else None
+        try:
+            yield frames
+        finally:
+            with self._lock:
+                self._pinned_from = None
 
     def frames(self) -> list[Frame]:
         """Copies of every frame held, oldest first."""

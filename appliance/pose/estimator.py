@@ -43,11 +43,11 @@ def letterbox_geometry(frame_w: int, frame_h: int, input_width: int) -> Letterbo
 class PoseEstimator:
     """Runs the manifest-verified pose model on frames.
 
-    >>> est = PoseEstimator("yolo11n-pose", input_width=640, threads=2)
+    >>> est = PoseEstimator("yolo11n-pose-int8", input_width=640, threads=2)
     >>> dets = est(frame)            # Detections in frame pixels
     """
 
-    def __init__(self, model: str = "yolo11n-pose", *, models_dir: str | None = None,
+    def __init__(self, model: str = "yolo11n-pose-int8", *, models_dir: str | None = None,
                  input_width: int = 640, threads: int = 2, score_threshold: float = 0.35,
                  nms_iou: float = 0.5, max_persons: int = 50):
         self.entry: ModelEntry
