@@ -155,7 +155,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if emit_json:
         jprint(summary)
     else:
-        print("  per second: " + "; ".join(f"{s}s {n}p ids {sorted(ids)}" for s, (n, ids) in sorted(per_second.items())))
+        print("  second  persons  track ids")
+        for sec, (n, ids) in sorted(per_second.items()):
+            print(f"  {sec:>6}  {n:>7}  {', '.join(map(str, sorted(ids))) or '-'}")
         print(f"summary: {stats.frames} frames, {stats.analysed_frames} analysed, up to {stats.persons_max} "
               f"persons, {len(stats.track_ids)} tracks, {stats.seconds:.1f} s of video in {wall:.1f} s; "
               f"{stats.events} events ({stats.permitted} permitted); triggered: "
