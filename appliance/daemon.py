@@ -28,6 +28,7 @@ from appliance.audit.log import AuditLog
 from appliance.capture import open_source, redact
 from appliance.config import AppConfig
 from appliance.errors import ApplianceError
+from appliance.provision.layout import DeviceLayout
 from appliance.runtime import Pipeline
 from appliance.seal.envelope import seal_clip
 from appliance.seal.keys import load_hpke_public_key, load_signing_key
@@ -48,9 +49,9 @@ COUNTS_PERIOD_S = 3600.0
 
 def key_paths(cfg: AppConfig) -> tuple[Path, Path]:
     """(device signing key, station HPKE public key), defaulting to the provisioned layout."""
-    state = Path(cfg.device.state_dir)
-    signing = Path(cfg.seal.signing_key) if cfg.seal.signing_key else state / "keys" / "signing.key"
-    station = Path(cfg.seal.station_public_key) if cfg.seal.station_public_key else state / "station" / "hpke.pub"
+    layout = DeviceLayout(Path(cfg.device.state_dir))
+    signing = Path(cfg.seal.signing_key) if cfg.seal.signing_key else layout.signing_key
+    station = Path(cfg.seal.station_public_key) if cfg.seal.station_public_key else layout.station_hpke_public
     return signing, station
 
 
@@ -83,8 +84,6 @@ class ClipSealer:
             self.refused += 1
             log.error("%s", exc)
             return
-        finally:
-            del envelope
         self.sealed += 1
         self.audit.append("trigger.permitted", pattern=event.pattern.value,
                           window=[round(clip.trigger.window_start_t, 3), round(clip.trigger.window_end_t, 3)],

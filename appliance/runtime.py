@@ -89,8 +89,6 @@ class Pipeline:
         self.tracker = Tracker(cfg.tracking)
         self.behaviour = BehaviourAnalyzer(cfg.behaviour)
         self.profile = load_profile(profile or cfg.policy.profile, cfg.policy.profiles_dir or None)
-        self._zone_regions = cfg.zones
-        self._mask_regions = cfg.privacy_masks
         self._masks: MaskSet | None = None
         self._gate: PolicyGate | None = None
         self._frame_size: tuple[int, int] | None = None
@@ -109,8 +107,8 @@ class Pipeline:
             return
         self._frame_size = (width, height)
         self.tracker.frame_size = (width, height)
-        self._masks = MaskSet.from_regions(self._mask_regions, width, height)
-        self._gate = PolicyGate(self.profile, ZoneSet.from_regions(self._zone_regions, width, height))
+        self._masks = MaskSet.from_regions(self.cfg.privacy_masks, width, height)
+        self._gate = PolicyGate(self.profile, ZoneSet.from_regions(self.cfg.zones, width, height))
 
     # -- capture side -------------------------------------------------------------------
 

@@ -88,14 +88,16 @@ def camera_dropin(source: str, resolve=socket.getaddrinfo) -> DropIn:
         if not host:
             raise InputError(f"camera.source {_redact(source)!r}: no host in the URL "
                              "(fix: e.g. rtsp://192.0.2.10:554/stream1)")
-        addrs = _addresses(host, resolve)
-        text = (
-            f"# written by `appliance provision network`: the camera at {host}\n"
+        text = _allow_only("camera", host, _addresses(host, resolve))
+    return DropIn(PIXEL_UNIT, DROPIN_NAME[PIXEL_UNIT], text)
+
+
+def _allow_only(what: str, host: str, addrs) -> str:
+    """Drop-in text that denies every address but ``addrs``."""
+    return (f"# written by `appliance provision network`: the {what} at {host}\n"
             "[Service]\n"
             "IPAddressDeny=any\n"
-            + "".join(f"IPAddressAllow={a}\n" for a in addrs)
-        )
-    return DropIn(PIXEL_UNIT, DROPIN_NAME[PIXEL_UNIT], text)
+            + "".join(f"IPAddressAllow={a}\n" for a in addrs))
 
 
 def station_dropin(endpoint: str, resolve=socket.getaddrinfo) -> DropIn:
@@ -105,13 +107,7 @@ def station_dropin(endpoint: str, resolve=socket.getaddrinfo) -> DropIn:
         raise InputError(f"uplink.endpoint = {endpoint!r}: not a tcp://HOST:PORT endpoint "
                          "(fix: e.g. tcp://203.0.113.5:7100, as printed by the station bundle)")
     host = m.group(1)
-    addrs = _addresses(host, resolve)
-    text = (
-        f"# written by `appliance provision network`: the station at {host}\n"
-        "[Service]\n"
-        "IPAddressDeny=any\n"
-        + "".join(f"IPAddressAllow={a}\n" for a in addrs)
-    )
+    text = _allow_only("station", host, _addresses(host, resolve))
     return DropIn(UPLINK_UNIT, DROPIN_NAME[UPLINK_UNIT], text)
 
 
