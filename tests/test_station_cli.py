@@ -114,9 +114,38 @@ def test_decrypt_an_envelope_file_and_devices_list(station, tmp_path, capsys):
     assert main(["station", "decrypt", str(path), str(tmp_path / "o2"), "--dir", str(station_dir),
                  "--operator", "kim", "--reason", "spool recovery"]) == 4
     assert "bad_signature" in capsys.readouterr().err
+    # Enrolled but never heard from: stale (exit 3), so a monitoring job can alert.
+    assert main(["station", "devices", "list", "--dir", str(station_dir), "--json"]) == 3
+    captured = capsys.readouterr()
+    [dev] = [json.loads(line) for line in captured.out.splitlines()]
+    assert dev["device_id"] == "dev-x" and dev["enabled"] and len(dev["signing_key"]) == 19
+    assert dev["stale"] and dev["last_seen_unix_ms"] is None and "dev-x" in captured.err
+
+
+def test_devices_list_flags_a_device_silent_for_too_long(station, capsys):
+    import sqlite3
+
+    station_dir, _ = station
+    store = ClipStore(station_dir)
+    try:
+        store.record_seen("dev-x", "heartbeat", {"ok": True})
+    finally:
+        store.close()
     assert main(["station", "devices", "list", "--dir", str(station_dir), "--json"]) == 0
     [dev] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert dev["device_id"] == "dev-x" and dev["enabled"] and len(dev["signing_key"]) == 19
+    assert not dev["stale"] and 0 <= dev["silent_s"] < 60 and dev["health"] == {"ok": True}
+    # The last heartbeat was 10 minutes ago: stale at the default 120 s, not at --stale-after 900.
+    conn = sqlite3.connect(station_dir / "station.db")
+    conn.execute("UPDATE devices_seen SET last_seen_unix_ms = last_seen_unix_ms - 600000")
+    conn.commit()
+    conn.close()
+    assert main(["station", "devices", "list", "--dir", str(station_dir)]) == 3
+    out, err = capsys.readouterr()
+    assert "STALE" in out and "60" in out and "silent for more than 120 s: dev-x" in err
+    assert main(["station", "devices", "list", "--dir", str(station_dir), "--stale-after", "900"]) == 0
+    assert "STALE" not in capsys.readouterr().out
+    assert main(["station", "devices", "list", "--dir", str(station_dir), "--stale-after", "0"]) == 2
+    assert "--stale-after" in capsys.readouterr().err
 
 
 def test_recover_reindexes_envelope_files_whose_rows_were_lost(station):
