@@ -241,6 +241,9 @@ class AuditConfig:
     checkpoint_every: int = opt(100, lo=1, hi=1_000_000, fix="records between signed checkpoints, e.g. 100")
     checkpoint_interval_s: float = opt(300.0, lo=1, hi=86400,
                                        fix="an append makes a checkpoint when the last is older than this, e.g. 300")
+    segment_max_bytes: int = opt(16 * 1024**2, lo=64 * 1024, hi=2**31,
+                                 fix="size in bytes at which the active audit log file is sealed into a "
+                                     "segment and a new one started (docs/audit-log.md §9), e.g. 16777216")
     retention_hours: float = opt(72.0, lo=1, hi=LEGAL_MAX_RETENTION_HOURS,
                                  fix="default clip retention in hours (Mannheim: 72), at most 2160")
     retention: tuple[RetentionRule, ...] = opt((), fix="[[audit.retention]] tables with profile and hours")

@@ -35,7 +35,8 @@ def register(sub) -> None:
                                     "station's checkpoints, that no tail was cut and nothing was rolled "
                                     "back. Exit 0 intact, 1 a problem (the first bad record is named), "
                                     "2 unreadable input.")
-    v.add_argument("log", type=Path, help="the audit log (JSON Lines)")
+    v.add_argument("log", type=Path, help="the audit log (JSON Lines); its sealed segments LOG.<first>-<last> "
+                   "beside it are read too, in order")
     v.add_argument("--checkpoints", type=Path, help="checkpoints the station holds for this log "
                    "(JSON list or JSON Lines, e.g. from 'appliance audit checkpoints --station')")
     v.add_argument("--station", type=Path, help="read the checkpoints (and, without --key, the device's "
@@ -103,6 +104,12 @@ def register(sub) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+def _log_exists(path: Path) -> bool:
+    """The active file, or (after a crash right after a rotation) only its sealed segments."""
+    from appliance.audit.segments import log_files
+    return bool(log_files(path))
+
+
 def _keys(paths: list[Path]) -> list:
     from appliance.audit.canonical import load_public_key
     return [load_public_key(p) for p in paths]
@@ -132,7 +139,7 @@ def cmd_verify(args) -> int:
     from appliance.audit.checkpoints import load_checkpoints_file
     from appliance.audit.verify import verify_log
 
-    if not args.log.is_file():
+    if not _log_exists(args.log):
         raise InputError(f"no audit log at {args.log}")
     keys = _keys(args.key)
     station_cps = None
@@ -172,7 +179,7 @@ def cmd_report(args) -> int:
     from appliance.audit.report import RENDERERS, build_report
 
     for log_path in args.logs:
-        if not log_path.is_file():
+        if not _log_exists(log_path):
             raise InputError(f"no audit log at {log_path}")
     policy, audit_cfg = _retention_settings(args.config)
     grace = audit_cfg.retention_grace_s if args.grace is None else args.grace
@@ -201,7 +208,7 @@ def cmd_checkpoints(args) -> int:
         items = [c for c in _station_checkpoints(args.station, args.device)
                  if not isinstance(c, dict) or c.get("n", -1) > args.after]
     elif args.log is not None:
-        if not args.log.is_file():
+        if not _log_exists(args.log):
             raise InputError(f"no audit log at {args.log}")
         items = read_checkpoints(args.log, args.after)
     else:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from appliance.audit.canonical import parse_time, utc_iso
 from appliance.audit.log import iter_lines
+from appliance.audit.segments import log_files
 from appliance.audit.verify import verify_log
 from appliance.errors import InputError
 
@@ -40,11 +41,18 @@ class _Rec:
     origin: str
 
 
+def _lines(path: Path) -> Iterable[bytes]:
+    """Every line of the logical log: its sealed segments in order, then the active file."""
+    for file in log_files(path) or [path]:
+        for _, raw in iter_lines(file):
+            yield raw
+
+
 def _load(path: Path) -> tuple[list[_Rec], str, str]:
     records: list[_Rec] = []
     device = origin = ""
     try:
-        for _, raw in iter_lines(path):
+        for raw in _lines(path):
             try:
                 rec = json.loads(raw)
                 t = parse_time(rec["time"])

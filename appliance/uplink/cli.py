@@ -99,7 +99,8 @@ def cmd_uplink(args) -> int:
     configure_logging("appliance-uplink")
     # No signer: this process appends records; the pixel process (key holder) checkpoints them.
     audit = AuditLog(cfg.audit_log, origin="appliance", device=cfg.device.id,
-                     checkpoint_every=cfg.audit.checkpoint_every)
+                     checkpoint_every=cfg.audit.checkpoint_every,
+                     segment_max_bytes=cfg.audit.segment_max_bytes)
     uplink = build_uplink(cfg, audit=audit)
     stop = install_signal_handlers()
     try:
