@@ -169,6 +169,12 @@ class BehaviourConfig:
                            fix="how far the hips must drop, torso lengths, e.g. 1")
     fall_window_s: float = opt(1.5, lo=0.2, hi=10,
                                fix="seconds within which the drop must happen, e.g. 1.5")
+    collapse_drop: float = opt(1.5, lo=0.5, hi=10,
+                               fix="for a fall seen end-on (towards or away from the camera, the torso still looks "
+                                   "upright): how far the hips must drop, torso lengths, e.g. 1.5")
+    collapse_window_s: float = opt(1.0, lo=0.2, hi=10,
+                                   fix="seconds within which such a collapse must happen (sitting down takes "
+                                       "longer), e.g. 1")
     lying_angle_deg: float = opt(60.0, lo=20, hi=90,
                                  fix="torso angle from vertical above which a person counts as lying, e.g. 60")
     lying_min_s: float = opt(3.0, lo=0.5, hi=600,

@@ -75,7 +75,9 @@ def test_detector_fires_on_its_positive(fixture, pattern):
     # Units are in the key names.
     # Units are in the key names (the classifier's: a probability, a count of windows, the model
     # and its reasons, each "feature = value (+log-odds)" with the unit in the feature name).
-    units = ("torso", "_s", "deg", "track", "wrist", "fraction", "probability", "windows", "model", "reason")
+    # A fall also names its cue ("down" or "collapse") and, for a collapse, dimensionless ratios.
+    units = ("torso", "_s", "deg", "track", "wrist", "fraction", "probability", "windows", "model", "reason",
+             "cue", "ratio")
     assert all(any(u in k for u in units) for k in e.explanation)
 
 
@@ -94,6 +96,53 @@ def test_fall_is_timed_at_the_drop_and_lying_after_lying_min_s():
     assert 1.5 <= fall.start_t <= 2.6 and fall.end_t <= 3.0
     assert lying.end_t - lying.start_t >= BehaviourConfig().lying_min_s - 1e-6
     assert not patterns(events) & VIOLENT_PATTERNS
+
+
+def end_on_fall(duration_s: float, *, frame_size=(768, 720), squash: float = 0.35,
+                shift_torso: float = 0.8) -> list[TrackedFrame]:
+    """A real standing skeleton (fall_constructed's first frame) falling *towards the camera*:
+    over ``duration_s`` its height shrinks to ``squash`` of itself about the feet (the body now
+    lies along the line of sight, foreshortened) and it moves ``shift_torso`` torso lengths down
+    the image; the torso keeps looking upright, so only the collapse cue can see it. 1 s
+    standing before, 3 s down after, 10 fps, in a picture tall enough to hold the whole fall."""
+    first = load_fixture("fall_constructed")[0].persons[0]
+    kp0 = first.keypoints.copy()
+    feet_y = float(kp0[[15, 16], 1].max())
+    torso = float(np.linalg.norm(kp0[[5, 6], :2].mean(0) - kp0[[11, 12], :2].mean(0)))
+    frames, t = [], 0.0
+    steps = round(duration_s * 10)
+    for i in range(10 + steps + 30):
+        a = min(max(i - 10, 0) / max(steps, 1), 1.0)
+        kp = kp0.copy()
+        kp[:, 1] = feet_y + (kp0[:, 1] - feet_y) * (1 - (1 - squash) * a) + shift_torso * torso * a
+        pts = kp[kp[:, 2] > 0.3, :2]
+        box = np.array([*pts.min(0) - 5, *pts.max(0) + 5], np.float32)
+        frames.append(TrackedFrame(i, t, (TrackedPerson(1, box, 0.9, kp, i, 0),), frame_size))
+        t = round(t + 0.1, 6)
+    return frames
+
+
+def test_fall_seen_end_on_is_caught_by_the_collapse_cue():
+    fall = [e for e in run(end_on_fall(0.6)) if e.pattern is Pattern.FALL]
+    assert len(fall) == 1, [e.to_json() for e in fall]
+    x = fall[0].explanation
+    assert x["cue"] == "collapse" and x["body_drop_torso"] >= BehaviourConfig().collapse_drop
+    assert x["height_to_width_ratio_after"] <= 0.7 * x["height_to_width_ratio_before"]
+    assert x["torso_angle_after_deg"] < BehaviourConfig().lying_angle_deg   # "down" could not see it
+    assert 0.9 <= fall[0].start_t and fall[0].end_t <= 1.8
+
+
+def test_collapse_cue_needs_speed_depth_and_a_whole_body():
+    # Sitting down on the ground takes longer than collapse_window_s.
+    assert Pattern.FALL not in patterns(run(end_on_fall(2.0)))
+    # A squat: the hips drop less than collapse_drop.
+    assert Pattern.FALL not in patterns(run(end_on_fall(0.6, squash=0.6, shift_torso=0.0)))
+    # Walking out of the picture at the bottom looks like a collapse; a box at the border is not judged.
+    frames = end_on_fall(0.6)
+    low = max(float(p.box[3]) for f in frames for p in f.persons)
+    assert Pattern.FALL not in patterns(run([dataclasses.replace(f, frame_size=(768, int(low) + 2)) for f in frames]))
+    # Disabled by a collapse_drop larger than any fall.
+    assert Pattern.FALL not in patterns(run(end_on_fall(0.6), BehaviourConfig(collapse_drop=10.0)))
 
 
 # --------------------------------------------------------------------------- negatives

@@ -42,6 +42,12 @@ KICK_MIN_LIFT = 0.5
 #: A fight needs at least this many violent limb steps in its window: one or two fast steps are
 #: what keypoints jumping between two passers-by look like.
 FIGHT_MIN_VIOLENT_STEPS = 3
+#: A collapse (a fall seen end-on) leaves the body at most this share of its upright
+#: height-to-width ratio: standing about 2.3, on the ground about 1.3 or less.
+COLLAPSE_ASPECT = 0.7
+#: A box within this share of the image size from its border may be cut by the frame edge: its
+#: shape then says nothing about the body's posture.
+EDGE_MARGIN = 0.02
 
 
 def _foot_lift(kp: np.ndarray, ankle: int, scale: float, min_conf: float = 0.3) -> float:
@@ -109,6 +115,15 @@ class _Episode:
     track_ids: list[int]
 
 
+def _at_frame_edge(box: np.ndarray, frame_size: tuple[int, int]) -> bool:
+    """Whether a box touches the image border (within EDGE_MARGIN of the image size)."""
+    w, h = frame_size
+    if w <= 0 or h <= 0:
+        return False
+    mx, my = EDGE_MARGIN * w, EDGE_MARGIN * h
+    return bool(box[0] <= mx or box[1] <= my or box[2] >= w - mx or box[3] >= h - my)
+
+
 def _confidence(ratio: float, *more: float) -> float:
     """0.5 at a threshold, rising to 1 at twice it; the mean over the cues that fired."""
     parts = [ratio, *more]
@@ -136,6 +151,7 @@ class BehaviourAnalyzer:
         self._tracks: dict[int, _TrackHistory] = {}
         self._episodes: dict[Pattern, _Episode] = {}
         self._t: float | None = None
+        self._frame_size: tuple[int, int] = (0, 0)
         self.fight_model: FightModel | None = None
         self._window: FrameWindow | None = None
         self._fight_run = 0   # consecutive windows at or above the model's threshold
@@ -150,6 +166,7 @@ class BehaviourAnalyzer:
         if self._t is not None and t < self._t:
             raise ValueError(f"frames must come in time order: t={t} after {self._t}")
         self._t = t
+        self._frame_size = frame.frame_size
         persons = [self._ingest(p, t) for p in frame.persons]
         self._prune(t)
         observations = self._pair_observations(persons, t) + self._single_observations(persons, t)
@@ -434,15 +451,30 @@ class BehaviourAnalyzer:
         return F.is_down(p.sample.kp, p.sample.box, self.cfg.lying_angle_deg)
 
     def _fall(self, p: _Person, t: float) -> Observation | None:
-        """Upright, then within ``fall_window_s`` down with the body ``fall_drop`` torso lengths lower."""
+        """Upright, then within ``fall_window_s`` down with the body ``fall_drop`` torso lengths
+        lower; or, for a fall seen end-on, a collapse (below)."""
         cfg = self.cfg
-        if not self._is_down(p):
+        down = self._is_down(p)
+        # A person falling towards or away from the camera lies along the line of sight: the
+        # torso is foreshortened, not tilted, so "down" (torso angle, wider than high) misses
+        # them. What remains visible is a collapse: the hips drop further than any squat takes
+        # them (``collapse_drop``, 1.5 torso lengths) faster than anyone sits down
+        # (``collapse_window_s``), and the body loses at least COLLAPSE_ASPECT of its
+        # height-to-width ratio. Walking towards the camera also moves the hips down the image,
+        # but keeps the body's upright shape.
+        aspect_now = None if down else F.body_aspect(p.sample.kp, p.sample.box)
+        if aspect_now is not None and _at_frame_edge(p.sample.box, self._frame_size):
+            # A body cut by the frame edge loses height as it leaves the picture: someone walking
+            # out at the bottom towards the camera looks exactly like a collapse (scfd nofi011).
+            # Pose models place confident ankles even below the border, so there is no telling
+            # the two apart; a fall at the edge is left to the "down" cue.
             return None
+        window_s = cfg.fall_window_s if down else cfg.collapse_window_s
         hist = self._tracks[p.track_id]
         pc = F.POSTURE_MIN_CONF
         best = None
         for s in hist.samples:
-            if s.t < t - cfg.fall_window_s or s.t >= t:
+            if s.t < t - window_s or s.t >= t:
                 continue
             angle0 = F.torso_angle_deg(s.kp, pc)
             if angle0 is None or angle0 >= cfg.lying_angle_deg:
@@ -451,17 +483,28 @@ class BehaviourAnalyzer:
             r0, r1 = F.common_reference(s.kp, s.box, p.sample.kp, p.sample.box, pc)
             scale0 = F.torso_length(s.kp, pc) or p.scale
             drop = float(r1[1] - r0[1]) / max(scale0, p.scale)
-            if drop >= cfg.fall_drop:
-                best = (drop, s.t, angle0)   # the last upright sample: where the fall began
+            if down and drop >= cfg.fall_drop:
+                best = (drop, s.t, angle0, None)   # the last upright sample: where the fall began
+            elif not down and drop >= cfg.collapse_drop:
+                aspect0 = F.body_aspect(s.kp, s.box)
+                if aspect_now <= COLLAPSE_ASPECT * aspect0:
+                    best = (drop, s.t, angle0, aspect0)
         if best is None:
             return None
-        drop, t0, angle0 = best
-        conf = _confidence(drop / cfg.fall_drop, (p.angle or cfg.lying_angle_deg) / cfg.lying_angle_deg)
+        drop, t0, angle0, aspect0 = best
+        if aspect0 is None:
+            conf = _confidence(drop / cfg.fall_drop, (p.angle or cfg.lying_angle_deg) / cfg.lying_angle_deg)
+            cue = {"cue": "down"}
+        else:
+            conf = _confidence(drop / cfg.collapse_drop, COLLAPSE_ASPECT * aspect0 / max(aspect_now, 1e-6))
+            cue = {"cue": "collapse", "height_to_width_ratio_before": _r(aspect0),
+                   "height_to_width_ratio_after": _r(aspect_now)}
         return Observation(Pattern.FALL, t, t0, (p.track_id,), conf, {
             "body_drop_torso": _r(drop),
             "drop_time_s": _r(t - t0),
             "torso_angle_before_deg": _r(angle0),
             "torso_angle_after_deg": _r(p.angle) if p.angle is not None else None,
+            **cue,
         })
 
     def _lying(self, p: _Person, t: float) -> Observation | None:

@@ -74,6 +74,17 @@ def is_down(kp: np.ndarray, box: np.ndarray, lying_angle_deg: float) -> bool:
     return w > 1.3 * h
 
 
+def body_aspect(kp: np.ndarray, box: np.ndarray) -> float:
+    """Height over width of the confident skeleton (else the box): about 2-3 for a person
+    standing, about 1 or less for one on the ground, whatever the camera angle."""
+    pts = kp[kp[:, 2] >= POSTURE_MIN_CONF, :2]
+    if len(pts) >= 5:
+        w, h = float(np.ptp(pts[:, 0])), float(np.ptp(pts[:, 1]))
+    else:
+        w, h = float(box[2] - box[0]), float(box[3] - box[1])
+    return h / max(w, 1.0)
+
+
 @dataclass(frozen=True)
 class Anchors:
     """Reference points of one skeleton (pixels); None where the keypoints are not confident."""
