@@ -127,13 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     # score order, so filtering the output at a higher score equals running at that score.
     ap.add_argument("--score-threshold", type=float, default=0.35,
                     help="minimum person score (runtime default 0.35); 0.05 keeps higher choices open")
+    ap.add_argument("--nms-iou", type=float, default=0.5,
+                    help="box IoU above which NMS merges persons (runtime default 0.5); 0.95 keeps nearly every "
+                         "candidate, so other suppression rules can be tried on the cache")
+    ap.add_argument("--max-persons", type=int, default=50, help="most detections kept per frame")
     ap.add_argument("--only", default="", help="comma-separated cache-name prefixes, e.g. scfd-,mot-")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(repo))
     from appliance.pose import PoseEstimator
 
     est = PoseEstimator(input_width=args.input_width, threads=args.threads,
-                        score_threshold=args.score_threshold)
+                        score_threshold=args.score_threshold, nms_iou=args.nms_iou, max_persons=args.max_persons)
     args.out.mkdir(parents=True, exist_ok=True)
     sources = default_sources(args.data, repo)
     if args.only:
