@@ -145,6 +145,73 @@ def test_collapse_cue_needs_speed_depth_and_a_whole_body():
     assert Pattern.FALL not in patterns(run(end_on_fall(0.6), BehaviourConfig(collapse_drop=10.0)))
 
 
+def _torso(kp: np.ndarray) -> float:
+    return float(np.linalg.norm(kp[[5, 6], :2].mean(0) - kp[[11, 12], :2].mean(0)))
+
+
+def _with_keypoints(frame: TrackedFrame, kp: np.ndarray, frame_size=None) -> TrackedFrame:
+    pts = kp[kp[:, 2] > 0.3, :2]
+    box = np.array([*pts.min(0) - 5, *pts.max(0) + 5], np.float32)
+    person = dataclasses.replace(frame.persons[0], keypoints=kp, box=box)
+    return dataclasses.replace(frame, persons=(person,), frame_size=frame_size or frame.frame_size)
+
+
+def away_fall(frame_size=(1024, 720)) -> list[TrackedFrame]:
+    """fall_constructed (tips over about the feet from t=2.0 to 2.6 s), but falling *away* from
+    the camera: the body lands further up the image, so the hips drop about 0.67 torso lengths
+    instead of 1.22, less than ``fall_drop``."""
+    frames = load_fixture("fall_constructed")
+    torso = _torso(frames[0].persons[0].keypoints)
+    out = []
+    for f in frames:
+        kp = f.persons[0].keypoints.copy()
+        kp[:, 1] -= 0.55 * torso * min(max((f.t - 2.0) / 0.6, 0.0), 1.0) - 200   # 200: room above
+        out.append(_with_keypoints(f, kp, frame_size))
+    return out
+
+
+def test_fall_away_from_the_camera_is_caught_by_the_tip_over_cue():
+    events = run(away_fall())
+    fall = [e for e in events if e.pattern is Pattern.FALL]
+    assert len(fall) == 1, [e.to_json() for e in events]
+    x = fall[0].explanation
+    assert x["cue"] == "tip-over" and x["body_drop_torso"] < BehaviourConfig().fall_drop
+    assert x["height_to_width_ratio_after"] < 1.0
+    assert Pattern.LYING in patterns(events)
+
+
+def test_tip_over_needs_a_horizontal_whole_body():
+    # Bending over with a knee dip: the torso is horizontal ("down") and the hips drop 0.6 torso
+    # lengths, but the legs stay upright and the arms hang: the body is about as wide as high.
+    from appliance.behaviour import features as F
+    from appliance.behaviour.analyzer import TIPOVER_MAX_ASPECT
+
+    first = load_fixture("fall_constructed")[0]
+    kp0 = first.persons[0].keypoints.copy()
+    torso = _torso(kp0)
+    frames = []
+    for i in range(40):
+        a = min(max(i - 10, 0) / 6, 1.0)
+        kp = kp0.copy()
+        kp[:13, 1] += 0.6 * torso * a                 # head, arms and hips lower (knees bend)
+        hip = kp[[11, 12], :2].mean(0)
+        rot = np.deg2rad(90 * a)                      # head and shoulders pivot forward about the hips
+        upper = kp[:7, :2] - hip
+        kp[:7, 0] = hip[0] + upper[:, 0] * np.cos(rot) - upper[:, 1] * np.sin(rot)
+        kp[:7, 1] = hip[1] + upper[:, 0] * np.sin(rot) + upper[:, 1] * np.cos(rot)
+        for shoulder, elbow, wrist in ((5, 7, 9), (6, 8, 10)):   # the arms hang from the shoulders
+            kp[elbow, :2] = kp[shoulder, :2] + [0, 0.6 * torso]
+            kp[wrist, :2] = kp[shoulder, :2] + [0, 1.1 * torso]
+        frames.append(_with_keypoints(dataclasses.replace(first, frame_index=i, t=i / 10), kp, (768, 720)))
+    last = frames[-1].persons[0]
+    assert F.is_down(last.keypoints, last.box, 60)
+    assert F.body_aspect(last.keypoints, last.box) > TIPOVER_MAX_ASPECT
+    assert Pattern.FALL not in patterns(run(frames))
+    # A fall away from the camera ending at the image border: only the full drop would count.
+    low = float(away_fall()[-1].persons[0].box[3])   # where the lying body ends
+    assert Pattern.FALL not in patterns(run(away_fall(frame_size=(1024, int(low) + 2))))
+
+
 # --------------------------------------------------------------------------- negatives
 
 

@@ -45,6 +45,12 @@ FIGHT_MIN_VIOLENT_STEPS = 3
 #: A collapse (a fall seen end-on) leaves the body at most this share of its upright
 #: height-to-width ratio: standing about 2.3, on the ground about 1.3 or less.
 COLLAPSE_ASPECT = 0.7
+#: A person who ends down, having lost COLLAPSE_ASPECT of their
+#: height-to-width ratio, has fallen when the hips dropped this share of ``fall_drop``.
+TIPOVER_DROP_SHARE = 0.5
+#: ... and when the body is now clearly wider than high: a person bent over with bent knees
+#: (torso horizontal, hips lower, legs upright) is about as wide as high.
+TIPOVER_MAX_ASPECT = 0.75
 #: A box within this share of the image size from its border may be cut by the frame edge: its
 #: shape then says nothing about the body's posture.
 EDGE_MARGIN = 0.02
@@ -470,6 +476,11 @@ class BehaviourAnalyzer:
             # the two apart; a fall at the edge is left to the "down" cue.
             return None
         window_s = cfg.fall_window_s if down else cfg.collapse_window_s
+        aspect_down = None
+        if down:
+            aspect_down = F.body_aspect(p.sample.kp, p.sample.box)
+            if aspect_down > TIPOVER_MAX_ASPECT or _at_frame_edge(p.sample.box, self._frame_size):
+                aspect_down = None   # not clearly horizontal, or cut: only the full drop counts
         hist = self._tracks[p.track_id]
         pc = F.POSTURE_MIN_CONF
         best = None
@@ -485,6 +496,13 @@ class BehaviourAnalyzer:
             drop = float(r1[1] - r0[1]) / max(scale0, p.scale)
             if down and drop >= cfg.fall_drop:
                 best = (drop, s.t, angle0, None)   # the last upright sample: where the fall began
+            elif down and drop >= TIPOVER_DROP_SHARE * cfg.fall_drop and aspect_down is not None:
+                # Falling away from the camera, the body lands further up the image, so the hips
+                # drop less; but the whole body, legs included, is now horizontal (bending over
+                # keeps the legs upright).
+                aspect0 = F.body_aspect(s.kp, s.box)
+                if aspect_down <= COLLAPSE_ASPECT * aspect0:
+                    best = (drop, s.t, angle0, aspect0)
             elif not down and drop >= cfg.collapse_drop:
                 aspect0 = F.body_aspect(s.kp, s.box)
                 if aspect_now <= COLLAPSE_ASPECT * aspect0:
@@ -495,6 +513,10 @@ class BehaviourAnalyzer:
         if aspect0 is None:
             conf = _confidence(drop / cfg.fall_drop, (p.angle or cfg.lying_angle_deg) / cfg.lying_angle_deg)
             cue = {"cue": "down"}
+        elif down:
+            conf = _confidence(drop / (TIPOVER_DROP_SHARE * cfg.fall_drop), COLLAPSE_ASPECT * aspect0 / aspect_down)
+            cue = {"cue": "tip-over", "height_to_width_ratio_before": _r(aspect0),
+                   "height_to_width_ratio_after": _r(aspect_down)}
         else:
             conf = _confidence(drop / cfg.collapse_drop, COLLAPSE_ASPECT * aspect0 / max(aspect_now, 1e-6))
             cue = {"cue": "collapse", "height_to_width_ratio_before": _r(aspect0),
