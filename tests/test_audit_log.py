@@ -319,6 +319,34 @@ def test_torn_tail_is_cut_and_recorded(tmp_path):
     assert verify_log(path, [DEVICE_KEY.public_key()]).ok
 
 
+def test_a_short_write_is_cut_off_by_the_same_process(tmp_path, monkeypatch):
+    """Disk full inside a write: the same writer's next append must not continue after the torn
+    bytes (that would bury a broken line inside the log)."""
+    import appliance.audit.log as log_module
+
+    path = tmp_path / "audit.jsonl"
+    log, _ = make_log(path, records=3)
+    real_write = log_module.os.write
+    calls = []
+
+    def write_half_once(fd, data):
+        calls.append(len(data))
+        return real_write(fd, data[: len(data) // 2] if len(calls) == 1 else data)
+
+    monkeypatch.setattr(log_module.os, "write", write_half_once)
+    with pytest.raises(AuditError, match="short write"):
+        log.append("appliance.start", version="disk full")
+    monkeypatch.setattr(log_module.os, "write", real_write)
+    log.append("appliance.start", version="space again")
+    log.close()
+    records = [json.loads(r) for r in lines(path)]
+    recovered = [r for r in records if r["kind"] == "audit.recovered"]
+    assert len(recovered) == 1 and recovered[0]["fields"]["bytes"] == calls[0] // 2
+    versions = [r["fields"].get("version") for r in records if r["kind"] == "appliance.start"]
+    assert "space again" in versions and "disk full" not in versions
+    assert verify_log(path, [DEVICE_KEY.public_key()]).ok
+
+
 def test_writer_refuses_to_append_after_a_tampered_tail(tmp_path):
     path = tmp_path / "audit.jsonl"
     make_log(path, records=3)[0].close()

@@ -265,9 +265,11 @@ class AuditLog:
             os.fsync(self._fd)
         except OSError as exc:
             raise AuditError(f"cannot write audit log {self.path}: {exc.strerror or exc}") from None
-        self._size += written
-        if written != len(line):    # e.g. disk full: the torn line is cut off on the next append
+        if written != len(line):
+            # E.g. disk full. The partial line is not counted, so the next append (by this process
+            # or another) finds it past the known end, cuts it off and records audit.recovered.
             raise AuditError(f"audit log {self.path}: short write ({written} of {len(line)} bytes)")
+        self._size += written
         self._note(record)
         return record
 
