@@ -123,6 +123,9 @@ def test_enrol_import_and_check_against_a_live_station(tmp_path, capsys, station
                  "clock", "spool space"):
         assert any(line.startswith(name) and " PASS " in line for line in out.splitlines()), (name, out)
     assert "signed probe acknowledged" in out and "0 failed" in out
+    # The sample is a 1920x1080 "camera": the technician is told to pick a smaller stream.
+    camera_row = next(line for line in out.splitlines() if line.startswith("camera"))
+    assert "camera sends 1920x1080" in camera_row and "second stream at <= 960 px" in camera_row
     # the probe was answered without storing anything
     assert not list((station_dir / "envelopes").rglob("*.env")) if (station_dir / "envelopes").exists() else True
 

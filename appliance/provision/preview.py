@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -28,7 +29,15 @@ log = logging.getLogger(__name__)
 ZONE_COLOUR = (0, 200, 255)   # BGR amber: visible on most scenes, not a mask colour
 
 
-def grab_frames(camera: CameraConfig, max_width: int, count: int = 1, timeout_s: float = 10.0) -> list[np.ndarray]:
+@dataclass(frozen=True)
+class CameraSample:
+    """Frames decoded from the camera (downscaled like the ring) and the size the camera sends."""
+
+    frames: list[np.ndarray]
+    native_size: tuple[int, int]   # (width, height) before downscaling
+
+
+def grab_camera(camera: CameraConfig, max_width: int, count: int = 1, timeout_s: float = 10.0) -> CameraSample:
     """Opens the camera once and decodes ``count`` frames (downscaled like the ring); bounded."""
     kind = classify_source(camera.source)
     target: str | int = int(camera.source) if camera.source.isdigit() else camera.source
@@ -42,17 +51,23 @@ def grab_frames(camera: CameraConfig, max_width: int, count: int = 1, timeout_s:
     try:
         if not cap.isOpened():
             raise InputError(f"cannot open camera {redact(camera.source)} (check address, credentials, cable)")
-        frames = []
+        frames, native = [], (0, 0)
         for _ in range(count):
             ok, image = cap.read()
             if not ok or image is None:
                 break
+            native = (image.shape[1], image.shape[0])
             frames.append(downscale(image, max_width))
         if not frames:
             raise InputError(f"camera {redact(camera.source)} opened but no frame decoded")
-        return frames
+        return CameraSample(frames, native)
     finally:
         cap.release()
+
+
+def grab_frames(camera: CameraConfig, max_width: int, count: int = 1, timeout_s: float = 10.0) -> list[np.ndarray]:
+    """:func:`grab_camera`'s frames only."""
+    return grab_camera(camera, max_width, count, timeout_s).frames
 
 
 def render_preview(cfg: AppConfig, image: np.ndarray) -> np.ndarray:
