@@ -120,6 +120,27 @@ def test_eval_runs_the_real_pipeline_on_a_small_folder(tmp_path, capsys):
     assert "balanced accuracy" in text and "no-fight recall" in text
 
 
+def test_an_unreadable_clip_is_listed_and_the_rest_still_measured(tmp_path, capsys):
+    (tmp_path / "fight").mkdir()
+    (tmp_path / "nofight").mkdir()
+    _short_clip(REPO / "samples" / "one-by-one-person-detection.mp4", tmp_path / "nofight" / "walk.mp4", 2.0)
+    # A download cut short (no index at the end) and a file that is no video at all.
+    (tmp_path / "fight" / "cut.mp4").write_bytes((REPO / "samples" / "demo_skeleton.mp4").read_bytes()[:4000])
+    (tmp_path / "nofight" / "notes.avi").write_text("not a video")
+    args = _cli(["eval", str(tmp_path), "--json", "--quiet"])
+    assert args.func(args) == 3
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert {u["clip"] for u in report["unreadable"]} == {"fight/cut.mp4", "nofight/notes.avi"}
+    assert all("cannot decode" in u["reason"] or "OpenCV" in u["reason"] for u in report["unreadable"])
+    assert report["fight"]["nofight_clips"] == 1 and report["fight"]["nofight_recall"] == 1.0
+    assert report["fight"]["fight_clips"] == 0
+    assert "2 clip(s) could not be decoded" in captured.err
+    args = _cli(["eval", str(tmp_path), "--quiet"])
+    assert args.func(args) == 3
+    assert "UNREADABLE, left out of every figure above (2 clips)" in capsys.readouterr().out
+
+
 def test_eval_of_a_missing_folder_is_a_user_error(tmp_path):
     args = _cli(["eval", str(tmp_path / "nope"), "--quiet"])
     with pytest.raises(InputError):

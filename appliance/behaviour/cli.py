@@ -8,6 +8,9 @@ from pathlib import Path
 
 from appliance.config import default_config, load_config
 
+#: The report is complete for every readable clip, but some clips were left out.
+EXIT_SOME_UNREADABLE = 3
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -16,7 +19,8 @@ def register(sub) -> None:
                     "recall and balanced accuracy (fight/ and nofight/ folders), fall and lying results "
                     "(falls/, with the UR Fall skeleton CSV) and false triggers on ordinary walking "
                     "(normal/, mot/). DIR is either a folder with fight/ and nofight/ or a data root "
-                    "holding scfd-dev/, falls/, normal/, mot/. Nothing is cached or written.")
+                    "holding scfd-dev/, falls/, normal/, mot/. Nothing is cached or written. A clip "
+                    "that cannot be decoded is listed and left out of the figures (exit status 3).")
     p.add_argument("dir", type=Path, help="data root or a folder with fight/ and nofight/")
     p.add_argument("--config", type=Path, help="appliance.toml whose [pose], [tracking], [analysis] "
                                                 "and [behaviour] settings to use (default: built-in)")
@@ -37,4 +41,8 @@ def run_eval(args) -> int:
         print(json.dumps(report.to_json(), indent=None, sort_keys=True))
     else:
         print(format_report(report))
+    if report.unreadable:
+        print(f"appliance eval: {len(report.unreadable)} clip(s) could not be decoded and were left out "
+              "(listed in the report)", file=sys.stderr)
+        return EXIT_SOME_UNREADABLE
     return 0

@@ -136,6 +136,8 @@ class EvalReport:
     normal: list[ClipResult] = field(default_factory=list)
     urfd: dict[str, Any] | None = None
     seconds: float = 0.0
+    #: Clips that could not be decoded: (name, label, reason). Left out of every figure, listed.
+    unreadable: list[tuple[str, str, str]] = field(default_factory=list)
 
     def fight_summary(self) -> dict[str, Any] | None:
         if not self.fight and not self.nofight:
@@ -170,6 +172,7 @@ class EvalReport:
             "fall_videos": {c.name: c.patterns() for c in self.fall_videos} or None,
             "urfd_csv": self.urfd,
             "normal": self.normal_summary(),
+            "unreadable": [{"clip": n, "folder": lab, "reason": why} for n, lab, why in self.unreadable],
             "seconds": round(self.seconds, 1),
         }
 
@@ -206,6 +209,9 @@ def format_report(report: EvalReport) -> str:
             f"ordinary walking/standing ({ns['clips']} clips, {ns['analysed_seconds']} s analysed)",
             f"  violent events (false triggers) {ns['violent_events']}; fall/lying events {ns['fall_or_lying_events']}",
         ] + [f"    {name}: {pats or '-'}" for name, pats in ns["per_clip"].items()]
+    if report.unreadable:
+        lines.append(f"UNREADABLE, left out of every figure above ({len(report.unreadable)} clips):")
+        lines += [f"    {lab}: {name}: {why}" for name, lab, why in report.unreadable]
     lines.append(f"({report.seconds:.0f} s)")
     return "\n".join(lines)
 
@@ -368,7 +374,15 @@ def evaluate(root: Path, app_cfg: AppConfig, cfg: BehaviourConfig | None = None,
               ("fall", plan.fall_videos, report.fall_videos), ("normal", plan.normal, report.normal))
     for label, paths, out in groups:
         for path in paths:
-            frames = list(pipeline.tracked_frames(path))
+            try:
+                frames = list(pipeline.tracked_frames(path))
+            except InputError as exc:
+                # One broken file must not throw away an hour of evaluation: it is listed and
+                # left out of the figures, and the command's exit status says so.
+                report.unreadable.append((_clip_name(path), label, str(exc)))
+                if progress:
+                    progress(f"{label:8s} {_clip_name(path)}: UNREADABLE ({exc})")
+                continue
             span = frames[-1].t - frames[0].t if frames else 0.0
             result = ClipResult(_clip_name(path), label, tuple(run_analyzer(frames, cfg)), len(frames), span)
             out.append(result)
