@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -85,15 +86,30 @@ def sandbox_dir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def run_sandboxed(unit_name: str, payload: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    allowed = unit_allowed_syscalls(SYSTEMD_DIR / unit_name)
+def unit_address_families(unit: Path) -> str | None:
+    """The unit's RestrictAddressFamilies= as sandbox_exec's --families value, or None."""
+    values = unit_settings(unit).get("RestrictAddressFamilies")
+    return " ".join(values) if values else None
+
+
+def sandbox_command(unit_name: str, command: list[str], tmp_path: Path,
+                    families: bool = False) -> tuple[list[str], dict[str, str], int]:
+    """``command`` wrapped in the unit's filters; returns (argv, env, uid it will run as).
+
+    ``families``: also apply the unit's RestrictAddressFamilies= (socket() → EAFNOSUPPORT).
+    """
+    unit = SYSTEMD_DIR / unit_name
+    allowed = unit_allowed_syscalls(unit)
     allow_file = tmp_path / "allowed.txt"
     allow_file.write_text("\n".join(sorted(allowed)))
     allow_file.chmod(0o644)
-    script = tmp_path / "payload.py"
-    script.write_text(payload)
-    script.chmod(0o644)
-    cmd = [sys.executable, str(SANDBOX), str(allow_file), "--", sys.executable, str(script)]
+    options = []
+    if families:
+        value = unit_address_families(unit)
+        assert value, f"{unit_name} has no RestrictAddressFamilies="
+        options = ["--families", value]
+    cmd = [sys.executable, str(SANDBOX), str(allow_file), *options, "--", *command]
+    uid = os.geteuid()
     if os.geteuid() == 0 and shutil.which("setpriv"):
         # like CapabilityBoundingSet= (empty): after exec not even uid 0 keeps a capability;
         # and like User=: an unprivileged uid, where it can reach the interpreter (a pyenv
@@ -103,12 +119,22 @@ def run_sandboxed(unit_name: str, payload: str, tmp_path: Path) -> subprocess.Co
         probe = subprocess.run([*drop, *user, "/bin/sh", "-c", 'test -x "$0" && test -r "$1"',
                                 sys.executable, str(REPO / "models/yolo11n-pose.onnx")],
                                check=False, capture_output=True, timeout=60, cwd=str(tmp_path))
+        if probe.returncode == 0:
+            uid = 65534
         cmd = [*drop, *(user if probe.returncode == 0 else []), *cmd]
         extra_env = {"EXPECT_NO_CAPS": "1"}
     else:
         extra_env = {}
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(tmp_path),
            "OMP_NUM_THREADS": "2", **extra_env}
+    return cmd, env, uid
+
+
+def run_sandboxed(unit_name: str, payload: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    script = tmp_path / "payload.py"
+    script.write_text(payload)
+    script.chmod(0o644)
+    cmd, env, _uid = sandbox_command(unit_name, [sys.executable, str(script)], tmp_path)
     return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=180, env=env, cwd=str(tmp_path))
 
 
@@ -228,3 +254,140 @@ def test_zeromq_curve_works_under_the_uplink_units_filters(sandbox_dir):
     proc = run_sandboxed("appliance-uplink.service", UPLINK_PAYLOAD, sandbox_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "CURVE OK" in proc.stdout
+
+
+# -- the station host's units -----------------------------------------------------------------
+
+
+def _hand_to(path: Path, uid: int) -> None:
+    """Gives a test station directory to the sandbox's uid (StateDirectory= does this on a station)."""
+    if uid == os.geteuid():
+        return
+    for p in [path, *path.rglob("*")]:
+        os.chown(p, uid, uid)
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+@requires_systemd_analyze
+def test_station_serve_starts_and_answers_under_the_station_units_filters(sandbox_dir):
+    """`station serve` (READY=1, a CURVE probe answered, SIGTERM → exit 0) under the station
+    unit's SystemCallFilter=, MemoryDenyWriteExecute= and RestrictAddressFamilies=, with the
+    HPKE private key absent (the unit hides it). Binds 127.0.0.1, which goes through the same
+    libzmq interface lookup (netlink) as the unit's 0.0.0.0."""
+    import socket
+    import time
+
+    from tests.test_station_systemd import make_station, probe_station
+
+    station = sandbox_dir / "station"
+    keys = make_station(station)
+    (station / "keys" / "hpke.key").unlink()
+    cmd, env, uid = sandbox_command(
+        "appliance-station.service",
+        [sys.executable, "-m", "appliance.cli", "station", "serve", "--dir", str(station),
+         "--bind", "tcp://127.0.0.1:*"], sandbox_dir, families=True)
+    _hand_to(station, uid)
+    notify_path = str(sandbox_dir / "notify")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    os.chmod(notify_path, 0o777)   # sendable by the sandbox's uid
+    env.update(NOTIFY_SOCKET=notify_path, WATCHDOG_USEC="400000")
+    log = sandbox_dir / "serve.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, cwd=str(sandbox_dir))
+    try:
+        notify.settimeout(60.0)
+        try:
+            ready = notify.recv(4096).decode()
+        except TimeoutError:
+            pytest.fail(f"no READY=1 (exit {proc.poll()}): {log.read_text()[-3000:]}")
+        assert ready.startswith("READY=1\nSTATUS=listening on tcp://127.0.0.1:"), ready
+        status = _proc_status(proc.pid)          # the filters are on the serving process itself
+        assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2", status
+        assert int(status.get("Seccomp_filters", "3")) >= 3, status   # W^X, families, allow-list
+        assert int(status["Uid"].split()[0]) == uid
+        endpoint = ready.split("listening on ", 1)[1].strip()
+        reply = probe_station(station, keys["box-a"], endpoint)
+        assert reply.ok and reply.status == "probe-ok"
+        time.sleep(0.3)                          # a few loop turns: WATCHDOG=1 keeps coming
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+    text = log.read_text()
+    assert "station listening on tcp://127.0.0.1:" in text and "station stopped" in text, text
+
+
+ZMQ_BIND_PAYLOAD = textwrap.dedent("""
+    import zmq
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.ROUTER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.bind("tcp://127.0.0.1:*")
+    print("BOUND", s.getsockopt_string(zmq.LAST_ENDPOINT))
+    s.close(); ctx.term()
+""")
+
+
+@requires_systemd_analyze
+def test_libzmq_bind_needs_af_netlink(sandbox_dir):
+    """Why the station unit allows AF_NETLINK and the uplink unit need not: under the uplink's
+    families (no netlink) a bind aborts in libzmq's interface lookup (SIGABRT), a connect is
+    fine (tests above). If this starts to pass, libzmq no longer needs it: drop AF_NETLINK
+    from appliance-station.service."""
+    script = sandbox_dir / "bind.py"
+    script.write_text(ZMQ_BIND_PAYLOAD)
+    script.chmod(0o644)
+    uplink_families = unit_address_families(SYSTEMD_DIR / "appliance-uplink.service")
+    assert "AF_NETLINK" not in uplink_families
+    cmd, env, _ = sandbox_command("appliance-uplink.service", [sys.executable, str(script)], sandbox_dir,
+                                  families=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == -signal.SIGABRT and "BOUND" not in proc.stdout, proc.stdout + proc.stderr
+    assert "Address family not supported" in proc.stderr
+    cmd, env, _ = sandbox_command("appliance-station.service", [sys.executable, str(script)], sandbox_dir,
+                                  families=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0 and "BOUND tcp://127.0.0.1:" in proc.stdout, proc.stdout + proc.stderr
+
+
+@requires_systemd_analyze
+def test_station_watch_runs_under_the_watch_units_filters_without_keys_or_envelopes(sandbox_dir):
+    """The watch's command under its unit's filters (no socket family at all, ~@resources),
+    with keys/ and envelopes/ unreadable as InaccessiblePaths= makes them: exit 3 and the
+    device id while the box is silent, exit 0 once it was heard."""
+    from appliance.station.store import ClipStore
+    from tests.test_station_systemd import WATCH, make_station, unit_argv
+
+    station = sandbox_dir / "station"
+    make_station(station, devices=("box-yard",))
+    args = unit_argv(WATCH, station)
+    cmd, env, uid = sandbox_command("appliance-station-watch.service",
+                                    [sys.executable, "-m", "appliance.cli", *args], sandbox_dir, families=True)
+    _hand_to(station, uid)
+    for hidden in ("keys", "envelopes"):     # root-owned 000 (or 000 for a non-root owner): no access
+        if os.geteuid() == 0:
+            os.chown(station / hidden, 0, 0)
+        (station / hidden).chmod(0)
+    try:
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert "stale: 1 enabled device(s) silent for more than 120 s: box-yard" in proc.stderr
+        store = ClipStore(station)
+        try:
+            store.record_seen("box-yard", "heartbeat", {})
+        finally:
+            store.close()
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "box-yard" in proc.stdout and "STALE" not in proc.stdout
+    finally:
+        for hidden in ("keys", "envelopes"):
+            (station / hidden).chmod(0o700)

@@ -153,3 +153,108 @@ def test_sysusers_and_tmpfiles_create_the_layout(tmp_path):
         assert str(d.stat().st_gid) == gid
     log = root / "var/lib/appliance/audit/audit.jsonl"
     assert (log.stat().st_mode & 0o777) == 0o660 and str(log.stat().st_gid) == gid
+
+
+# -- the station host: receiver, watch (+ timer), retention; its own sysusers/tmpfiles -----------
+
+STATION_UNITS = ("appliance-station.service", "appliance-station-watch.service", "appliance-station-watch.timer",
+                 "appliance-retention.service", "appliance-retention.timer")
+#: Measured with systemd 252 (docs/provisioning.md, "Station deployment"): receiver 1.2 (it must
+#: accept connections from anywhere the boxes are: no PrivateNetwork=/IPAddressDeny=), watch 0.2.
+STATION_MAX_EXPOSURE = {"appliance-station.service": 1.5, "appliance-station-watch.service": 0.5}
+STATION_DIR = "/var/lib/appliance-station"
+
+
+@requires_systemd_analyze
+def test_station_units_verify_together(tmp_path):
+    copies = [copy_unit(SYSTEMD_DIR / n, tmp_path) for n in STATION_UNITS]
+    proc = verify(*copies)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
+
+
+@requires_systemd_analyze
+@pytest.mark.parametrize("name", sorted(STATION_MAX_EXPOSURE))
+def test_station_unit_exposure_ceiling(tmp_path, name):
+    exposure, report = security_exposure(copy_unit(SYSTEMD_DIR / name, tmp_path))
+    print(f"{name}: exposure {exposure}")
+    assert exposure <= STATION_MAX_EXPOSURE[name], report
+
+
+@requires_systemd_analyze
+def test_station_with_a_box_subnet_dropin_verifies_and_is_lower(tmp_path):
+    """The narrowing the unit comment suggests (IPAddressDeny=any + the boxes' networks)."""
+    plain, _ = security_exposure(copy_unit(SYSTEMD_DIR / "appliance-station.service", tmp_path / "plain"))
+    unit = copy_unit(SYSTEMD_DIR / "appliance-station.service", tmp_path / "narrow",
+                     extra="[Service]\nIPAddressDeny=any\nIPAddressAllow=192.0.2.0/24 2001:db8::/32\n")
+    proc = verify(unit)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+    narrow, report = security_exposure(unit)
+    print(f"appliance-station.service + IPAddressAllow drop-in: exposure {narrow}")
+    assert narrow < plain, report
+
+
+def test_station_receiver_unit_settings():
+    s = unit_settings(SYSTEMD_DIR / "appliance-station.service")
+    for key, value in {**REQUIRED, "IPAddressDeny": None, "Type": "notify"}.items():
+        if value is not None:
+            assert value in s.get(key, []), f"{key}={value} missing"
+    assert s["User"] == ["appliance-station"] and s["Group"] == ["appliance-station"]
+    assert s["ExecStart"] == [f"/opt/appliance/.venv/bin/appliance station serve --dir {STATION_DIR}"]
+    assert s["StateDirectory"] == ["appliance-station"] and s["StateDirectoryMode"] == ["0700"]
+    assert "ReadWritePaths" not in s                     # the state directory is the only writable path
+    assert s["InaccessiblePaths"] == [f"-{STATION_DIR}/keys/hpke.key"]   # cannot decrypt a clip
+    assert s["WatchdogSec"] == ["60s"] and s["NotifyAccess"] == ["main"]
+    assert s["MemoryDenyWriteExecute"] == ["yes"] and s["Environment"] == ["ORT_DISABLE_TELEMETRY=1"]
+    # libzmq's bind looks the address up as an interface name first (tests/test_systemd_sandbox.py)
+    assert s["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6 AF_NETLINK"]
+    assert s["RestartPreventExitStatus"] == ["2"]        # InputError: missing keys
+
+
+def test_station_watch_unit_and_timer_settings():
+    s = unit_settings(SYSTEMD_DIR / "appliance-station-watch.service")
+    assert s["Type"] == ["oneshot"] and "Restart" not in s
+    assert s["ExecStart"] == [f"/opt/appliance/.venv/bin/appliance station devices list --dir {STATION_DIR} "
+                              "--stale-after 120"]
+    assert s["User"] == ["appliance-station"] and s["Group"] == ["appliance-station"]
+    assert s["ReadWritePaths"] == [STATION_DIR]        # SQLite WAL readers write station.db-shm
+    assert s["InaccessiblePaths"] == [f"-{STATION_DIR}/keys -{STATION_DIR}/envelopes"]
+    assert s["PrivateNetwork"] == ["yes"] and s["IPAddressDeny"] == ["any"]
+    assert s["RestrictAddressFamilies"] == ["none"] and s["ProtectSystem"] == ["strict"]
+    assert s["NoNewPrivileges"] == ["yes"] and s["CapabilityBoundingSet"] == [""]
+    assert s["Environment"] == ["ORT_DISABLE_TELEMETRY=1"]
+    assert s["ConditionPathExists"] == [f"{STATION_DIR}/station.db"]
+    text = (SYSTEMD_DIR / "appliance-station-watch.service").read_text()
+    assert "OnFailure=" in text and "journalctl -u appliance-station-watch" in text   # how to hook an alert
+    t = unit_settings(SYSTEMD_DIR / "appliance-station-watch.timer")
+    assert t["Unit"] == ["appliance-station-watch.service"] and t["OnCalendar"] == ["minutely"]
+    assert t["WantedBy"] == ["timers.target"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None or shutil.which("systemd-tmpfiles") is None,
+                    reason="systemd-sysusers/systemd-tmpfiles missing")
+def test_station_sysusers_and_tmpfiles_create_the_station_layout(tmp_path):
+    """Every station unit's User= exists after the station's sysusers snippet; the station
+    directory is 0700 appliance-station; the box users are not needed there."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        (root / "etc" / name).write_text("")
+    subprocess.run(["systemd-sysusers", f"--root={root}", str(SYSTEMD_DIR / "appliance-station.sysusers.conf")],
+                   check=True, capture_output=True, timeout=60)
+    passwd = (root / "etc/passwd").read_text()
+    users = {line.split(":")[0]: line.split(":") for line in passwd.splitlines()}
+    assert set(users) == {"appliance-station"}
+    for name in ("appliance-station.service", "appliance-station-watch.service", "appliance-retention.service"):
+        s = unit_settings(SYSTEMD_DIR / name)
+        assert s["User"] == ["appliance-station"] and s["Group"] == ["appliance-station"], name
+    group = (root / "etc/group").read_text()
+    gid = next(line.split(":")[2] for line in group.splitlines() if line.startswith("appliance-station:"))
+    assert users["appliance-station"][3] == gid and users["appliance-station"][5] == STATION_DIR
+    proc = subprocess.run(["systemd-tmpfiles", f"--root={root}", "--create",
+                           str(SYSTEMD_DIR / "appliance-station.tmpfiles.conf")],
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    d = root / STATION_DIR.lstrip("/")
+    assert (d.stat().st_mode & 0o7777) == 0o700
+    assert (str(d.stat().st_uid), str(d.stat().st_gid)) == (users["appliance-station"][2], gid)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -129,11 +130,14 @@ def cmd_keygen(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from appliance.service import ServiceNotifier, configure_logging
     from appliance.station.server import StationServer
 
+    # journal under systemd (systemd/appliance-station.service), stderr otherwise
+    configure_logging("appliance-station", level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
     audit = None if args.no_audit else _station_audit(args.dir)
     server = StationServer(args.dir, args.bind, audit=audit, max_envelope_bytes=args.max_envelope_bytes,
-                           ready_file=args.ready_file)
+                           ready_file=args.ready_file, notifier=ServiceNotifier())
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
     try:

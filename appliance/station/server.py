@@ -4,6 +4,11 @@ Protocol: docs/wire-protocol.md. One thread serves the socket (SQLite connection
 it); ``zmq.auth``'s authenticator thread consults the registry at every CURVE handshake. No
 input can stop the loop: every message is handled inside a guard that turns any failure into
 a logged, audited NACK.
+
+Under systemd (``systemd/appliance-station.service``, ``Type=notify``) the loop tells systemd
+through a :class:`appliance.service.ServiceNotifier`: ``READY=1`` once the socket is bound,
+``WATCHDOG=1`` from the serving loop itself (a loop stuck in one message stops the pings and
+systemd restarts the unit), a ``STATUS=`` line with the counts, and ``STOPPING=1`` on stop.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,9 @@ from appliance.uplink.health import HealthStatementError, verify_health
 
 log = logging.getLogger("appliance.station")
 
+#: STATUS= (counts for ``systemctl status``) at most this often, and only when they changed.
+STATUS_PERIOD_S = 10.0
+
 
 class Rejected(Exception):
     def __init__(self, reason: str, detail: str = "", device_id: str | None = None):
@@ -52,11 +61,16 @@ class StationServer:
     ``audit``: optional object with ``append(kind, **fields)``; receives ``station.received``
     (signature verified), ``station.stored``, ``station.rejected`` (reason), ``station.heartbeat``,
     ``station.probe``.
+
+    ``notifier``: optional :class:`appliance.service.ServiceNotifier` (the CLI passes one; it
+    is a no-op outside systemd).
     """
 
     def __init__(self, station_dir: str | Path, bind: str = "tcp://127.0.0.1:*", *, audit: Any = None,
-                 max_envelope_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES, ready_file: str | Path | None = None):
+                 max_envelope_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES, ready_file: str | Path | None = None,
+                 notifier: Any = None):
         self.station_dir = Path(station_dir)
+        self.notifier = notifier
         self.bind = bind
         self.audit = audit
         self.max_envelope_bytes = int(max_envelope_bytes)
@@ -115,15 +129,27 @@ class StationServer:
                 tmp.write_text(self.endpoint + "\n")
                 os.replace(tmp, self.ready_file)
             self.ready.set()
+            if self.notifier is not None:
+                self.notifier.ready(f"listening on {self.endpoint}")
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)
             poller.register(monitor, zmq.POLLIN)
+            status_t, status = time.monotonic(), ""
             while not self._stop.is_set():
                 events = dict(poller.poll(200))
                 if monitor in events:
                     self._log_monitor(monitor)
                 if sock in events:
                     self._serve_one(sock, registry, store)
+                if self.notifier is not None:
+                    self.notifier.ping()  # rate-limits itself to half of WatchdogSec=
+                    if time.monotonic() - status_t >= STATUS_PERIOD_S:
+                        status_t, text = time.monotonic(), self.status_line()
+                        if text != status:
+                            status = text
+                            self.notifier.status(text)
+            if self.notifier is not None:
+                self.notifier.stopping("station stopping")
         finally:
             if monitor is not None:
                 sock.disable_monitor()
@@ -134,6 +160,13 @@ class StationServer:
             store.close()
             ctx.term()
             log.info("station stopped")
+
+    def status_line(self) -> str:
+        """``listening on tcp://0.0.0.0:7100; stored 12, duplicate 1, heartbeat 240, rejected 0``."""
+        c = self.counts
+        rejected = sum(v for k, v in c.items() if k.startswith("rejected."))
+        return (f"listening on {self.endpoint}; stored {c.get('stored', 0)}, duplicate {c.get('duplicate', 0)}, "
+                f"heartbeat {c.get('heartbeat', 0)}, probe {c.get('probe', 0)}, rejected {rejected}")
 
     def _log_monitor(self, monitor: zmq.Socket) -> None:
         while monitor.poll(0):
