@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
 
 from appliance.seal import seal_clip, verify_envelope
 from appliance.seal.keys import load_hpke_public_key, load_signing_public_key
@@ -369,3 +370,21 @@ def test_signed_health_statement(tmp_path):
     with pytest.raises(HealthStatementError):
         verify_health(tampered, "d", key.public_key())
     assert read_health_file(tmp_path / "missing.json") == (None, {"pixel_health": "missing"})
+
+
+def test_ipv6_literal_endpoints_are_allowed_and_ipv4_ones_untouched():
+    # Binding [::1] would break the loopback-IPv4-only rule of these tests; the option is what
+    # libzmq needs (without it an IPv6 literal fails with EAGAIN), and IPv4 sockets must keep
+    # reporting plain IPv4 endpoints.
+    ctx = zmq.Context()
+    try:
+        v6, v4 = ctx.socket(zmq.DEALER), ctx.socket(zmq.ROUTER)
+        p.allow_ipv6_endpoint(v6, "tcp://[2001:db8::5]:7100")
+        p.allow_ipv6_endpoint(v4, "tcp://127.0.0.1:*")
+        assert v6.getsockopt(zmq.IPV6) == 1 and v4.getsockopt(zmq.IPV6) == 0
+        v4.bind("tcp://127.0.0.1:*")
+        assert v4.getsockopt_string(zmq.LAST_ENDPOINT).startswith("tcp://127.0.0.1:")
+        v6.close(0)
+        v4.close(0)
+    finally:
+        ctx.term()

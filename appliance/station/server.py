@@ -121,6 +121,7 @@ class StationServer:
             p.set_common_options(sock, maxmsgsize=self.max_envelope_bytes + p.FRAME_SLACK, linger_ms=1000)
             sock.setsockopt(zmq.SNDTIMEO, 1000)
             monitor = sock.get_monitor_socket()
+            p.allow_ipv6_endpoint(sock, self.bind)
             sock.bind(self.bind)
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             log.info("station listening on %s (max envelope %d bytes)", self.endpoint, self.max_envelope_bytes)

@@ -70,6 +70,7 @@ class UplinkClient:
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
         self.monitor = sock.get_monitor_socket()
+        p.allow_ipv6_endpoint(sock, c.endpoint)
         sock.connect(c.endpoint)
         self.sock = sock
 

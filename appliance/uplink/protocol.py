@@ -147,6 +147,15 @@ def set_common_options(sock: zmq.Socket, *, maxmsgsize: int, linger_ms: int) -> 
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
 
 
+def allow_ipv6_endpoint(sock: zmq.Socket, endpoint: str) -> None:
+    """libzmq refuses IPv6 literals ("tcp://[2001:db8::5]:7100" fails with EAGAIN) unless the
+    socket is told; police networks may be IPv6-only. Only then: with the option on, an IPv4
+    bind becomes dual-stack and reports an IPv4-mapped address, which the drop-ins and logs
+    should not have to parse."""
+    if "[" in endpoint:
+        sock.setsockopt(zmq.IPV6, 1)
+
+
 _EVENT_NAMES = {getattr(zmq, n): n for n in dir(zmq) if n.startswith("EVENT_") and
                 isinstance(getattr(zmq, n), int) and n not in ("EVENT_ALL", "EVENT_ALL_V1", "EVENT_ALL_V2")}
 
