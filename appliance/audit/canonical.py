@@ -28,10 +28,14 @@ RECORD_DOMAIN = b"appliance-audit-record-v1\n"
 CHECKPOINT_DOMAIN = b"appliance-audit-checkpoint-v1\n"
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical(obj: Any) -> bytes:
-    """The one serialisation every hash and signature is computed over."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    """The one serialisation every hash and signature is computed over (what
+    ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    allow_nan=False)`` returns, with one encoder reused)."""
+    return _ENCODER.encode(obj).encode("utf-8")
 
 
 def record_hash(record: dict[str, Any]) -> str:

@@ -158,8 +158,8 @@ def cmd_verify(args) -> int:
         print(result.summary())
         for p in result.problems[1:20]:
             print(f"  also: {p}")
-        if len(result.problems) > 20:
-            print(f"  ... and {len(result.problems) - 20} more")
+        if result.problem_count > 20:
+            print(f"  ... and {result.problem_count - 20} more")
         for w in result.warnings:
             print(f"  note: {w}", file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_TAMPERED

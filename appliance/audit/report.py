@@ -14,7 +14,7 @@ import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ DEFAULT_GRACE_S = 1800.0
 DEFAULT_RETENTION_HOURS = 72.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Rec:
     t: float
     kind: str
@@ -48,7 +48,54 @@ def _lines(path: Path) -> Iterable[bytes]:
             yield raw
 
 
-def _load(path: Path) -> tuple[list[_Rec], str, str]:
+# In the window, these are listed one by one; everything else there is only counted.
+_LISTED = frozenset({"trigger.permitted", "retention.delete", "hold.set", "hold.release", *ACCESS_ACTIONS})
+# Before the window, the retention check needs a clip's lifecycle (stored, held, deleted).
+_LIFECYCLE = frozenset({"station.stored", "retention.delete", "hold.set", "hold.release"})
+_KNOWN = frozenset({"trigger.permitted", "detection.not_permitted", "frames.hourly", "retention.delete",
+                    "hold.set", "hold.release", *ACCESS_ACTIONS})
+
+
+@dataclass
+class _Tally:
+    """Counts over the records in the window that the report does not list one by one."""
+    not_permitted: int = 0
+    np_pattern: Counter[str] = field(default_factory=Counter)
+    np_rule: Counter[str] = field(default_factory=Counter)
+    frames: Counter[str] = field(default_factory=Counter)
+    other: Counter[str] = field(default_factory=Counter)
+    received: int = 0
+    rejected: int = 0
+    stored: int = 0
+
+    def add(self, kind: str, fields: dict[str, Any]) -> None:
+        if kind == "detection.not_permitted":
+            self.not_permitted += 1
+            self.np_pattern[str(fields.get("pattern", "?"))] += 1
+            self.np_rule[str(fields.get("rule", "?"))] += 1
+        elif kind == "frames.hourly":
+            for name in ("analysed", "discarded"):
+                v = fields.get(name)
+                if isinstance(v, int) and not isinstance(v, bool):
+                    self.frames[name] += v
+        if kind not in _KNOWN:
+            self.other[kind] += 1
+        self.received += kind == "station.received"
+        self.rejected += kind == "station.rejected" or (kind == "station.received" and fields.get("verified") is False)
+        self.stored += kind == "station.stored"
+
+
+def _needed_before(kind: str, fields: dict[str, Any]) -> bool:
+    """Whether the retention check (or the trigger → profile lookup it uses) needs this record."""
+    if kind == "trigger.permitted" and _envelope(fields) and _profile_id(fields):
+        return True
+    return kind in _LIFECYCLE and isinstance(fields.get("clip_id"), str)
+
+
+def _load(path: Path, start: float, end: float, tally: _Tally) -> tuple[list[_Rec], str, str]:
+    """Streams the log: counts what falls in ``[start, end)`` into ``tally`` and returns only
+    the records the report lists or the retention check needs, so memory follows the report,
+    not the size of the log."""
     records: list[_Rec] = []
     device = origin = ""
     try:
@@ -63,7 +110,17 @@ def _load(path: Path) -> tuple[list[_Rec], str, str]:
                 continue
             if kind == "audit.genesis":
                 device, origin = str(fields.get("device", "")), str(fields.get("origin", ""))
-            records.append(_Rec(t, kind, fields, device, origin))
+            if t >= end:
+                continue
+            in_window = t >= start
+            if in_window:
+                tally.add(kind, fields)
+            if in_window and kind in _LISTED:
+                records.append(_Rec(t, kind, fields, device, origin))
+            elif _needed_before(kind, fields):
+                if kind == "trigger.permitted":     # only its envelope → profile is looked up
+                    fields = {"envelope_sha256": _envelope(fields), "profile": _profile_id(fields)}
+                records.append(_Rec(t, kind, fields, device, origin))
     except OSError as exc:
         raise InputError(f"cannot read audit log {path}: {exc.strerror or exc}") from None
     return records, device, origin
@@ -109,15 +166,16 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
     retention_hours = retention_hours or {}
     all_recs: list[_Rec] = []
     log_rows = []
+    tally = _Tally()
     for path in map(Path, logs):
-        recs, device, origin = _load(path)
+        recs, device, origin = _load(path, start, end, tally)
         result = verify_log(path, keys)
         log_rows.append({"path": str(path), "origin": origin, "device": device, "records": result.records,
                          "intact": result.ok, "first_problem": str(result.first) if result.first else None,
                          "key_source": result.key_source})
         all_recs.extend(recs)
-    all_recs.sort(key=lambda r: r.t)
-    in_window = [r for r in all_recs if start <= r.t < end]
+    all_recs.sort(key=lambda r: r.t)      # all before ``end``
+    in_window = [r for r in all_recs if start <= r.t]
 
     triggers = [r for r in in_window if r.kind == "trigger.permitted"]
     by_day: Counter[str] = Counter()
@@ -128,7 +186,6 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
         day = day.fromordinal(day.toordinal() + 1)
     for r in triggers:
         by_day[datetime.fromtimestamp(r.t, UTC).date().isoformat()] += 1
-    not_permitted = [r for r in in_window if r.kind == "detection.not_permitted"]
 
     accesses = [{"time": utc_iso(r.t), "action": ACCESS_ACTIONS[r.kind], "clip_id": r.fields.get("clip_id"),
                  "operator": r.fields.get("operator"), "reason": r.fields.get("reason"),
@@ -139,16 +196,6 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
     deletions = [{"time": utc_iso(r.t), "clip_id": r.fields.get("clip_id"), "device": _device(r.fields),
                   "profile_id": r.fields.get("profile_id"), "envelope_sha256": _envelope(r.fields),
                   "expires_at": r.fields.get("expires_at")} for r in in_window if r.kind == "retention.delete"]
-    frames = Counter()
-    for r in in_window:
-        if r.kind == "frames.hourly":
-            for name in ("analysed", "discarded"):
-                v = r.fields.get(name)
-                if isinstance(v, int) and not isinstance(v, bool):
-                    frames[name] += v
-    known = {"trigger.permitted", "detection.not_permitted", "frames.hourly", "retention.delete",
-             "hold.set", "hold.release", *ACCESS_ACTIONS}
-    other = Counter(r.kind for r in in_window if r.kind not in known)
 
     report = {
         "format": "appliance-audit-report-v1",
@@ -167,16 +214,14 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
                       "envelope_sha256": _envelope(r.fields)} for r in triggers],
         },
         "not_permitted": {
-            "total": len(not_permitted),
-            "by_pattern": dict(sorted(Counter(str(r.fields.get("pattern", "?")) for r in not_permitted).items())),
-            "by_rule": dict(sorted(Counter(str(r.fields.get("rule", "?")) for r in not_permitted).items())),
+            "total": tally.not_permitted,
+            "by_pattern": dict(sorted(tally.np_pattern.items())),
+            "by_rule": dict(sorted(tally.np_rule.items())),
         },
         "clips": {
-            "received": sum(r.kind == "station.received" for r in in_window),
-            "rejected": sum(r.kind == "station.rejected" or (r.kind == "station.received"
-                                                              and r.fields.get("verified") is False)
-                            for r in in_window),
-            "stored": sum(r.kind == "station.stored" for r in in_window),
+            "received": tally.received,
+            "rejected": tally.rejected,
+            "stored": tally.stored,
             "decrypted": sum(a["action"] == "decrypt" for a in accesses),
             "viewed": sum(a["action"] == "view" for a in accesses),
             "exported": sum(a["action"] == "export" for a in accesses),
@@ -185,9 +230,9 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
         "accesses": accesses,
         "holds": holds,
         "deletions": deletions,
-        "frames": {"analysed": frames["analysed"], "discarded": frames["discarded"]},
+        "frames": {"analysed": tally.frames["analysed"], "discarded": tally.frames["discarded"]},
         "retention": _retention(all_recs, start, end, now, grace_s, default_retention_hours, retention_hours),
-        "other_records": dict(sorted(other.items())),
+        "other_records": dict(sorted(tally.other.items())),
     }
     return report
 
