@@ -445,3 +445,18 @@ def test_inserted_garbage_line_is_named(tmp_path):
     path.write_bytes(b"".join(rows))
     first = verify_log(path, [DEVICE_KEY.public_key()]).first
     assert str(first) == "line 6: not a JSON object: edited or corrupted"
+
+
+def test_a_first_record_not_starting_from_the_zero_hash_is_named(tmp_path):
+    """An edited genesis whose prev was changed and whose hash was recomputed."""
+    path = tmp_path / "audit.jsonl"
+    make_log(path, records=3)[0].close()
+    rows = lines(path)
+    first = json.loads(rows[0])
+    first["prev"] = "1" * 64
+    del first["hash"]
+    first["hash"] = record_hash(first)
+    path.write_bytes(canonical(first) + b"\n" + b"".join(rows[1:]))
+    result = verify_log(path, [DEVICE_KEY.public_key()])
+    assert not result.ok
+    assert "first record: prev is not 00000000" in str(result.problems[0])

@@ -368,6 +368,10 @@ def verify_log(path: str | Path, keys: Sequence[Ed25519PublicKey] = (),
                 else:
                     problems.add(Problem(line, seq, f"out of order: seq {seq} after seq {expected_seq - 1}: "
                                          "records reordered or duplicated"))
+            elif prev_hash is not None and rec["prev"] != prev_hash and prev_line is None:
+                # Only the first record has no predecessor: its prev must be the all-zero hash.
+                problems.add(Problem(line, seq, f"first record: prev is not {prev_hash[:8]}…: edited "
+                                     "(a log starts from the all-zero hash)"))
             elif prev_hash is not None and rec["prev"] != prev_hash:
                 assert prev_line is not None
                 problems.add(Problem(prev_line, seq - 1, f"chain broken: record {seq} (line {line}) does "
