@@ -224,11 +224,12 @@ def _station_log(station: Path) -> Any:
     """The station's audit log, signed with the station's signing key (as the station does)."""
     from appliance.audit.log import AuditLog
     from appliance.seal.keys import load_signing_key
-    from appliance.station.db import db_path
+    from appliance.station.db import db_path, require_owner
     from appliance.station.keys import StationKeyPaths
 
     if not db_path(station).exists():
         raise InputError(f"no station database in {station} (fix: --station DIR of the station)")
+    require_owner(station)
     key_path = StationKeyPaths.of(station).signing_private
     if not key_path.exists():
         raise InputError(f"no station signing key at {key_path} (fix: give the station directory, "
@@ -237,10 +238,11 @@ def _station_log(station: Path) -> Any:
 
 
 def _holds(station: Path, audit: Any) -> Any:
-    from appliance.station.db import db_path
+    from appliance.station.db import db_path, require_owner
     from appliance.station.retention import LegalHolds
     if not db_path(station).exists():   # never create a holds file beside the wrong directory
         raise InputError(f"no station database in {station} (fix: --station DIR of the station)")
+    require_owner(station)
     return LegalHolds.open(station, audit=audit)
 
 

@@ -111,15 +111,19 @@ def _register_provisioning_device_commands(dsub) -> None:
 def _station_audit(station_dir: Path) -> Any:
     from appliance.audit.log import AuditLog
     from appliance.seal.keys import load_signing_key
+    from appliance.station.db import require_owner
     from appliance.station.keys import StationKeyPaths
 
+    require_owner(station_dir)
     key = load_signing_key(StationKeyPaths.of(station_dir).signing_private)
     return AuditLog(station_dir / "audit.jsonl", signer=key, origin="station", device="station")
 
 
 def cmd_keygen(args) -> int:
+    from appliance.station.db import require_owner
     from appliance.station.keys import StationKeyPaths, generate_station_keys
 
+    require_owner(args.dir)
     fingerprints = generate_station_keys(args.dir, kem=args.kem, force=args.force)
     paths = StationKeyPaths.of(args.dir)
     print(f"station keys written to {paths.directory} (private files mode 0600)")

@@ -10,8 +10,12 @@ Tables (schema version 1):
 
 from __future__ import annotations
 
+import os
+import pwd
 import sqlite3
 from pathlib import Path
+
+from appliance.errors import InputError
 
 SCHEMA_VERSION = 1
 
@@ -59,6 +63,29 @@ def db_path(station_dir: str | Path) -> Path:
     return Path(station_dir) / "station.db"
 
 
+def require_owner(station_dir: str | Path) -> None:
+    """Refuses root in a station directory that belongs to another user (the units' user).
+
+    Whatever root creates there (a new audit-log segment, the database's -wal and -shm files, a
+    holds file) is root's, 0600: appliance-station.service could no longer open it and would
+    stop receiving clips. Run the command as the directory's owner instead.
+    """
+    if os.geteuid() != 0:
+        return   # anyone else simply gets "permission denied" on what they may not touch
+    try:
+        owner = Path(station_dir).stat().st_uid
+    except FileNotFoundError:
+        return   # keygen is creating it
+    if owner != 0:
+        try:
+            name = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            name = str(owner)
+        raise InputError(f"{station_dir} belongs to {name}, and files root creates there would lock the "
+                         f"station service out (fix: run the command as that user, e.g. "
+                         f"'runuser -u {name} -- appliance ...')")
+
+
 def connect(station_dir: str | Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
     """Opens (creating if needed) the station database in WAL mode.
 
@@ -66,6 +93,7 @@ def connect(station_dir: str | Path, *, synchronous: str = "FULL") -> sqlite3.Co
     there the fsynced envelope *file* is the durable record and the ``clips`` rows are an
     index that :meth:`ClipStore.recover` rebuilds from the files at start-up.
     """
+    require_owner(station_dir)
     path = db_path(station_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=30, isolation_level=None)
