@@ -222,19 +222,12 @@ def cmd_checkpoints(args) -> int:
 
 def _station_log(station: Path) -> Any:
     """The station's audit log, signed with the station's signing key (as the station does)."""
-    from appliance.audit.log import AuditLog
-    from appliance.seal.keys import load_signing_key
-    from appliance.station.db import db_path, require_owner
-    from appliance.station.keys import StationKeyPaths
+    from appliance.station.db import db_path
+    from appliance.station.keys import open_station_audit_log
 
     if not db_path(station).exists():
         raise InputError(f"no station database in {station} (fix: --station DIR of the station)")
-    require_owner(station)
-    key_path = StationKeyPaths.of(station).signing_private
-    if not key_path.exists():
-        raise InputError(f"no station signing key at {key_path} (fix: give the station directory, "
-                         "created by 'appliance station keygen')")
-    return AuditLog(station / "audit.jsonl", signer=load_signing_key(key_path), origin="station", device="station")
+    return open_station_audit_log(station)
 
 
 def _holds(station: Path, audit: Any) -> Any:

@@ -109,14 +109,9 @@ def _register_provisioning_device_commands(dsub) -> None:
 
 
 def _station_audit(station_dir: Path) -> Any:
-    from appliance.audit.log import AuditLog
-    from appliance.seal.keys import load_signing_key
-    from appliance.station.db import require_owner
-    from appliance.station.keys import StationKeyPaths
+    from appliance.station.keys import open_station_audit_log
 
-    require_owner(station_dir)
-    key = load_signing_key(StationKeyPaths.of(station_dir).signing_private)
-    return AuditLog(station_dir / "audit.jsonl", signer=key, origin="station", device="station")
+    return open_station_audit_log(station_dir)
 
 
 def cmd_keygen(args) -> int:

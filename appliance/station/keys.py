@@ -95,3 +95,20 @@ def station_fingerprints(station_dir: str | Path) -> dict[str, str]:
         "signing (Ed25519)": public_key_fingerprint(load_signing_public_key(paths.signing_public)),
         "curve": curve_fingerprint(load_curve_public(paths.curve_public)),
     }
+
+
+def open_station_audit_log(station_dir: str | Path):
+    """The station's audit log (``<station dir>/audit.jsonl``), signed with the station's
+    signing key: one opener for the receiver, exports and the officer's holds and retention."""
+    from appliance.audit.log import AuditLog
+    from appliance.seal.keys import load_signing_key
+    from appliance.station.db import require_owner
+
+    station_dir = Path(station_dir)
+    require_owner(station_dir)
+    key_path = StationKeyPaths.of(station_dir).signing_private
+    if not key_path.exists():
+        raise InputError(f"no station signing key at {key_path} (fix: give the station directory, "
+                         "created by 'appliance station keygen')")
+    return AuditLog(station_dir / "audit.jsonl", signer=load_signing_key(key_path), origin="station",
+                    device="station")
