@@ -458,69 +458,69 @@ class BehaviourAnalyzer:
 
     def _fall(self, p: _Person, t: float) -> Observation | None:
         """Upright, then within ``fall_window_s`` down with the body ``fall_drop`` torso lengths
-        lower; or, for a fall seen end-on, a collapse (below)."""
+        lower (cue ``down``); or one of two shape cues for falls the torso angle misses:
+
+        * ``tip-over`` (down, falling away from the camera): the body lands further up the image,
+          so the hips drop only ``TIPOVER_DROP_SHARE`` of ``fall_drop``; but the whole body, legs
+          included, is now clearly horizontal (bending over keeps the legs upright).
+        * ``collapse`` (not down, falling towards or away from the camera along the line of
+          sight): the torso is foreshortened, not tilted. The hips drop further than any squat
+          takes them (``collapse_drop``) faster than anyone sits down (``collapse_window_s``).
+          Walking towards the camera also moves the hips down the image, but keeps the body's
+          upright shape.
+
+        Both shape cues need the body to have lost COLLAPSE_ASPECT of its height-to-width ratio,
+        and neither judges a body at the image border: someone walking out at the bottom towards
+        the camera loses height exactly like a collapse (scfd nofi011), and pose models place
+        confident ankles even below the border, so a fall there is left to the ``down`` cue.
+        """
         cfg = self.cfg
         down = self._is_down(p)
-        # A person falling towards or away from the camera lies along the line of sight: the
-        # torso is foreshortened, not tilted, so "down" (torso angle, wider than high) misses
-        # them. What remains visible is a collapse: the hips drop further than any squat takes
-        # them (``collapse_drop``, 1.5 torso lengths) faster than anyone sits down
-        # (``collapse_window_s``), and the body loses at least COLLAPSE_ASPECT of its
-        # height-to-width ratio. Walking towards the camera also moves the hips down the image,
-        # but keeps the body's upright shape.
-        aspect_now = None if down else F.body_aspect(p.sample.kp, p.sample.box)
-        if aspect_now is not None and _at_frame_edge(p.sample.box, self._frame_size):
-            # A body cut by the frame edge loses height as it leaves the picture: someone walking
-            # out at the bottom towards the camera looks exactly like a collapse (scfd nofi011).
-            # Pose models place confident ankles even below the border, so there is no telling
-            # the two apart; a fall at the edge is left to the "down" cue.
+        at_edge = _at_frame_edge(p.sample.box, self._frame_size)
+        if not down and at_edge:
             return None
-        window_s = cfg.fall_window_s if down else cfg.collapse_window_s
-        aspect_down = None
+        # Only a falling person needs the shape: walkers (the hot path) never get that far.
+        aspect = F.body_aspect(p.sample.kp, p.sample.box) if down else None
         if down:
-            aspect_down = F.body_aspect(p.sample.kp, p.sample.box)
-            if aspect_down > TIPOVER_MAX_ASPECT or _at_frame_edge(p.sample.box, self._frame_size):
-                aspect_down = None   # not clearly horizontal, or cut: only the full drop counts
-        hist = self._tracks[p.track_id]
+            window_s, full_drop = cfg.fall_window_s, cfg.fall_drop
+            shape_cue = "tip-over" if aspect <= TIPOVER_MAX_ASPECT and not at_edge else None
+            shape_drop = TIPOVER_DROP_SHARE * cfg.fall_drop
+        else:
+            window_s, full_drop = cfg.collapse_window_s, math.inf
+            shape_cue, shape_drop = "collapse", cfg.collapse_drop
         pc = F.POSTURE_MIN_CONF
         best = None
-        for s in hist.samples:
+        for s in self._tracks[p.track_id].samples:
             if s.t < t - window_s or s.t >= t:
+                continue
+            # Hips (else shoulders, else box centre), the same point before and after. The drop
+            # comes first: it rules out nearly every sample of someone walking.
+            r0, r1 = F.common_reference(s.kp, s.box, p.sample.kp, p.sample.box, pc)
+            drop = float(r1[1] - r0[1]) / max(F.torso_length(s.kp, pc) or p.scale, p.scale)
+            if drop < full_drop and (shape_cue is None or drop < shape_drop):
                 continue
             angle0 = F.torso_angle_deg(s.kp, pc)
             if angle0 is None or angle0 >= cfg.lying_angle_deg:
                 continue   # a fall starts from an upright posture
-            # Hips (else shoulders, else box centre), the same point before and after.
-            r0, r1 = F.common_reference(s.kp, s.box, p.sample.kp, p.sample.box, pc)
-            scale0 = F.torso_length(s.kp, pc) or p.scale
-            drop = float(r1[1] - r0[1]) / max(scale0, p.scale)
-            if down and drop >= cfg.fall_drop:
+            if drop >= full_drop:
                 best = (drop, s.t, angle0, None)   # the last upright sample: where the fall began
-            elif down and drop >= TIPOVER_DROP_SHARE * cfg.fall_drop and aspect_down is not None:
-                # Falling away from the camera, the body lands further up the image, so the hips
-                # drop less; but the whole body, legs included, is now horizontal (bending over
-                # keeps the legs upright).
-                aspect0 = F.body_aspect(s.kp, s.box)
-                if aspect_down <= COLLAPSE_ASPECT * aspect0:
-                    best = (drop, s.t, angle0, aspect0)
-            elif not down and drop >= cfg.collapse_drop:
-                aspect0 = F.body_aspect(s.kp, s.box)
-                if aspect_now <= COLLAPSE_ASPECT * aspect0:
-                    best = (drop, s.t, angle0, aspect0)
+                continue
+            aspect0 = F.body_aspect(s.kp, s.box)
+            if aspect is None:
+                aspect = F.body_aspect(p.sample.kp, p.sample.box)
+            if aspect <= COLLAPSE_ASPECT * aspect0:
+                best = (drop, s.t, angle0, aspect0)
         if best is None:
             return None
         drop, t0, angle0, aspect0 = best
         if aspect0 is None:
             conf = _confidence(drop / cfg.fall_drop, (p.angle or cfg.lying_angle_deg) / cfg.lying_angle_deg)
-            cue = {"cue": "down"}
-        elif down:
-            conf = _confidence(drop / (TIPOVER_DROP_SHARE * cfg.fall_drop), COLLAPSE_ASPECT * aspect0 / aspect_down)
-            cue = {"cue": "tip-over", "height_to_width_ratio_before": _r(aspect0),
-                   "height_to_width_ratio_after": _r(aspect_down)}
+            cue: dict[str, Any] = {"cue": "down"}
         else:
-            conf = _confidence(drop / cfg.collapse_drop, COLLAPSE_ASPECT * aspect0 / max(aspect_now, 1e-6))
-            cue = {"cue": "collapse", "height_to_width_ratio_before": _r(aspect0),
-                   "height_to_width_ratio_after": _r(aspect_now)}
+            assert aspect is not None
+            conf = _confidence(drop / shape_drop, COLLAPSE_ASPECT * aspect0 / max(aspect, 1e-6))
+            cue = {"cue": shape_cue, "height_to_width_ratio_before": _r(aspect0),
+                   "height_to_width_ratio_after": _r(aspect)}
         return Observation(Pattern.FALL, t, t0, (p.track_id,), conf, {
             "body_drop_torso": _r(drop),
             "drop_time_s": _r(t - t0),
