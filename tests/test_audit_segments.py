@@ -11,27 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from appliance.audit.canonical import canonical, record_hash, utc_iso
 from appliance.audit.log import AuditLog, read_checkpoints
 from appliance.audit.report import build_report
 from appliance.audit.segments import list_segments, log_files, segment_path
 from appliance.audit.verify import verify_log
 from appliance.cli import main as cli_main
+from tests.test_audit_log import DEVICE_KEY, FakeClock
 
-DEVICE_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 PUB = DEVICE_KEY.public_key()
 LIMIT = 3000          # a handful of ~300-byte records per segment
-
-
-class FakeClock:
-    def __init__(self, t: float = 1_764_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        self.t += 1.0
-        return self.t
 
 
 def open_log(path: Path, limit: int = LIMIT, **kw) -> AuditLog:

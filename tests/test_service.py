@@ -5,15 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 from pathlib import Path
-
-import pytest
 
 from appliance.service import (
     ServiceNotifier,
@@ -22,31 +18,7 @@ from appliance.service import (
     under_systemd,
     watchdog_interval_from_env,
 )
-
-
-@pytest.fixture
-def notify_socket():
-    """A Unix datagram socket standing in for systemd's notify socket (short path: 108-byte limit)."""
-    d = tempfile.mkdtemp(prefix="sdn")
-    path = os.path.join(d, "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(5.0)
-    yield sock, path
-    sock.close()
-    os.unlink(path)
-    os.rmdir(d)
-
-
-def recv_all(sock: socket.socket, timeout: float = 0.2) -> list[str]:
-    msgs = []
-    sock.settimeout(timeout)
-    for _ in range(1000):
-        try:
-            msgs.append(sock.recv(4096).decode())
-        except (TimeoutError, BlockingIOError):
-            break
-    return msgs
+from tests.conftest import recv_notifications
 
 
 class FakeClock:
@@ -75,7 +47,7 @@ def test_ready_status_watchdog_reach_the_notify_socket(notify_socket, monkeypatc
     assert n.watchdog_interval_s == 2.0
 
     assert n.ready("analysing")
-    first = recv_all(sock)
+    first = recv_notifications(sock)
     assert first[0] == "READY=1\nSTATUS=analysing"
     assert first[1:] == ["WATCHDOG=1"]  # the first ping goes out with READY
 
@@ -85,17 +57,17 @@ def test_ready_status_watchdog_reach_the_notify_socket(notify_socket, monkeypatc
     clock.t += 1.0
     assert n.watchdog_due() and n.ping()
     assert not n.ping()
-    assert recv_all(sock) == ["WATCHDOG=1"]
+    assert recv_notifications(sock) == ["WATCHDOG=1"]
 
     # health lines are rate-limited to one a second
     assert n.health(fps=9.84, persons=2, spool_depth=3)
     assert not n.health(fps=9.5, persons=2, spool_depth=3)
     clock.t += 1.5
     assert n.health(fps=9.5, persons=1, spool_depth=0, camera="ok", station="down")
-    assert recv_all(sock) == ["STATUS=9.8 fps, 2 persons, spool 3",
+    assert recv_notifications(sock) == ["STATUS=9.8 fps, 2 persons, spool 3",
                               "STATUS=camera ok, 9.5 fps, 1 persons, spool 0, station down"]
     assert n.stopping("sealing 1 pending clip")
-    assert recv_all(sock) == ["STOPPING=1\nSTATUS=sealing 1 pending clip"]
+    assert recv_notifications(sock) == ["STOPPING=1\nSTATUS=sealing 1 pending clip"]
 
 
 def test_no_notify_socket_means_silent_noops(monkeypatch):
@@ -118,8 +90,8 @@ def test_run_watchdog_stops_pinging_when_the_loop_is_not_alive(notify_socket, mo
     assert sock.recv(64) == b"WATCHDOG=1"
     alive.clear()
     # drain what was in flight, then nothing more may arrive while "hung"
-    recv_all(sock, timeout=0.2)
-    assert recv_all(sock, timeout=0.3) == []
+    recv_notifications(sock, timeout=0.2)
+    assert recv_notifications(sock, timeout=0.3) == []
     stop.set()
     thread.join(5)
     assert not thread.is_alive()
@@ -164,7 +136,7 @@ def test_daemon_process_readiness_pings_and_sigterm(notify_socket):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err.decode()
-    rest = recv_all(sock, timeout=0.5)
+    rest = recv_notifications(sock, timeout=0.5)
     assert rest[-1] == "STOPPING=1\nSTATUS=stopped by signal"
     assert set(rest[:-1]) <= {"WATCHDOG=1"}
     assert b"received SIGTERM, stopping" in err  # stderr logging outside systemd

@@ -9,9 +9,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from appliance.station.enrol import create_device_keys, enrol_device
 from appliance.station.keys import StationKeyPaths, generate_station_keys
 from appliance.station.server import StationServer
 from appliance.station.store import ClipStore
+from tests.conftest import recv_notifications
 from tests.systemd_util import INSTALLED_EXEC, LOCAL_EXEC, REPO, SYSTEMD_DIR, unit_settings
 
 SERVE = SYSTEMD_DIR / "appliance-station.service"
@@ -68,30 +67,6 @@ def unit_argv(unit: Path, station_dir: Path) -> list[str]:
     return args
 
 
-@pytest.fixture
-def notify_socket():
-    """A Unix datagram socket standing in for systemd's notify socket (short path: 108-byte limit)."""
-    d = tempfile.mkdtemp(prefix="sdn")
-    path = os.path.join(d, "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    yield sock, path
-    sock.close()
-    os.unlink(path)
-    os.rmdir(d)
-
-
-def recv_all(sock: socket.socket, timeout: float = 0.3) -> list[str]:
-    msgs = []
-    sock.settimeout(timeout)
-    for _ in range(1000):
-        try:
-            msgs.append(sock.recv(4096).decode())
-        except (TimeoutError, BlockingIOError):
-            break
-    return msgs
-
-
 def test_serve_unit_exec_start_notifies_pings_answers_and_stops(tmp_path, notify_socket):
     """The unit's own command line (bind moved to 127.0.0.1) under a fake systemd: READY=1 with
     the endpoint, WATCHDOG=1 from the loop, a probe answered, SIGTERM → STOPPING=1 and exit 0."""
@@ -121,7 +96,7 @@ def test_serve_unit_exec_start_notifies_pings_answers_and_stops(tmp_path, notify
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    rest = recv_all(sock)
+    rest = recv_notifications(sock, timeout=0.3)
     assert rest[-1] == "STOPPING=1\nSTATUS=station stopping", rest
     assert set(rest[:-1]) <= {"WATCHDOG=1"}, rest
     text = log.read_text()
