@@ -6,7 +6,7 @@ APP    := $(VENV)/bin/appliance
 STAMP  := $(VENV)/.installed
 SHARED ?= ../shared/data
 
-.PHONY: setup demo test bench eval models lint clean
+.PHONY: setup demo test bench eval models lint clean train-setup
 
 $(STAMP): setup.cfg pyproject.toml
 	bash scripts/ensure-system-deps.sh
@@ -14,6 +14,10 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
+
+# The fight classifier's training dependencies (scripts/train_fight_classifier.py; not in CI).
+train-setup: setup
+	$(PY) -m pip install -q -e '.[train]'
 
 setup: $(STAMP)
 
@@ -27,7 +31,7 @@ bench: setup
 	$(PY) -m bench
 
 eval: setup
-	$(APP) eval $(SHARED)
+	$(APP) eval $(SHARED) --det build/eval-det    # + build/eval-det.csv and .png (DET trade-off)
 
 # Reproduces models/*.onnx from the pinned upstream weights (needs torch; not run in CI), then the
 # INT8 variant. Update models/manifest.toml with the printed sha256 sums through review.

@@ -149,10 +149,10 @@ class BehaviourConfig:
     strangle_min_s: float = opt(1.0, lo=0.2, hi=30,
                                 fix="seconds both hands must stay at the neck, e.g. 1")
 
-    # Fight: the window classifier (appliance/behaviour/fight_model.py) when a model is named,
+    # Fight: the stage-2 classifier (appliance/behaviour/fight_model.py) when a model is named,
     # else the kinematic rule below (two persons close together, moving violently, for a while).
-    fight_model: str = opt("fight-window-lr",
-                           fix="a fight classifier listed in models/manifest.toml, e.g. 'fight-window-lr'; "
+    fight_model: str = opt("fight-stage2",
+                           fix="a fight classifier listed in models/manifest.toml, e.g. 'fight-stage2'; "
                                "empty = the kinematic fight rule")
     fight_distance: float = opt(3.0, lo=0.2, hi=10,
                                 fix="hip-to-hip distance within which two persons interact, torso lengths, e.g. 3")
@@ -163,6 +163,12 @@ class BehaviourConfig:
                                 fix="seconds over which a fight's evidence is gathered, e.g. 1")
     fight_min_fraction: float = opt(0.3, lo=0.05, hi=1.0,
                                     fix="fraction of both persons' limb steps in the window that are violent, e.g. 0.3")
+
+    # Stage 2 (docs/behaviour.md): pixel evidence for open fight candidates, inside the pixel process.
+    stage2_max_regions: int = opt(2, lo=0, hi=8,
+                                  fix="most candidate regions measured per analysed frame (motion energy, "
+                                      "zoomed re-pose), e.g. 2; 0 = stage 2 off (no violent pattern can fire)")
+    stage2_zoom: bool = opt(True, fix="re-run the pose model on each candidate region's crop, true or false")
 
     # Fall / lying.
     fall_drop: float = opt(1.0, lo=0.1, hi=10,

@@ -3,13 +3,17 @@
     source ──(index, t, wall, image)──► downscale (capture) ──► privacy masks (policy.MaskSet)
         ──► RingBuffer (RAM only; clip frame rate)
         ──► at the analysis rate, newest frame only:
-              PoseEstimator ─Detections─► Tracker ─TrackedFrame─► BehaviourAnalyzer ─Event─►
-              PolicyGate ─Decision─► (permitted) Trigger, waiting for its post-roll
+              PoseEstimator ─Detections─► Tracker ─TrackedFrame─► CandidateGate (stage 1)
+              ─► only while a candidate is open: Stage2 (motion energy from this and the previous
+                 analysed ring frame, zoomed re-pose of the candidate's crop) ─RegionEvidence─►
+              BehaviourAnalyzer ─Event─► PolicyGate ─Decision─► (permitted) Trigger, waiting for
+              its post-roll
         ──► once the ring holds the post-roll: build_clip ─Clip─► clip sink
             (the daemon's sink seals into the spool: see appliance/daemon.py)
 
 Masks are applied before the ring and before inference, so nobody inside a mask is analysed
-and every clip already has the masks burned in. A detection that is not permitted produces a
+and every clip already has the masks burned in. Stage 2 reads ring frames and returns numbers
+and skeletons only: no crop or difference image outlives the call. A detection that is not permitted produces a
 Decision (counted, logged, shown by `analyze`) and nothing else: no clip, no pixels.
 
 Two drivers use :class:`Pipeline`: :func:`analyse_video` (offline, every frame in order,
@@ -30,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from appliance.behaviour import BehaviourAnalyzer
+from appliance.behaviour.stage2 import CandidateGate, Stage2
 from appliance.capture import RingBuffer
 from appliance.clip import build_clip
 from appliance.config import AppConfig
@@ -57,6 +62,8 @@ class PipelineStats:
     last_t: float = 0.0
     inference_s: float = 0.0     # time spent inside pose inference
     analysis_s: float = 0.0      # time spent in the whole analysis step (pose+track+behaviour+gate)
+    stage2_frames: int = 0       # analysed frames with an open candidate (stage 2 ran)
+    stage2_s: float = 0.0        # time spent in stage 2 (motion energy + zoomed re-pose)
 
     @property
     def triggered(self) -> bool:
@@ -88,6 +95,9 @@ class Pipeline:
         self.pose = estimator or estimator_from_config(cfg.pose)
         self.tracker = Tracker(cfg.tracking)
         self.behaviour = BehaviourAnalyzer(cfg.behaviour)
+        self.candidates = CandidateGate()
+        self.stage2 = Stage2(self.pose, max_regions=cfg.behaviour.stage2_max_regions, zoom=cfg.behaviour.stage2_zoom)
+        self._prev_analysed_t: float | None = None
         self.profile = load_profile(profile or cfg.policy.profile, cfg.policy.profiles_dir or None)
         self._masks: MaskSet | None = None
         self._gate: PolicyGate | None = None
@@ -133,15 +143,31 @@ class Pipeline:
         t1 = time.perf_counter()
         tracked = self.tracker.update(dets)
         self._tracked_history.append(tracked)
-        events = self.behaviour.update(tracked)
-        decisions = tuple(self._decide(e, tracked) for e in events)
         st = self.stats
+        evidence = ()
+        candidates = self.candidates.update(tracked)
+        if candidates and self.stage2.max_regions:
+            t2 = time.perf_counter()
+            evidence = self.stage2.measure(frame.image, self._previous_analysed_image(), candidates, tracked)
+            st.stage2_frames += 1
+            st.stage2_s += time.perf_counter() - t2
+        self._prev_analysed_t = frame.t
+        events = self.behaviour.update(tracked, evidence)
+        decisions = tuple(self._decide(e, tracked) for e in events)
         st.analysed_frames += 1
         st.persons_max = max(st.persons_max, len(tracked.persons))
         st.track_ids.update(p.track_id for p in tracked.persons)
         st.inference_s += t1 - t0
         st.analysis_s += time.perf_counter() - t0
         return AnalysisResult(frame, tracked, decisions)
+
+    def _previous_analysed_image(self) -> np.ndarray | None:
+        """The ring's copy of the previous analysed frame (motion energy's reference), if held."""
+        if self._prev_analysed_t is None:
+            return None
+        # The ring keeps frames at the clip rate: the analysed frame itself, or the one just before.
+        frames = self.ring.window(self._prev_analysed_t - 0.5 * self.analysis_period, self._prev_analysed_t + 1e-6)
+        return frames[-1].image if frames else None
 
     def finish(self) -> tuple[Decision, ...]:
         """End of stream: lets the behaviour stage close open episodes."""

@@ -1,36 +1,48 @@
 #!/usr/bin/env python3
-"""Trains and cross-validates the window-level fight classifier (models/fight-window-lr.json).
+"""Trains and cross-validates the stage-2 fight classifier (models/fight-stage2.onnx).
 
-Data: the Surveillance Camera Fight Dataset clips in ../shared/data/scfd-dev (50 fight, 50
-no-fight, MIT licence), through the pose cache of scripts/extract_skeletons.py. Each clip is
-replayed as the runtime sees it: detections with score >= ``--pose-score`` (filtering a cache
-extracted at a lower threshold equals extracting at this one: NMS is greedy in score order) →
-the project's Tracker at 10 fps → :func:`appliance.behaviour.fight_model.window_features` over
-every causal window of ``--window`` seconds (once it spans ``--min-window`` s). Every window is
-a training row with its clip's label (rows weighted so that each clip counts once). A clip is
-*fight* when any of its windows reaches the threshold — exactly what the runtime does.
+Data, replayed exactly as the runtime sees it (appliance.behaviour.evaluate.SkeletonPipeline:
+pose → tracker → stage 1 → stage 2 at 10 fps; `--cache` keeps each video's analysed frames, so
+pose runs once per video), and only footage whose licence permits shipping a derived model
+(../shared/data/README.md):
 
-Honest figures: repeated stratified 10-fold cross-validation (``--shuffles`` seeds). Inside each
-outer fold the L2 strength C and the probability threshold are chosen by an inner 5-fold CV on
-the outer training clips only (nested); the held-out clips are never seen. Also prints the
-combined decision (classifier OR the kinematic strike/kick/push/strangle rules, which the
-product also runs) and the in-sample figure for contrast. Finally fits on all clips with the C
-and threshold chosen by CV on all clips and writes the model file (``--write``).
+* positives: the 50 scfd-dev fight clips (MIT);
+* negatives: the 50 scfd-dev no-fight clips (MIT) and **every** candidate window of the
+  ordinary footage that may be used: normal/one-by-one-person-detection (CC BY 4.0), the other
+  normal/ clips (MIT), hard-negative/mmaction2_* (Apache-2.0), samples/demo_skeleton (a hug,
+  Apache-2.0);
+* never trained on (evaluation only, their licences forbid it or are unknown): mot/ (CC BY-NC-SA),
+  hard-negative/dailyviolence_* (no licence), falls/ (UR Fall, CC BY-NC-SA), falls-extra/ (no
+  licence). False alarms per camera-hour on these are an honest figure.
 
-    .venv/bin/python scripts/train_fight_classifier.py --cache /tmp/skeleton-cache-v2 --pose-score 0.2
-    .venv/bin/python scripts/train_fight_classifier.py --cache /tmp/skeleton-cache-v2 --pose-score 0.2 --write
+Rows: one per candidate region and analysed frame once its window spans ``min_window_s``, with
+two-person evidence (the rule the analyzer applies before asking the model). Weights: each
+scfd clip counts once; each 2 s of long ordinary footage counts as one clip (every window of it
+is a negative, not only 2-second clips).
 
-Logistic regression in numpy (IRLS with an L2 penalty): no training dependency beyond numpy.
+Model: standardise → L2 logistic regression → Platt calibration (CalibratedClassifierCV,
+sigmoid, folds grouped by clip), converted with skl2onnx. A clip (or stretch of footage) fires
+when one region's P(fight) reaches the threshold in ``CONSECUTIVE`` windows in a row.
+
+Honest figures: nested CV over the scfd clips (stratified 10-fold x ``--shuffles``); inside each
+outer fold C and the threshold are chosen by an inner 5-fold CV on the training clips only.
+Threshold rule (the operating point is chosen for false alarms per hour): the threshold that
+maximises inner balanced accuracy, but never below the lowest threshold at which the training
+ordinary footage (long clips) raises no alarm at all.
+
+    pip install -e '.[train]'
+    .venv/bin/python scripts/train_fight_classifier.py --data ../shared/data --cache /work/wt/cache/issue10/frames
+    .venv/bin/python scripts/train_fight_classifier.py ... --write     # models/fight-stage2.onnx
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -38,302 +50,243 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from appliance.behaviour.analyzer import BehaviourAnalyzer  # noqa: E402
 from appliance.behaviour.config import BehaviourConfig  # noqa: E402
-from appliance.behaviour.evaluate import run_analyzer  # noqa: E402
-from appliance.behaviour.fight_model import FEATURE_NAMES, FrameWindow, has_pair, window_features  # noqa: E402
-from appliance.config import TrackingConfig  # noqa: E402
-from appliance.tracking import Tracker  # noqa: E402
-from appliance.types import Detections, Pattern, TrackedFrame  # noqa: E402
+from appliance.behaviour.evaluate import SkeletonPipeline  # noqa: E402
+from appliance.behaviour.fight_model import FEATURE_NAMES  # noqa: E402
+from appliance.config import default_config  # noqa: E402
 
-FPS = 10.0
-#: Left out a priori: how many persons a camera sees, how boxes change under occlusion and how
-#: fast people walk are not evidence of violence (a court could not accept "6 persons" as a
-#: reason), and they fired on ordinary crowds.
-EXCLUDED_FEATURES = ("persons_mean", "persons_max", "frames_with_person_fraction", "box_size_change_p90_per_s",
-                     "box_aspect_change_p90_per_s", "body_speed_p50_log_torso_per_s")
-DEFAULT_FEATURES = tuple(n for n in FEATURE_NAMES if n not in EXCLUDED_FEATURES)
-C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-#: How many of the best-ranked features to use (ranked on the training clips of each fold).
-K_GRID = (99,)   # all of --features (feature-count search gave nothing but variance)
-#: When set, the probability threshold is this instead of chosen by inner CV.
-FIXED_THRESHOLD: float | None = None
-#: When set, thresholds must keep at least this no-fight recall on the clips they are chosen on.
-MIN_SPECIFICITY: float | None = None
-#: The event fires when this many consecutive windows reach the threshold.
-CONSECUTIVE = 1
-RULE_PATTERNS = {Pattern.STRIKE, Pattern.KICK, Pattern.PUSH, Pattern.STRANGLE}
+WINDOW_S, MIN_WINDOW_S, CONSECUTIVE = 2.0, 0.5, 2
+C_GRID = (0.01, 0.1, 1.0, 10.0)
+THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.01), 2)
+#: Footage a shipped model may be trained on (besides scfd-dev): licence in the data README.
+TRAIN_ORDINARY = ("normal/*.mp4", "hard-negative/mmaction2_*.mp4", "samples/demo_skeleton.mp4")
+#: Ordinary footage only evaluated (licence forbids training a shipped model, or unknown).
+EVAL_ORDINARY = ("mot/*/video.mp4", "mot/*/img1", "hard-negative/dailyviolence_*.mp4")
+EVAL_FALLS = ("falls/*.mp4", "falls-extra/*.mp4")
 
 
-def tracked_from_cache(cache: Path, name: str, pose_score: float,
-                       tracking: TrackingConfig | None = None) -> list[TrackedFrame]:
-    """The runtime's view of a cached clip: 10 fps grid, score filter, the project's Tracker."""
-    z = np.load(cache / f"{name}.npz")
-    size = tuple(int(v) for v in z["frame_size"])
-    tracker = Tracker(tracking or TrackingConfig(), frame_size=size)
-    out, next_t = [], None
-    for i, t in enumerate(z["t"]):
-        if next_t is not None and t < next_t - 1e-6:
-            continue
-        next_t = t + 1 / FPS if next_t is None or next_t + 1 / FPS <= t else next_t + 1 / FPS
-        k = int(z["count"][i])
-        keep = np.flatnonzero(z["scores"][i, :k] >= pose_score)
-        dets = Detections(int(z["frame_index"][i]), float(t), z["boxes"][i, keep], z["scores"][i, keep],
-                          z["keypoints"][i, keep])
-        out.append(tracker.update(dets))
-    return out
-
-
-def clip_windows(frames: list[TrackedFrame], window_s: float, min_window_s: float,
-                 stride: int = 1) -> np.ndarray:
-    """Feature rows of every causal window (as the analyzer computes them), float64[W, F]."""
-    win = FrameWindow(window_s)
+def clip_rows(frames) -> list[tuple[int, float, np.ndarray]]:
+    """(region id, t, features) of every candidate window the analyzer would ask the model about."""
+    analyzer = BehaviourAnalyzer(BehaviourConfig(fight_model=""))
     rows = []
-    for k, f in enumerate(frames):
-        win.push(f)
-        if win.span_s >= min_window_s - 1e-6 and k % stride == 0 and has_pair(win.frames):
-            rows.append(window_features(list(win.frames)))
-    return np.array(rows).reshape(-1, len(FEATURE_NAMES))
+    for af in frames:
+        analyzer.update(af.tracked, af.evidence)
+        for s in analyzer.region_scores:
+            if s.span_s >= MIN_WINDOW_S - 1e-6 and s.two_persons:
+                rows.append((s.region, af.tracked.t, s.features))
+    return rows
 
 
-# ------------------------------------------------------------------------- model
+class Clip:
+    def __init__(self, name: str, label: int, source: str, seconds: float, rows):
+        self.name, self.label, self.source, self.seconds = name, label, source, seconds
+        self.rows = rows
+        self.X = np.array([r[2] for r in rows], np.float64).reshape(-1, len(FEATURE_NAMES))
+        self.regions = [r[0] for r in rows]
+
+    def alarms(self, p: np.ndarray, thr: float, gap_s: float = 1.5, repeat_s: float = 10.0) -> int:
+        """Alarms in this clip at ``thr``: per region, CONSECUTIVE windows in a row open an episode."""
+        runs: dict[int, int] = defaultdict(int)
+        last: dict[int, float] = {}
+        reported: dict[int, float] = {}
+        n = 0
+        for (rid, t, _), pi in zip(self.rows, p, strict=True):
+            runs[rid] = runs[rid] + 1 if pi >= thr else 0
+            if rid in last and t - last[rid] > gap_s:
+                reported.pop(rid, None)
+            if runs[rid] >= CONSECUTIVE:
+                if rid not in reported or t - reported[rid] >= repeat_s:
+                    n += 1
+                    reported[rid] = t
+                last[rid] = t
+        return n
 
 
-def fit_logreg(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, iters: int = 50):
-    """L2-penalised weighted logistic regression by IRLS; returns (mean, std, weights, bias)."""
-    mean = np.average(x, axis=0, weights=w)
-    std = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=w))
-    std[std < 1e-9] = 1.0
-    z = np.hstack([np.ones((len(x), 1)), (x - mean) / std])
-    beta = np.zeros(z.shape[1])
-    w = w / w.mean()
-    penalty = np.full(z.shape[1], 1.0 / c)
-    penalty[0] = 0.0   # the intercept is not shrunk
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-np.clip(z @ beta, -50, 50)))
-        grad = z.T @ (w * (p - y)) + penalty * beta
-        hess = (z * (w * p * (1 - p))[:, None]).T @ z + np.diag(penalty) + 1e-9 * np.eye(len(beta))
-        step = np.linalg.solve(hess, grad)
-        beta -= step
-        if np.max(np.abs(step)) < 1e-8:
-            break
-    return mean, std, beta[1:], float(beta[0])
+def load(data: Path, cache: Path, cached_only: bool = False) -> tuple[list[Clip], list[Clip], list[Clip], list[Clip]]:
+    cfg = default_config()
+    pipe = SkeletonPipeline(cfg, cache)
+    period = 1.0 / cfg.analysis.fps
+
+    def clips(patterns, label, source):
+        out = []
+        for pat in patterns:
+            for path in sorted(data.glob(pat)):
+                if cached_only and not pipe._cache_path(path).is_file():
+                    continue
+                frames = pipe.analysed_frames(path)
+                name = f"{path.parent.name}/{path.name}"
+                out.append(Clip(name, label, source, len(frames) * period, clip_rows(frames)))
+                print(f"  {name}: {len(out[-1].rows)} windows", file=sys.stderr, flush=True)
+        return out
+
+    scfd = clips(["scfd-dev/fight/*.mp4"], 1, "scfd") + clips(["scfd-dev/nofight/*.mp4"], 0, "scfd")
+    train_ord = clips(TRAIN_ORDINARY, 0, "ordinary")
+    eval_ord = clips(EVAL_ORDINARY, 0, "eval-ordinary")
+    falls = clips(EVAL_FALLS, 0, "falls")
+    return scfd, train_ord, eval_ord, falls
 
 
-def predict(model, x: np.ndarray) -> np.ndarray:
-    mean, std, weights, bias = model
-    return 1.0 / (1.0 + np.exp(-np.clip(bias + ((x - mean) / std) @ weights, -50, 50)))
+def stack(clips: list[Clip]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    X, y, w, g = [], [], [], []
+    for i, c in enumerate(clips):
+        if not len(c.X):
+            continue
+        # scfd: each clip once; long footage: each 2 s once.
+        total = 1.0 if c.source == "scfd" else max(c.seconds / 2.0, 1.0)
+        X.append(c.X)
+        y.append(np.full(len(c.X), c.label))
+        w.append(np.full(len(c.X), total / len(c.X)))
+        g.append(np.full(len(c.X), i))
+    return np.vstack(X), np.concatenate(y), np.concatenate(w), np.concatenate(g)
 
 
-def balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
-    return 0.5 * (float(np.mean(pred[y == 1])) + float(np.mean(~pred[y == 0])))
+def fit(clips: list[Clip], C: float, seed: int = 0):
+    """StandardScaler → (LogisticRegression, Platt-calibrated on folds grouped by clip), as one
+    fitted Pipeline (the scaler is fitted first: a Pipeline cannot route sample weights)."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y, w, g = stack(clips)
+    scaler = StandardScaler().fit(X, sample_weight=w)
+    Xs = scaler.transform(X)
+    splits = list(GroupKFold(n_splits=3, shuffle=True, random_state=seed).split(Xs, y, g))
+    model = CalibratedClassifierCV(LogisticRegression(C=C, max_iter=1000), method="sigmoid", cv=splits)
+    model.fit(Xs, y, sample_weight=w)
+    return Pipeline([("scale", scaler), ("calibrated", model)])
 
 
-def best_threshold(score: np.ndarray, y: np.ndarray) -> float:
-    """The threshold with the best balanced accuracy (midpoint between neighbouring scores;
-    ties go to the higher threshold: fewer false alarms)."""
-    if MIN_SPECIFICITY:
-        # The highest-accuracy threshold among those keeping no-fight recall >= MIN_SPECIFICITY:
-        # a false alarm costs the operators' trust, a product choice made before looking.
-        ok = [t for t in np.unique(score) if np.mean(score[y == 0] < t) >= MIN_SPECIFICITY]
-        ok = ok or [float(np.max(score)) + 1e-6]
-        return float(max(ok, key=lambda t: (balanced_accuracy(score >= t, y), -t)))
-    cands = np.unique(score)
-    mids = np.concatenate([(cands[:-1] + cands[1:]) / 2, [cands[-1] + 1e-6]]) if len(cands) > 1 else cands
-    accs = [balanced_accuracy(score >= t, y) for t in mids]
-    best = max(accs)
-    return float(max(t for t, a in zip(mids, accs) if a >= best - 1e-12))
+def prob(model, clip: Clip) -> np.ndarray:
+    return model.predict_proba(clip.X)[:, 1] if len(clip.X) else np.zeros(0)
 
 
-class Data:
-    def __init__(self, rows: list[np.ndarray], y: np.ndarray, rules: np.ndarray):
-        self.rows, self.y, self.rules = rows, y, rules
-
-    def stack(self, idx: np.ndarray, cols: np.ndarray):
-        """Training rows of clips ``idx`` (clips without an eligible window contribute none)."""
-        idx = [i for i in idx if len(self.rows[i])]
-        x = np.vstack([self.rows[i][:, cols] for i in idx])
-        yy = np.concatenate([np.full(len(self.rows[i]), self.y[i], float) for i in idx])
-        w = np.concatenate([np.full(len(self.rows[i]), 1.0 / len(self.rows[i])) for i in idx])
-        return x, yy, w
-
-    def clip_scores(self, model, idx: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Per clip the highest window probability (0 when no window shows two persons)."""
-        return np.array([sustained_max(predict(model, self.rows[i][:, cols]), CONSECUTIVE)
-                         if len(self.rows[i]) else 0.0 for i in idx])
+def clip_ba(model_probs: list[tuple[Clip, np.ndarray]], thr: float) -> float:
+    fired = {c.name: c.alarms(p, thr) > 0 for c, p in model_probs}
+    pos = [fired[c.name] for c, _ in model_probs if c.label == 1]
+    neg = [not fired[c.name] for c, _ in model_probs if c.label == 0]
+    return 0.5 * (float(np.mean(pos)) + float(np.mean(neg)))
 
 
-def sustained_max(p: np.ndarray, n: int) -> float:
-    """The highest probability held for ``n`` windows in a row (what the analyzer fires on);
-    a clip with fewer eligible windows is scored by its lowest."""
-    if len(p) < n:
-        return float(np.min(p))
-    return float(np.max(np.lib.stride_tricks.sliding_window_view(p, n).min(axis=1)))
+def quiet_threshold(model, ordinary: list[Clip]) -> float:
+    """The lowest threshold at which the given ordinary footage raises no alarm."""
+    probs = [(c, prob(model, c)) for c in ordinary]
+    for thr in THRESHOLDS:
+        if all(c.alarms(p, thr) == 0 for c, p in probs):
+            return float(thr)
+    return float(THRESHOLDS[-1])
 
 
-def stratified_folds(y: np.ndarray, idx: np.ndarray, k: int, rng: np.random.RandomState) -> list[np.ndarray]:
-    folds: list[list[int]] = [[] for _ in range(k)]
-    for label in (0, 1):
-        members = rng.permutation(idx[y[idx] == label])
-        for n, i in enumerate(members):
-            folds[n % k].append(int(i))
-    return [np.array(sorted(f)) for f in folds]
+def choose(scfd: list[Clip], ordinary: list[Clip], seed: int) -> tuple[float, float]:
+    """C and threshold by inner 5-fold CV on ``scfd`` (ordinary footage always in training)."""
+    from sklearn.model_selection import StratifiedKFold
 
-
-def auc(score: np.ndarray, y: np.ndarray) -> float:
-    pos, neg = score[y == 1], score[y == 0]
-    return float((np.sum(pos[:, None] > neg[None, :]) + 0.5 * np.sum(pos[:, None] == neg[None, :]))
-                 / (len(pos) * len(neg)))
-
-
-def ranked_features(data: Data, idx: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``cols`` ordered by how well each alone separates the classes on clips ``idx``
-    (|AUC - 0.5| of the clip's last window): chosen inside each fold, never on held-out clips."""
-    idx = np.array([i for i in idx if len(data.rows[i])])
-    last = np.array([data.rows[i][-1] for i in idx])
-    strength = [abs(auc(last[:, c], data.y[idx]) - 0.5) for c in cols]
-    return cols[np.argsort(strength)[::-1]]
-
-
-def choose(data: Data, train: np.ndarray, cols: np.ndarray, rng: np.random.RandomState, inner: int = 5):
-    """Feature count k, C and threshold by inner CV on ``train`` only; returns (cols, C, thr)."""
+    labels = np.array([c.label for c in scfd])
     best = None
-    folds = stratified_folds(data.y, train, inner, rng)
-    ranked = {id(f): ranked_features(data, np.setdiff1d(train, f), cols) for f in folds}
-    for k in K_GRID:
-        k = min(k, len(cols))
-        for c in C_GRID:
-            oof = np.zeros(len(data.y))
-            for f in folds:
-                fit_idx = np.setdiff1d(train, f)
-                use = ranked[id(f)][:k]
-                model = fit_logreg(*data.stack(fit_idx, use), c)
-                oof[f] = data.clip_scores(model, f, use)
-            thr = FIXED_THRESHOLD or best_threshold(oof[train], data.y[train])
-            acc = balanced_accuracy(oof[train] >= thr, data.y[train])
-            if best is None or acc > best[0] + 1e-12:
-                best = (acc, k, c, thr)
-    return ranked_features(data, train, cols)[:best[1]], best[2], best[3]
+    for C in C_GRID:
+        held: list[tuple[Clip, np.ndarray]] = []
+        for tr, te in StratifiedKFold(5, shuffle=True, random_state=seed).split(labels, labels):
+            m = fit([scfd[i] for i in tr] + ordinary, C, seed)
+            held += [(scfd[i], prob(m, scfd[i])) for i in te]
+        for thr in THRESHOLDS:
+            ba = clip_ba(held, thr)
+            if best is None or ba > best[0] + 1e-9:
+                best = (ba, C, float(thr))
+    _, C, thr = best
+    m = fit(scfd + ordinary, C, seed)
+    return C, max(thr, quiet_threshold(m, ordinary))
 
 
-def nested_cv(data: Data, cols: np.ndarray, shuffles: int, folds: int = 10):
-    n = len(data.y)
-    everything = np.arange(n)
-    alone, combined, chosen = [], [], []
+def per_hour(model, clips: list[Clip], thr: float) -> tuple[int, float, list[str]]:
+    n, names = 0, []
+    for c in clips:
+        a = c.alarms(prob(model, c), thr)
+        n += a
+        if a:
+            names.append(f"{c.name} x{a}")
+    hours = sum(c.seconds for c in clips) / 3600
+    return n, hours, names
+
+
+def nested_cv(scfd: list[Clip], ordinary: list[Clip], shuffles: int) -> None:
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = np.array([c.label for c in scfd])
+    bas = []
     for seed in range(shuffles):
-        rng = np.random.RandomState(seed)
-        held = np.zeros(n, bool)
-        for test in stratified_folds(data.y, everything, folds, rng):
-            train = np.setdiff1d(everything, test)
-            use, c, thr = choose(data, train, cols, rng)
-            model = fit_logreg(*data.stack(train, use), c)
-            held[test] = data.clip_scores(model, test, use) >= thr
-            chosen.append((len(use), c, round(thr, 3)))
-        alone.append(balanced_accuracy(held, data.y))
-        combined.append(balanced_accuracy(held | data.rules, data.y))
-    return alone, combined, chosen
+        fired = {}
+        for tr, te in StratifiedKFold(10, shuffle=True, random_state=100 + seed).split(labels, labels):
+            train = [scfd[i] for i in tr]
+            C, thr = choose(train, ordinary, seed)
+            m = fit(train + ordinary, C, seed)
+            for i in te:
+                fired[scfd[i].name] = scfd[i].alarms(prob(m, scfd[i]), thr) > 0
+        rec = np.mean([fired[c.name] for c in scfd if c.label == 1])
+        fa = np.mean([fired[c.name] for c in scfd if c.label == 0])
+        bas.append(0.5 * (rec + 1 - fa))
+        print(f"shuffle {seed}: held-out fight recall {rec:.3f}, no-fight false alarm {fa:.3f}, "
+              f"balanced accuracy {bas[-1]:.3f}", flush=True)
+    print(f"NESTED CV balanced accuracy {np.mean(bas):.3f} +- {np.std(bas):.3f} over {shuffles} shuffles")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/skeleton-cache-v2"))
-    ap.add_argument("--pose-score", type=float, default=0.1)
-    ap.add_argument("--tracking", default="", metavar="KEY=VALUE,...",
-                    help="override TrackingConfig fields, e.g. high_score=0.3 (default: the product's)")
-    ap.add_argument("--window", type=float, default=2.0)
-    ap.add_argument("--min-window", type=float, default=1.5)
-    ap.add_argument("--features", default=",".join(DEFAULT_FEATURES),
-                    help="comma-separated subset of FEATURE_NAMES (default: all but EXCLUDED_FEATURES)")
-    ap.add_argument("--shuffles", type=int, default=5)
-    ap.add_argument("--write", type=Path, nargs="?", const=REPO / "models" / "fight-window-lr.json",
-                    default=None, help="write the model fitted on all clips (default path models/...)")
-    ap.add_argument("--k", default="", help="feature counts to try (best-ranked first), e.g. 5,10,99 "
-                                           "(default: all features)")
-    ap.add_argument("--threshold", type=float, default=None,
-                    help="fixed probability threshold (default: chosen by inner CV)")
-    ap.add_argument("--min-specificity", type=float, default=None,
-                    help="choose thresholds keeping no-fight recall >= this on the training clips, e.g. 0.9")
-    ap.add_argument("--consecutive", type=int, default=2,
-                    help="windows in a row that must reach the threshold before 'fight' fires")
-    args = ap.parse_args(argv)
-    global K_GRID, FIXED_THRESHOLD, MIN_SPECIFICITY, CONSECUTIVE
-    CONSECUTIVE = args.consecutive
-    MIN_SPECIFICITY = args.min_specificity
-    if args.k:
-        K_GRID = tuple(int(v) for v in args.k.split(","))
-    FIXED_THRESHOLD = args.threshold
-    names = sorted(p.stem for p in args.cache.glob("scfd-*.npz"))
-    if not names:
-        print(f"no scfd-*.npz in {args.cache}: run scripts/extract_skeletons.py first", file=sys.stderr)
-        return 1
-    tracking = TrackingConfig()
-    for item in filter(None, args.tracking.split(",")):
-        key, value = item.split("=")
-        kind = type(getattr(tracking, key))
-        tracking = dataclasses.replace(tracking, **{key: kind(value)})
+def write_onnx(model, C: float, thr: float, out: Path, provenance: dict) -> str:
+    import onnx
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    onx = convert_sklearn(model, initial_types=[("features", FloatTensorType([None, len(FEATURE_NAMES)]))],
+                          options={id(model[-1]): {"zipmap": False}}, target_opset=17)
+    meta = {"features": list(FEATURE_NAMES), "threshold": thr, "consecutive_windows": CONSECUTIVE,
+            "window_s": WINDOW_S, "min_window_s": MIN_WINDOW_S, "C": C, **provenance}
+    entry = onx.metadata_props.add()
+    entry.key, entry.value = "appliance", json.dumps(meta, sort_keys=True)
+    onx.producer_name = "appliance scripts/train_fight_classifier.py"
+    onx.doc_string = ""
+    blob = onx.SerializeToString(deterministic=True)
+    onnx.checker.check_model(onx)
+    out.write_bytes(blob)
+    return hashlib.sha256(blob).hexdigest()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--cache", type=Path, required=True, help="analysed-frame cache (appliance eval --cache)")
+    ap.add_argument("--shuffles", type=int, default=3)
+    ap.add_argument("--cached-only", action="store_true", help="skip videos not in the cache (a quick look)")
+    ap.add_argument("--no-cv", action="store_true", help="skip the nested CV (fit and report only)")
+    ap.add_argument("--write", action="store_true", help="write models/fight-stage2.onnx")
+    args = ap.parse_args()
     t0 = time.monotonic()
-    y = np.array([1 if "-fight-" in n else 0 for n in names])
-    rows, rules = [], []
-    cfg = BehaviourConfig(fight_model="")   # the kinematic rules only
-    for n in names:
-        frames = tracked_from_cache(args.cache, n, args.pose_score, tracking)
-        rows.append(clip_windows(frames, args.window, args.min_window))
-        rules.append(any(e.pattern in RULE_PATTERNS for e in run_analyzer(frames, cfg)))
-    data = Data(rows, y, np.array(rules))
-    no_pair = [n for n, r, label in zip(names, rows, y) if not len(r)]
-    print(f"clips never showing two persons (classifier cannot fire): {len(no_pair)} "
-          f"({sum(1 for n in no_pair if '-fight-' in n)} fight)")
-    cols = np.arange(len(FEATURE_NAMES))
-    if args.features:
-        cols = np.array([FEATURE_NAMES.index(f) for f in args.features.split(",")])
-    print(f"{len(names)} clips ({int(y.sum())} fight), {sum(len(r) for r in rows)} windows of "
-          f"{args.window} s (from {args.min_window} s), pose score >= {args.pose_score}, "
-          f"tracking {args.tracking or 'defaults'}; features {len(cols)} "
-          f"({time.monotonic() - t0:.0f} s)")
-    rule_ba = balanced_accuracy(data.rules, y)
-    print(f"kinematic strike/kick/push/strangle rules alone: fight recall {data.rules[y == 1].mean():.2f}, "
-          f"no-fight recall {1 - data.rules[y == 0].mean():.2f}, balanced accuracy {rule_ba:.3f}")
-    alone, combined, chosen = nested_cv(data, cols, args.shuffles)
-    print(f"nested CV (10-fold x {args.shuffles}): classifier {np.mean(alone):.3f} ± {np.std(alone):.3f} "
-          f"(min {min(alone):.3f}, max {max(alone):.3f}); with rules {np.mean(combined):.3f} ± "
-          f"{np.std(combined):.3f} (min {min(combined):.3f}, max {max(combined):.3f})")
-    ks, cs, ts = [k for k, _, _ in chosen], [c for _, c, _ in chosen], [t for _, _, t in chosen]
-    print(f"  chosen feature counts: { {k: ks.count(k) for k in sorted(set(ks))} }; "
-          f"C: { {c: cs.count(c) for c in C_GRID} }; "
-          f"thresholds median {np.median(ts):.3f} (range {min(ts):.3f}-{max(ts):.3f})")
-    everything = np.arange(len(y))
-    cols, c, thr = choose(data, everything, cols, np.random.RandomState(1234))
-    model = fit_logreg(*data.stack(everything, cols), c)
-    score = data.clip_scores(model, everything, cols)
-    pred = score >= thr
-    print(f"final: C={c}, threshold {thr:.3f} (by 5-fold CV on all clips); in-sample fight recall "
-          f"{pred[y == 1].mean():.2f}, no-fight recall {1 - pred[y == 0].mean():.2f}, balanced accuracy "
-          f"{balanced_accuracy(pred, y):.3f}; with rules {balanced_accuracy(pred | data.rules, y):.3f}")
-    order = np.argsort(-np.abs(model[2]))
-    print("  weights (per standard deviation): " + ", ".join(
-        f"{FEATURE_NAMES[cols[i]]} {model[2][i]:+.2f}" for i in order))
+    scfd, train_ord, eval_ord, falls = load(args.data, args.cache, args.cached_only)
+    print(f"{len(scfd)} scfd clips, {len(train_ord)} training ordinary clips "
+          f"({sum(c.seconds for c in train_ord) / 60:.1f} min), {len(eval_ord)} evaluation-only ordinary clips "
+          f"({sum(c.seconds for c in eval_ord) / 60:.1f} min), {len(falls)} fall videos")
+    if not args.no_cv:
+        nested_cv(scfd, train_ord, args.shuffles)
+    C, thr = choose(scfd, train_ord, 0)
+    model = fit(scfd + train_ord, C, 0)
+    print(f"final: C = {C}, threshold = {thr}")
+    for name, clips in (("scfd no-fight (in-sample)", [c for c in scfd if c.label == 0]),
+                        ("training ordinary (in-sample)", train_ord),
+                        ("evaluation-only ordinary (never trained on)", eval_ord),
+                        ("fall-only videos (never trained on)", falls)):
+        n, hours, names = per_hour(model, clips, thr)
+        print(f"  {name}: {n} alarms in {hours * 60:.1f} min = {n / hours if hours else 0:.1f} per camera-hour "
+              f"{names}")
+    rec = np.mean([c.alarms(prob(model, c), thr) > 0 for c in scfd if c.label == 1])
+    print(f"  scfd fight recall (in-sample): {rec:.3f}")
+    lr = model[-1].calibrated_classifiers_[0].estimator
+    print("  standardised LR weights (first calibration fold): " +
+          ", ".join(f"{n} {w:+.2f}" for n, w in zip(FEATURE_NAMES, lr.coef_[0], strict=True)))
     if args.write:
-        doc = {
-            "name": "fight-window-lr",
-            "format": "logistic regression over standardised window features, version 1",
-            "features": [FEATURE_NAMES[i] for i in cols],
-            "mean": [round(float(v), 6) for v in model[0]],
-            "std": [round(float(v), 6) for v in model[1]],
-            "weights": [round(float(v), 6) for v in model[2]],
-            "bias": round(model[3], 6),
-            "threshold": round(thr, 4),
-            "window_s": args.window,
-            "min_window_s": args.min_window,
-            "consecutive_windows": args.consecutive,
-            "trained_on": {"data": "scfd-dev (Surveillance Camera Fight Dataset, MIT), 50 fight + 50 no-fight",
-                           "pose": f"yolo11n-pose at 640, frames <= 960 wide, score >= {args.pose_score}",
-                           "tracking": f"appliance.tracking.Tracker high/low {tracking.high_score}/"
-                                       f"{tracking.low_score}, 10 fps",
-                           "C": c,
-                           "nested_cv_balanced_accuracy": [round(v, 4) for v in alone]},
-        }
-        blob = (json.dumps(doc, indent=1) + "\n").encode()
-        args.write.write_bytes(blob)
-        print(f"wrote {args.write} sha256 {hashlib.sha256(blob).hexdigest()}")
+        prov = {"trained_on": "scfd-dev (MIT) 50 fight + 50 no-fight; normal/ (CC BY 4.0, MIT); "
+                              "hard-negative/mmaction2_* and samples/demo_skeleton (Apache-2.0)",
+                "script": "scripts/train_fight_classifier.py"}
+        digest = write_onnx(model, C, thr, REPO / "models" / "fight-stage2.onnx", prov)
+        print(f"wrote models/fight-stage2.onnx sha256 {digest} (put it into models/manifest.toml)")
     print(f"({time.monotonic() - t0:.0f} s)")
     return 0
 

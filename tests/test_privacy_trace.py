@@ -13,7 +13,8 @@ created; with a permitted trigger, the only thing written is the in-RAM clip (a 
 ``.webm`` symlink in a tmpfs directory), and the masked region is black in that clip.
 
 The pipeline is the real one (appliance.runtime: capture → masks → ring → pose → tracking →
-behaviour → gate → clip) on samples/demo_skeleton.mp4. The behaviour stage's own events flow
+stage 1 → stage 2 (motion energy from ring frames, zoomed re-pose of crops; the hug in the
+sample opens a candidate) → behaviour → gate → clip) on samples/demo_skeleton.mp4. The behaviour stage's own events flow
 through unchanged; one push event is added for the persons actually tracked, so the trigger
 path is exercised whatever the detectors' accuracy (which `make eval` measures) — this test is
 about where pixels go, not about detection.
@@ -78,8 +79,8 @@ def add_scripted_push(pipeline, at_t=1.0):
     """Adds one push event for the two first persons actually tracked at ``at_t``."""
     real_update = pipeline.behaviour.update
     state = {"fired": False}
-    def update(tracked):
-        events = list(real_update(tracked))
+    def update(tracked, evidence=()):
+        events = list(real_update(tracked, evidence))
         if not state["fired"] and tracked.t >= at_t and tracked.persons:
             ids = tuple(sorted(p.track_id for p in tracked.persons))[:2]
             events.append(Event(Pattern.PUSH, tracked.t - 0.4, tracked.t, ids, 0.95, {"scripted": 1.0}))
@@ -113,6 +114,7 @@ if __name__ == "__main__":
     except OSError:
         pass
     print(json.dumps({"events": stats.events, "permitted": stats.permitted, "clips": len(clips),
+                      "stage2_frames": stats.stage2_frames, "repose_runs": pipeline.stage2.repose_runs,
                       "clip_bytes": [len(c.video) for c in clips]}))
 '''
 
@@ -213,6 +215,7 @@ def test_no_permitted_trigger_no_write_no_socket(profiles_dir, pipeline_api):
     with audit_trace() as events:
         stats, clips = run_pipeline(pipeline, source)
     assert stats.analysed_frames > 10 and stats.events >= 1      # the scripted push was judged
+    assert stats.stage2_frames >= 5                              # stage 2 (ring frames, crops) ran
     assert stats.permitted == 0 and clips == []
     assert writes_and_network(events) == []
 
@@ -329,6 +332,9 @@ pytestmark_strace = pytest.mark.skipif(STRACE is None, reason="strace not instal
 def test_strace_no_permitted_trigger_no_write_no_socket(profiles_dir, tmp_path):
     calls, summary = strace_pipeline("count-only", profiles_dir, tmp_path)
     assert summary["events"] >= 1 and summary["permitted"] == 0 and summary["clips"] == 0
+    # Stage 2 ran inside the trace (motion energy from ring frames, zoomed re-pose of crops):
+    # it wrote nothing and opened no socket either.
+    assert summary["stage2_frames"] >= 5 and summary["repose_runs"] >= 5
     assert len(calls) > 0          # the trace did see the run (reads of /proc, model threads …)
     assert effects(calls) == []
 

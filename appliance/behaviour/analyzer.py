@@ -16,6 +16,7 @@ Each analysed frame the analyzer
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import numpy as np
 
 from appliance.behaviour import features as F
 from appliance.behaviour.config import BehaviourConfig
-from appliance.behaviour.fight_model import FightModel, FrameWindow, has_pair, window_features
+from appliance.behaviour.fight_model import FEATURE_NAMES, FightModel, RegionScore, RegionWindows, readable_value
 from appliance.types import Event, Pattern, TrackedFrame
 
 #: Two samples further apart than this are not differentiated (a track gap, not motion).
@@ -111,6 +112,16 @@ class Observation:
     track_ids: tuple[int, ...]
     confidence: float
     explanation: dict[str, Any]
+    #: The stage-2 region the evidence belongs to (None: the persons' own tracks are the region).
+    region: int | None = None
+
+    @property
+    def episode_key(self) -> tuple:
+        """Episodes are per region (or pair, or person), not per pattern: a fight, strike or push
+        of the same persons is one episode (one alarm), and a second, unrelated fight in the
+        scene is reported at once, not folded into the first one's."""
+        where = ("region", self.region) if self.region is not None else ("tracks", tuple(sorted(self.track_ids)))
+        return ("violent" if self.pattern.violent else self.pattern.value, where)
 
 
 @dataclass
@@ -155,32 +166,38 @@ class BehaviourAnalyzer:
         file's sha256 differs from the manifest (a changed model is refused, not ignored)."""
         self.cfg = cfg or BehaviourConfig()
         self._tracks: dict[int, _TrackHistory] = {}
-        self._episodes: dict[Pattern, _Episode] = {}
+        self._episodes: dict[tuple, _Episode] = {}
         self._t: float | None = None
         self._frame_size: tuple[int, int] = (0, 0)
         self.fight_model: FightModel | None = None
-        self._window: FrameWindow | None = None
-        self._fight_run = 0   # consecutive windows at or above the model's threshold
+        #: The highest stage-2 fight probability of the last analysed frame among regions with
+        #: two-person evidence (0 when none was computed).
+        self.fight_probability = 0.0
         if self.cfg.fight_model:
             self.fight_model = FightModel.load(self.cfg.fight_model, models_dir)
-            self._window = FrameWindow(self.fight_model.window_s)
+        self._regions = RegionWindows(self.fight_model.window_s if self.fight_model else 2.0)
+        #: Regions whose stage-2 classifier is above its operating point this frame (with two-person
+        #: evidence): region id -> its score. Pair rules fire only inside one of them.
+        self._confirmed: dict[int, RegionScore] = {}
+        #: This frame's stage-2 regions (features; for training and tests).
+        self.region_scores: list[RegionScore] = []
 
     # ------------------------------------------------------------------ public
 
-    def update(self, frame: TrackedFrame) -> list[Event]:
+    def update(self, frame: TrackedFrame, evidence: tuple = ()) -> list[Event]:
+        """``evidence``: stage 2's :class:`~appliance.behaviour.stage2.RegionEvidence` for this
+        frame's open candidates (none: no violent pattern can be confirmed; the kinematic fight
+        rule, ``fight_model = ""``, needs none)."""
         t = float(frame.t)
         if self._t is not None and t < self._t:
             raise ValueError(f"frames must come in time order: t={t} after {self._t}")
         self._t = t
         self._frame_size = frame.frame_size
+        self.fight_probability = 0.0
         persons = [self._ingest(p, t) for p in frame.persons]
         self._prune(t)
-        observations = self._pair_observations(persons, t) + self._single_observations(persons, t)
-        if self._window is not None:
-            self._window.push(frame)
-            fight = self._fight_window(t)
-            if fight is not None:
-                observations.append(fight)
+        fights = self._stage2(persons, evidence, t)
+        observations = self._pair_observations(persons, t) + fights + self._single_observations(persons, t)
         return self._episode_events(observations, t)
 
     def flush(self) -> list[Event]:
@@ -257,11 +274,19 @@ class BehaviourAnalyzer:
                 dist = float(np.hypot(*(a.ref - b.ref))) / scale
                 if dist > PAIR_RANGE:
                     continue
+                region = None
+                if self.fight_model is not None:
+                    # A violent rule needs the pair's stage-2 region above the operating point:
+                    # one fast wrist near somebody is what keypoints jumping between two
+                    # passers-by look like.
+                    region = self._region_of((a.track_id, b.track_id))
+                    if region is None:
+                        continue
                 for actor, target in ((a, b), (b, a)):
                     for detect in (self._strike, self._kick, self._push, self._strangle):
                         obs = detect(actor, target, scale, t)
                         if obs is not None:
-                            out.append(obs)
+                            out.append(dataclasses.replace(obs, region=region))
                 fight = self._fight(a, b, dist, t) if self.fight_model is None else None
                 if fight is not None:
                     out.append(fight)
@@ -416,33 +441,54 @@ class BehaviourAnalyzer:
             "window_s": _r(t - first),
         })
 
-    def _fight_window(self, t: float) -> Observation | None:
-        """The window classifier: P(fight) of the last ``window_s`` seconds of skeletons."""
-        model, window = self.fight_model, self._window
-        frames = list(window.frames)
-        if window.span_s < model.min_window_s - 1e-6 or not has_pair(frames):
-            self._fight_run = 0
-            return None
-        x = window_features(frames)
-        p = model.probability(x)
-        # Sustained, not one noisy window: fire after consecutive_windows in a row.
-        self._fight_run = self._fight_run + 1 if p >= model.threshold else 0
-        if self._fight_run < model.consecutive_windows:
-            return None
-        # 0.5 at the model's threshold, 1 at certainty (the other detectors' convention).
-        conf = 0.5 + 0.5 * (p - model.threshold) / (1.0 - model.threshold)
-        ids = tuple(sorted({q.track_id for f in frames for q in f.persons}))
-        explanation: dict[str, Any] = {
-            "fight_probability": _r(p),
-            "threshold_probability": model.threshold,
-            "window_s": _r(window.span_s),
-            "consecutive_windows": self._fight_run,
-            "model": model.name,
-            "model_sha256": model.sha256[:16],
-        }
-        for rank, part in enumerate(model.contributions(x), 1):
-            explanation[f"reason_{rank}"] = f"{part['readable']} (+{part['log_odds']} log-odds)"
-        return Observation(Pattern.FIGHT, t, frames[0].t, ids, conf, explanation)
+    def _stage2(self, persons: list[_Person], evidence: tuple, t: float) -> list[Observation]:
+        """The stage-2 classifier per candidate region; a fight observation per region whose
+        P(fight) reached the model's threshold in ``consecutive_windows`` windows in a row with
+        two-person evidence."""
+        self._confirmed = {}
+        model = self.fight_model
+        samples = {p.track_id: (p.prev, p.sample) for p in persons}
+        self.region_scores = self._regions.update(t, evidence, samples) if evidence else []
+        if model is None:
+            return []
+        out = []
+        for score in self.region_scores:
+            if score.span_s < model.min_window_s - 1e-6 or not score.two_persons:
+                self._regions.set_run(score.region, 0)
+                continue
+            p = model.probability(score.features)
+            self.fight_probability = max(self.fight_probability, p)
+            run = score.run + 1 if p >= model.threshold else 0
+            self._regions.set_run(score.region, run)
+            if run < model.consecutive_windows:
+                continue
+            self._confirmed[score.region] = score
+            # 0.5 at the model's threshold, 1 at certainty (the other detectors' convention).
+            conf = 0.5 + 0.5 * (p - model.threshold) / (1.0 - model.threshold)
+            explanation: dict[str, Any] = {
+                "stage": 2,
+                "region": score.region,
+                "fight_probability": _r(p),
+                "threshold_probability": model.threshold,
+                "window_s": _r(score.span_s),
+                "consecutive_windows": run,
+                "two_person_fraction": _r(score.two_person_fraction),
+            }
+            for name, value in zip(FEATURE_NAMES, score.features, strict=True):
+                explanation[name.replace("_log", "").replace("_p50", "").replace("_p75", "")] = \
+                    readable_value(name, value)
+            explanation["model"] = model.name
+            explanation["model_sha256"] = model.sha256[:16]
+            out.append(Observation(Pattern.FIGHT, t, score.start_t, score.track_ids, conf, explanation,
+                                   region=score.region))
+        return out
+
+    def _region_of(self, ids: tuple[int, ...]) -> int | None:
+        """The confirmed stage-2 region holding all of ``ids`` (pair rules need one)."""
+        for rid, score in self._confirmed.items():
+            if set(ids) <= set(score.track_ids):
+                return rid
+        return None
 
     def _single_observations(self, persons: list[_Person], t: float) -> list[Observation]:
         out: list[Observation] = []
@@ -553,35 +599,34 @@ class BehaviourAnalyzer:
 
     def _episode_events(self, observations: list[Observation], t: float) -> list[Event]:
         cfg = self.cfg
-        for pattern in list(self._episodes):
-            if t - self._episodes[pattern].last_t > cfg.episode_gap_s:
-                del self._episodes[pattern]
-        best: dict[Pattern, Observation] = {}
-        tracks: dict[Pattern, list[int]] = {}
+        for key in list(self._episodes):
+            if t - self._episodes[key].last_t > cfg.episode_gap_s:
+                del self._episodes[key]
+        best: dict[tuple, Observation] = {}
+        tracks: dict[tuple, list[int]] = {}
         for obs in observations:
             if obs.confidence < cfg.min_confidence:
                 continue
-            tracks.setdefault(obs.pattern, [])
-            tracks[obs.pattern] += [i for i in obs.track_ids if i not in tracks[obs.pattern]]
-            if obs.pattern not in best or obs.confidence > best[obs.pattern].confidence:
-                best[obs.pattern] = obs
+            key = obs.episode_key
+            tracks.setdefault(key, [])
+            tracks[key] += [i for i in obs.track_ids if i not in tracks[key]]
+            if key not in best or obs.confidence > best[key].confidence:
+                best[key] = obs
         events: list[Event] = []
-        for pattern in Pattern:   # a fixed order, so output is deterministic
-            obs = best.get(pattern)
-            if obs is None:
-                continue
-            ep = self._episodes.get(pattern)
+        for key in sorted(best, key=repr):   # a fixed order, so output is deterministic
+            obs = best[key]
+            ep = self._episodes.get(key)
             if ep is None:
-                ep = self._episodes[pattern] = _Episode(obs.start_t, t, t, list(obs.track_ids))
+                ep = self._episodes[key] = _Episode(obs.start_t, t, t, list(obs.track_ids))
                 report_start = obs.start_t
             else:
                 ep.last_t = t
-                ep.track_ids += [i for i in tracks[pattern] if i not in ep.track_ids]
+                ep.track_ids += [i for i in tracks[key] if i not in ep.track_ids]
                 if t - ep.reported_t < cfg.repeat_s:
                     continue
                 report_start = ep.reported_t
                 ep.reported_t = t
             ids = [*obs.track_ids, *[i for i in ep.track_ids if i not in obs.track_ids]]
-            events.append(Event(pattern, float(report_start), t, tuple(ids), round(obs.confidence, 3),
+            events.append(Event(obs.pattern, float(report_start), t, tuple(ids), round(obs.confidence, 3),
                                 dict(obs.explanation)))
         return events

@@ -31,6 +31,7 @@ import numpy as np
 from appliance.behaviour.analyzer import BehaviourAnalyzer
 from appliance.behaviour.config import BehaviourConfig
 from appliance.behaviour.features import is_down
+from appliance.behaviour.stage2 import AnalysedFrame
 from appliance.config import AppConfig
 from appliance.errors import InputError
 from appliance.types import KP, NUM_KEYPOINTS, Event, Pattern, TrackedFrame, TrackedPerson
@@ -74,21 +75,69 @@ def video_frames(path: Path, max_width: int) -> Iterator[tuple[float, np.ndarray
         yield t, image
 
 
-class SkeletonPipeline:
-    """Pose → tracker for one video at a time (the estimator is loaded once)."""
+#: Bump when what a cached frame holds changes (pose, tracking, stage 1 or stage 2 code).
+CACHE_VERSION = "stage2-v1"
 
-    def __init__(self, app_cfg: AppConfig):
+
+class SkeletonPipeline:
+    """Pose → tracker → stage 1 → stage 2 for one video at a time (the estimator is loaded once).
+
+    What the runtime's pixel process does per analysed frame (appliance/runtime.py), offline:
+    the previous analysed frame stands in for the ring's frame one analysis period earlier.
+    ``cache_dir``: keep each video's analysed frames (skeletons and stage-2 numbers, never
+    pixels) in a pickle keyed by the video and every setting that shapes them, so a second run
+    costs no pose inference. Off by default.
+    """
+
+    def __init__(self, app_cfg: AppConfig, cache_dir: Path | None = None):
+        from appliance.behaviour.stage2 import Stage2
         from appliance.pose import estimator_from_config
 
         self.cfg = app_cfg
         self.estimator = estimator_from_config(app_cfg.pose)
+        b = app_cfg.behaviour
+        self.stage2 = Stage2(self.estimator, max_regions=b.stage2_max_regions, zoom=b.stage2_zoom)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+
+    def _cache_path(self, path: Path) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        import hashlib
+
+        b = self.cfg.behaviour
+        key = repr((CACHE_VERSION, str(path.resolve()), path.stat().st_mtime_ns, self.cfg.pose, self.cfg.tracking,
+                    self.cfg.ring.max_width, self.cfg.analysis.fps, b.stage2_max_regions, b.stage2_zoom))
+        return self.cache_dir / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pkl"
+
+    def analysed_frames(self, path: Path) -> list[AnalysedFrame]:
+        import pickle
+
+        cached = self._cache_path(path)
+        if cached is not None and cached.is_file():
+            with open(cached, "rb") as f:
+                return pickle.load(f)
+        frames = list(self._analyse(path))
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                pickle.dump(frames, f, protocol=pickle.HIGHEST_PROTOCOL)
+            tmp.replace(cached)
+        return frames
 
     def tracked_frames(self, path: Path) -> Iterator[TrackedFrame]:
+        for af in self.analysed_frames(path):
+            yield af.tracked
+
+    def _analyse(self, path: Path) -> Iterator[AnalysedFrame]:
+        from appliance.behaviour.stage2 import CandidateGate
         from appliance.tracking import Tracker
 
         tracker = Tracker(self.cfg.tracking)
+        gate = CandidateGate()
         period = 1.0 / self.cfg.analysis.fps
         next_t: float | None = None
+        prev_image = None
         for index, (t, image) in enumerate(video_frames(path, self.cfg.ring.max_width)):
             # The same grid as the runtime's offline driver: analyse when t reaches the tick.
             if next_t is not None and t < next_t - 1e-6:
@@ -97,14 +146,22 @@ class SkeletonPipeline:
             tracker.frame_size = (image.shape[1], image.shape[0])
             dets = self.estimator(image)
             dets = type(dets)(index, t, dets.boxes, dets.scores, dets.keypoints)
-            yield tracker.update(dets)
+            tracked = tracker.update(dets)
+            evidence = self.stage2.measure(image, prev_image, gate.update(tracked), tracked)
+            prev_image = image
+            yield AnalysedFrame(tracked, evidence)
 
 
-def run_analyzer(frames: Iterable[TrackedFrame], cfg: BehaviourConfig | None = None) -> list[Event]:
+def run_analyzer(frames: Iterable[TrackedFrame | AnalysedFrame], cfg: BehaviourConfig | None = None) -> list[Event]:
+    """Events of one stream; frames are tracked frames (skeletons only: no violent pattern can
+    be confirmed) or analysed frames (skeletons and stage-2 evidence)."""
     analyzer = BehaviourAnalyzer(cfg)
     events: list[Event] = []
     for frame in frames:
-        events += analyzer.update(frame)
+        if isinstance(frame, AnalysedFrame):
+            events += analyzer.update(frame.tracked, frame.evidence)
+        else:
+            events += analyzer.update(frame)
     return events + analyzer.flush()
 
 
@@ -115,10 +172,13 @@ def run_analyzer(frames: Iterable[TrackedFrame], cfg: BehaviourConfig | None = N
 @dataclass(frozen=True)
 class ClipResult:
     name: str
-    label: str              # fight, nofight, fall, normal
+    label: str              # fight, nofight, fall, ordinary
     events: tuple[Event, ...]
     frames: int             # analysed frames
-    seconds: float          # stream time covered
+    seconds: float          # stream time covered (analysed frames x analysis period)
+    #: (t, highest stage-2 fight probability among regions with two-person evidence, 0 if none)
+    #: per analysed frame: what the DET curve sweeps its threshold over.
+    fight_trace: tuple[tuple[float, float], ...] = ()
 
     @property
     def violent(self) -> bool:
@@ -128,16 +188,50 @@ class ClipResult:
         return sorted({e.pattern.value for e in self.events})
 
 
+def _firing(clip: ClipResult, e: Event) -> dict[str, Any]:
+    return {"clip": clip.name, "t_s": round(e.end_t, 2), "pattern": e.pattern.value,
+            "tracks": list(e.track_ids), "confidence": round(float(e.confidence), 3),
+            "explanation": dict(e.explanation)}
+
+
+def alarms_at(trace: tuple[tuple[float, float], ...], threshold: float, consecutive: int,
+              gap_s: float, repeat_s: float) -> int:
+    """How many fight alarms a probability trace raises at ``threshold``: runs of
+    ``consecutive`` frames at or above it open an episode, reported again every ``repeat_s``
+    while it lasts; it ends after ``gap_s`` without evidence (the analyzer's episode rule,
+    one region at a time)."""
+    alarms, run, last_hit, reported = 0, 0, None, None
+    for t, p in trace:
+        run = run + 1 if p >= threshold else 0
+        if last_hit is not None and t - last_hit > gap_s:
+            reported = None
+        if run >= consecutive:
+            if reported is None or t - reported >= repeat_s:
+                alarms += 1
+                reported = t
+            last_hit = t
+    return alarms
+
+
 @dataclass
 class EvalReport:
     fight: list[ClipResult] = field(default_factory=list)
     nofight: list[ClipResult] = field(default_factory=list)
     fall_videos: list[ClipResult] = field(default_factory=list)
-    normal: list[ClipResult] = field(default_factory=list)
+    ordinary: list[ClipResult] = field(default_factory=list)
     urfd: dict[str, Any] | None = None
     seconds: float = 0.0
+    profile: str = ""
+    #: The fight classifier's operating point: (threshold, consecutive windows, gap, repeat).
+    operating_point: tuple[float, int, float, float] | None = None
+    #: Which events the profile permits: pattern -> permitted (filled by evaluate()).
+    permitted: Callable[[Event], bool] | None = None
     #: Clips that could not be decoded: (name, label, reason). Left out of every figure, listed.
     unreadable: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def _permitted_violent(self, clip: ClipResult) -> list[Event]:
+        ok = self.permitted or (lambda e: True)
+        return [e for e in clip.events if e.pattern.violent and ok(e)]
 
     def fight_summary(self) -> dict[str, Any] | None:
         if not self.fight and not self.nofight:
@@ -147,34 +241,126 @@ class EvalReport:
         return {
             "fight_clips": len(self.fight), "nofight_clips": len(self.nofight),
             "fight_recall": round(fight_recall, 4), "nofight_recall": round(nofight_recall, 4),
+            "nofight_false_alarm_rate": round(1.0 - nofight_recall, 4),
             "balanced_accuracy": round(0.5 * (fight_recall + nofight_recall), 4),
             "patterns_in_fight": dict(Counter(p for c in self.fight for p in c.patterns())),
             "patterns_in_nofight": dict(Counter(p for c in self.nofight for p in c.patterns())),
+            "triggered_fights": [c.name for c in self.fight if self._permitted_violent(c)],
             "missed_fights": [c.name for c in self.fight if not c.violent],
             "false_fights": [c.name for c in self.nofight if c.violent],
         }
 
-    def normal_summary(self) -> dict[str, Any] | None:
-        clips = self.normal
+    def ordinary_clips(self) -> list[ClipResult]:
+        """All ordinary footage: the no-fight clips and every ordinary scene."""
+        return [*self.nofight, *self.ordinary]
+
+    def false_alarm_summary(self) -> dict[str, Any] | None:
+        clips = self.ordinary_clips()
         if not clips:
             return None
+        hours = sum(c.seconds for c in clips) / 3600.0
+        firings = [_firing(c, e) for c in clips for e in self._permitted_violent(c)]
         return {
+            "profile": self.profile,
             "clips": len(clips),
-            "analysed_seconds": round(sum(c.seconds for c in clips), 1),
-            "violent_events": sum(1 for c in clips for e in c.events if e.pattern.violent),
+            "camera_hours": round(hours, 4),
+            "permitted_violent_triggers": len(firings),
+            "false_alarms_per_camera_hour": round(len(firings) / hours, 2) if hours else math.nan,
+            "violent_events_any_profile": sum(1 for c in clips for e in c.events if e.pattern.violent),
             "fall_or_lying_events": sum(1 for c in clips for e in c.events if not e.pattern.violent),
-            "per_clip": {c.name: c.patterns() for c in clips},
+            "firings": firings,
+            "per_clip": {c.name: c.patterns() for c in self.ordinary},
         }
+
+    def falls_summary(self) -> dict[str, Any] | None:
+        if not self.fall_videos:
+            return None
+        return {
+            "videos": len(self.fall_videos),
+            "fall_detected": sum(1 for c in self.fall_videos if any(e.pattern is Pattern.FALL for e in c.events)),
+            "violent_events_permitted": sum(len(self._permitted_violent(c)) for c in self.fall_videos),
+            "violent_events_any_profile": sum(1 for c in self.fall_videos for e in c.events if e.pattern.violent),
+            "firings": [_firing(c, e) for c in self.fall_videos for e in c.events if e.pattern.violent],
+            "per_clip": {c.name: c.patterns() for c in self.fall_videos},
+        }
+
+    def det_curve(self, thresholds: Iterable[float] | None = None) -> list[dict[str, float]]:
+        """Fight recall (scfd fight clips) against false alarms per camera-hour (all ordinary
+        footage) when the fight classifier's threshold is swept; the other settings as configured."""
+        if self.operating_point is None or not self.fight:
+            return []
+        _, consecutive, gap, repeat = self.operating_point
+        clips = self.ordinary_clips()
+        hours = sum(c.seconds for c in clips) / 3600.0
+        rows = []
+        for thr in thresholds if thresholds is not None else np.round(np.arange(0.02, 1.0, 0.02), 2):
+            recall = float(np.mean([alarms_at(c.fight_trace, thr, consecutive, gap, repeat) > 0 for c in self.fight]))
+            alarms = sum(alarms_at(c.fight_trace, thr, consecutive, gap, repeat) for c in clips)
+            rows.append({"threshold": float(thr), "fight_recall": round(recall, 4),
+                         "false_alarms_per_camera_hour": round(alarms / hours, 2) if hours else math.nan})
+        return rows
 
     def to_json(self) -> dict[str, Any]:
         return {
             "fight": self.fight_summary(),
-            "fall_videos": {c.name: c.patterns() for c in self.fall_videos} or None,
+            "false_alarms": self.false_alarm_summary(),
+            "falls": self.falls_summary(),
             "urfd_csv": self.urfd,
-            "normal": self.normal_summary(),
+            "operating_point": None if self.operating_point is None else {
+                "threshold": self.operating_point[0], "consecutive_windows": self.operating_point[1]},
             "unreadable": [{"clip": n, "folder": lab, "reason": why} for n, lab, why in self.unreadable],
             "seconds": round(self.seconds, 1),
         }
+
+
+def write_det(report: EvalReport, csv_path: Path, png_path: Path | None = None) -> list[dict[str, float]]:
+    """The DET trade-off as CSV and (drawn with OpenCV) PNG, the default operating point marked."""
+    rows = report.det_curve()
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, ["threshold", "fight_recall", "false_alarms_per_camera_hour", "default"])
+        w.writeheader()
+        thr0 = report.operating_point[0] if report.operating_point else None
+        for r in rows:
+            w.writerow({**r, "default": int(thr0 is not None and abs(r["threshold"] - thr0) < 1e-9)})
+    if png_path is not None and rows:
+        _draw_det(rows, report, png_path)
+    return rows
+
+
+def _draw_det(rows: list[dict[str, float]], report: EvalReport, path: Path) -> None:
+    W, H, L, B, T, R = 720, 480, 70, 60, 40, 20
+    img = np.full((H, W, 3), 255, np.uint8)
+    fa = np.array([r["false_alarms_per_camera_hour"] for r in rows], float)
+    rec = np.array([r["fight_recall"] for r in rows], float)
+    fmax = max(1.0, float(np.nanmax(fa)) * 1.05)
+    xlog = lambda v: L + (W - L - R) * math.log10(1 + v) / math.log10(1 + fmax)  # noqa: E731
+    ylin = lambda v: H - B - (H - B - T) * v  # noqa: E731
+    cv2.rectangle(img, (L, T), (W - R, H - B), (0, 0, 0), 1)
+    for tick in [0, 1, 3, 10, 30, 100, 300, 1000, 3000]:
+        if tick <= fmax:
+            x = int(xlog(tick))
+            cv2.line(img, (x, H - B), (x, H - B + 5), (0, 0, 0), 1)
+            cv2.putText(img, str(tick), (x - 8, H - B + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    for tick in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+        y = int(ylin(tick))
+        cv2.line(img, (L - 5, y), (L, y), (0, 0, 0), 1)
+        cv2.putText(img, f"{tick:.1f}", (L - 40, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    x1 = int(xlog(1.0))
+    cv2.line(img, (x1, T), (x1, H - B), (180, 180, 180), 1)
+    pts = np.array([[int(xlog(f)), int(ylin(r))] for f, r in zip(fa, rec, strict=True)], np.int32)
+    cv2.polylines(img, [pts], False, (200, 80, 0), 2)
+    if report.operating_point is not None:
+        thr = report.operating_point[0]
+        r0 = min(rows, key=lambda r: abs(r["threshold"] - thr))
+        p0 = (int(xlog(r0["false_alarms_per_camera_hour"])), int(ylin(r0["fight_recall"])))
+        cv2.circle(img, p0, 7, (0, 0, 220), 2)
+        cv2.putText(img, f"default p>={thr:.2f}", (p0[0] + 10, p0[1] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    (0, 0, 220), 1)
+    cv2.putText(img, "false alarms per camera-hour (all ordinary footage, log scale)", (L, H - 15),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    cv2.putText(img, "fight recall (scfd-dev fight clips) vs threshold of the stage-2 classifier", (L, 25),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    cv2.imwrite(str(path), img)
 
 
 def format_report(report: EvalReport) -> str:
@@ -185,11 +371,22 @@ def format_report(report: EvalReport) -> str:
             f"fight/no-fight ({fs['fight_clips']} + {fs['nofight_clips']} clips; a clip is 'fight' "
             "if any violent pattern fires)",
             f"  fight recall      {fs['fight_recall']:.1%}",
-            f"  no-fight recall   {fs['nofight_recall']:.1%}",
+            f"  no-fight false alarm rate {fs['nofight_false_alarm_rate']:.1%}",
             f"  balanced accuracy {fs['balanced_accuracy']:.1%}",
             f"  patterns fired in fight clips:    {fs['patterns_in_fight'] or '-'}",
             f"  patterns fired in no-fight clips: {fs['patterns_in_nofight'] or '-'}",
+            f"  fight clips that trigger under {report.profile}: {', '.join(fs['triggered_fights']) or '-'}",
         ]
+    fa = report.false_alarm_summary()
+    if fa:
+        lines += [
+            f"FALSE ALARMS on all ordinary footage ({fa['clips']} clips, {fa['camera_hours'] * 60:.1f} camera-minutes): "
+            f"{fa['permitted_violent_triggers']} permitted violent triggers under {fa['profile']} = "
+            f"{fa['false_alarms_per_camera_hour']} per camera-hour "
+            f"(violent events under any profile {fa['violent_events_any_profile']}; fall/lying {fa['fall_or_lying_events']})",
+        ] + [f"    {f['clip']} t={f['t_s']} s {f['pattern']} tracks {f['tracks']} conf {f['confidence']}: "
+             f"{f['explanation']}" for f in fa["firings"]]
+        lines += [f"    {name}: {pats or '-'}" for name, pats in fa["per_clip"].items()]
     if report.urfd:
         u = report.urfd
         lines += [
@@ -201,14 +398,14 @@ def format_report(report: EvalReport) -> str:
             f"  posture per frame: 'down' on {u['down_on_lying_frames']:.1%} of lying frames, "
             f"on {u['down_on_upright_frames']:.1%} of not-fallen frames",
         ]
-    if report.fall_videos:
-        lines.append("fall videos: " + ", ".join(f"{c.name}: {c.patterns() or '-'}" for c in report.fall_videos))
-    ns = report.normal_summary()
-    if ns:
+    fl = report.falls_summary()
+    if fl:
         lines += [
-            f"ordinary walking/standing ({ns['clips']} clips, {ns['analysed_seconds']} s analysed)",
-            f"  violent events (false triggers) {ns['violent_events']}; fall/lying events {ns['fall_or_lying_events']}",
-        ] + [f"    {name}: {pats or '-'}" for name, pats in ns["per_clip"].items()]
+            f"FALL-ONLY footage ({fl['videos']} videos): fall found in {fl['fall_detected']}; violent patterns "
+            f"permitted under {report.profile}: {fl['violent_events_permitted']} (must be 0; under any profile "
+            f"{fl['violent_events_any_profile']})",
+        ] + [f"    {f['clip']} t={f['t_s']} s {f['pattern']}: {f['explanation']}" for f in fl["firings"]] \
+          + [f"    {name}: {pats or '-'}" for name, pats in fl["per_clip"].items()]
     if report.unreadable:
         lines.append(f"UNREADABLE, left out of every figure above ({len(report.unreadable)} clips):")
         lines += [f"    {lab}: {name}: {why}" for name, lab, why in report.unreadable]
@@ -323,10 +520,16 @@ class Plan:
     nofight: tuple[Path, ...] = ()
     fall_videos: tuple[Path, ...] = ()
     urfd_csv: Path | None = None
-    normal: tuple[Path, ...] = ()
+    ordinary: tuple[Path, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.fight or self.nofight or self.fall_videos or self.urfd_csv or self.normal)
+        return bool(self.fight or self.nofight or self.fall_videos or self.urfd_csv or self.ordinary)
+
+
+#: Folders of ordinary footage (every violent trigger there is a false alarm) under a data root.
+ORDINARY_FOLDERS = ("normal", "hard-negative", "samples")
+#: Folders of single-person falls (a violent pattern there records a helpless person as a crime).
+FALL_FOLDERS = ("falls", "falls-extra")
 
 
 def plan_for(root: Path, limit: int | None = None) -> Plan:
@@ -339,22 +542,25 @@ def plan_for(root: Path, limit: int | None = None) -> Plan:
     cut = (lambda xs: tuple(xs[:limit])) if limit else tuple
     fight = cut(_videos(scfd / "fight")) if (scfd / "fight").is_dir() else ()
     nofight = cut(_videos(scfd / "nofight")) if (scfd / "nofight").is_dir() else ()
-    falls = root / "falls"
-    fall_videos = cut(_videos(falls)) if falls.is_dir() else ()
-    urfd = falls / URFD_CSV if (falls / URFD_CSV).is_file() else None
-    normal: list[Path] = []
-    if (root / "normal").is_dir():
-        normal += _videos(root / "normal")
+    fall_videos: list[Path] = []
+    for name in FALL_FOLDERS:
+        if (root / name).is_dir():
+            fall_videos += cut(_videos(root / name))
+    urfd = root / "falls" / URFD_CSV if (root / "falls" / URFD_CSV).is_file() else None
+    ordinary: list[Path] = []
+    for name in ORDINARY_FOLDERS:
+        if (root / name).is_dir():
+            ordinary += cut(_videos(root / name))
     if (root / "mot").is_dir():
         for seq in sorted(p for p in (root / "mot").iterdir() if p.is_dir()):
             if (seq / "video.mp4").is_file():
-                normal.append(seq / "video.mp4")
+                ordinary.append(seq / "video.mp4")
             elif (seq / "img1").is_dir():
-                normal.append(seq / "img1")
-    plan = Plan(fight, nofight, fall_videos, urfd, cut(normal))
+                ordinary.append(seq / "img1")
+    plan = Plan(fight, nofight, tuple(fall_videos), urfd, tuple(ordinary))
     if not plan:
         raise InputError(f"{root}: nothing to evaluate (expected fight/ and nofight/ video folders, or "
-                         "scfd-dev/, falls/, normal/, mot/)")
+                         "scfd-dev/, falls/, falls-extra/, normal/, hard-negative/, samples/, mot/)")
     return plan
 
 
@@ -363,19 +569,42 @@ def _clip_name(path: Path) -> str:
         (f"{path.parent.name}/{path.name}")
 
 
+def clip_result(name: str, label: str, frames: list[AnalysedFrame], cfg: BehaviourConfig,
+                period: float) -> ClipResult:
+    analyzer = BehaviourAnalyzer(cfg)
+    events: list[Event] = []
+    trace: list[tuple[float, float]] = []
+    for af in frames:
+        events += analyzer.update(af.tracked, af.evidence)
+        trace.append((af.tracked.t, analyzer.fight_probability))
+    events += analyzer.flush()
+    return ClipResult(name, label, tuple(events), len(frames), len(frames) * period, tuple(trace))
+
+
 def evaluate(root: Path, app_cfg: AppConfig, cfg: BehaviourConfig | None = None, *, limit: int | None = None,
-             progress: Callable[[str], None] | None = None) -> EvalReport:
+             progress: Callable[[str], None] | None = None, cache_dir: Path | None = None,
+             profile: str | None = None) -> EvalReport:
+    from appliance.policy import PolicyGate, ZoneSet, load_profile
+
     cfg = cfg or getattr(app_cfg, "behaviour", None) or BehaviourConfig()
     plan = plan_for(root, limit)
     start = time.monotonic()
-    report = EvalReport()
-    pipeline = SkeletonPipeline(app_cfg) if (plan.fight or plan.nofight or plan.fall_videos or plan.normal) else None
+    prof = load_profile(profile or app_cfg.policy.profile, app_cfg.policy.profiles_dir or None)
+    gate = PolicyGate(prof, ZoneSet.from_regions((), 1, 1))
+    report = EvalReport(profile=prof.id, permitted=lambda e: gate.decide(e, {}).permitted)
+    probe = BehaviourAnalyzer(cfg)
+    if probe.fight_model is not None:
+        report.operating_point = (probe.fight_model.threshold, probe.fight_model.consecutive_windows,
+                                  cfg.episode_gap_s, cfg.repeat_s)
+    pipeline = SkeletonPipeline(app_cfg, cache_dir) if (plan.fight or plan.nofight or plan.fall_videos
+                                                        or plan.ordinary) else None
+    period = 1.0 / app_cfg.analysis.fps
     groups = (("fight", plan.fight, report.fight), ("nofight", plan.nofight, report.nofight),
-              ("fall", plan.fall_videos, report.fall_videos), ("normal", plan.normal, report.normal))
+              ("fall", plan.fall_videos, report.fall_videos), ("ordinary", plan.ordinary, report.ordinary))
     for label, paths, out in groups:
         for path in paths:
             try:
-                frames = list(pipeline.tracked_frames(path))
+                frames = pipeline.analysed_frames(path)
             except InputError as exc:
                 # One broken file must not throw away an hour of evaluation: it is listed and
                 # left out of the figures, and the command's exit status says so.
@@ -383,8 +612,7 @@ def evaluate(root: Path, app_cfg: AppConfig, cfg: BehaviourConfig | None = None,
                 if progress:
                     progress(f"{label:8s} {_clip_name(path)}: UNREADABLE ({exc})")
                 continue
-            span = frames[-1].t - frames[0].t if frames else 0.0
-            result = ClipResult(_clip_name(path), label, tuple(run_analyzer(frames, cfg)), len(frames), span)
+            result = clip_result(_clip_name(path), label, frames, cfg, period)
             out.append(result)
             if progress:
                 progress(f"{label:8s} {result.name}: {', '.join(result.patterns()) or '-'}")
