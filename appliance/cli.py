@@ -2,14 +2,14 @@
 
 Each command group lives with the stage it belongs to and registers its own sub-parser:
 
-    analyze, run                appliance/runtime_cli.py  (the pixel pipeline)
-    eval                        appliance/behaviour/cli.py
-    profiles ...                appliance/policy/cli.py
-    uplink                      appliance/uplink/cli.py   (the network process)
+    analyze, run                appliance/box/runtime_cli.py  (the pixel pipeline)
+    eval                        appliance/box/behaviour/cli.py
+    profiles ...                appliance/box/policy/cli.py
+    uplink                      appliance/box/uplink/cli.py   (the network process)
     station ...                 appliance/station/cli.py
-    provision ...               appliance/provision/cli.py
-    audit ...                   appliance/audit/cli.py
-    models ...                  appliance/pose/cli.py
+    provision ...               appliance/box/provision/cli.py
+    audit ...                   appliance/station/audit/cli.py
+    models ...                  appliance/box/pose/cli.py
 
 A command sets ``func(args) -> int``. Errors meant for people are :class:`ApplianceError`
 and are printed on one line; the exit code comes from the error class.
@@ -23,17 +23,17 @@ import logging
 import sys
 
 from appliance import __version__
-from appliance.errors import ApplianceError
+from appliance.common.errors import ApplianceError
 
 COMMAND_MODULES = (
-    "appliance.runtime_cli",
-    "appliance.behaviour.cli",
-    "appliance.policy.cli",
-    "appliance.uplink.cli",
+    "appliance.box.runtime_cli",
+    "appliance.box.behaviour.cli",
+    "appliance.box.policy.cli",
+    "appliance.box.uplink.cli",
     "appliance.station.cli",
-    "appliance.provision.cli",
-    "appliance.audit.cli",
-    "appliance.pose.cli",
+    "appliance.box.provision.cli",
+    "appliance.station.audit.cli",
+    "appliance.box.pose.cli",
 )
 
 

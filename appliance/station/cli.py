@@ -6,7 +6,7 @@
     appliance station export  CLIP_ID OUT_DIR --dir DIR --operator NAME --reason TEXT
     appliance station decrypt ENVELOPE_FILE OUT_DIR --dir DIR --operator NAME --reason TEXT
     appliance station devices list --dir DIR
-    appliance station devices add ...     (appliance/provision/station_devices.py, if present)
+    appliance station devices add ...     (appliance/station/devices.py, if present)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import InputError
+from appliance.common.errors import InputError
 
 DEFAULT_DIR = os.environ.get("APPLIANCE_STATION_DIR", "/var/lib/appliance-station")
 DEFAULT_BIND = "tcp://0.0.0.0:7100"
@@ -100,9 +100,9 @@ def _register_provisioning_device_commands(dsub) -> None:
     import importlib
 
     try:
-        station_devices = importlib.import_module("appliance.provision.station_devices")
+        station_devices = importlib.import_module("appliance.station.devices")
     except ModuleNotFoundError as exc:
-        if exc.name != "appliance.provision.station_devices":
+        if exc.name != "appliance.station.devices":
             raise
         return
     station_devices.register(dsub)
@@ -129,7 +129,7 @@ def cmd_keygen(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from appliance.service import ServiceNotifier, configure_logging
+    from appliance.common.service import ServiceNotifier, configure_logging
     from appliance.station.server import StationServer
 
     # journal under systemd (systemd/appliance-station.service), stderr otherwise
