@@ -21,6 +21,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import Any
 
 from appliance import __version__
 from appliance.common.errors import ApplianceError
@@ -46,8 +47,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        module = _command_module(name)
+        if module is None:
+            continue
+        if name == "appliance.box.provision.cli":
+            # `provision station-add` is the station's `devices add` under the technician's
+            # group: the one place the two sides meet, so it is wired here, not in either side.
+            devices = _command_module("appliance.station.devices")
+            module.register(sub, station_add=devices.add_arguments if devices is not None else None)
+        else:
+            module.register(sub)
     return parser
+
+
+def _command_module(name: str) -> Any:
+    """The command module, or None when its side (box or station) is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+            raise
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,41 +12,21 @@ All errors in a file are reported together. See ``provisioning/appliance.example
 
 from __future__ import annotations
 
-import dataclasses
-import tomllib
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.common.errors import ApplianceError
+from appliance.common.resources import package_root
+from appliance.common.schema import ConfigError, Polygon, build, opt, read_toml
+from appliance.contracts.settings import (
+    LEGAL_MAX_RETENTION_HOURS,
+    AuditConfig,
+    PolicyConfig,
+    RetentionRule,
+)
 
-
-class ConfigError(ApplianceError, ValueError):
-    """Raised with one line per problem found; ``problems`` holds them separately."""
-
-    exit_code = 2
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        super().__init__(
-            f"config error in {source}: " + problems[0] if len(problems) == 1
-            else f"{len(problems)} config errors in {source}:\n  " + "\n  ".join(problems)
-        )
-
-
-def opt(default: Any = dataclasses.MISSING, *, fix: str, lo: float | None = None,
-        hi: float | None = None, choices: tuple | None = None, factory: Any = None) -> Any:
-    """Declares a config field with its fix hint and bounds."""
-    meta = {"fix": fix, "lo": lo, "hi": hi, "choices": choices}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-Polygon = tuple[tuple[float, float], ...]
+__all__ = ["LEGAL_MAX_RETENTION_HOURS", "AppConfig", "AuditConfig", "ConfigError", "PolicyConfig",
+           "RetentionRule", "package_root"]
 
 
 @dataclass(frozen=True)
@@ -196,12 +176,6 @@ class Region:
 
 
 @dataclass(frozen=True)
-class PolicyConfig:
-    profile: str = opt("bw-polg-44-4", fix="a legal profile id from provisioning/profiles/, e.g. 'bw-polg-44-4'")
-    profiles_dir: str = opt("", fix="directory of profile TOML files; empty = bundled provisioning/profiles/")
-
-
-@dataclass(frozen=True)
 class SealConfig:
     station_public_key: str = opt("", fix="path to the station's HPKE public key (written by 'provision import')")
     signing_key: str = opt("", fix="path to the device's Ed25519 private key (written by 'provision init')")
@@ -228,33 +202,6 @@ class UplinkConfig:
     retry_max_s: float = opt(30.0, lo=0.1, hi=3600, fix="longest retry delay in seconds, e.g. 30")
     max_envelope_bytes: int = opt(64 * 1024**2, lo=1024 * 1024, hi=2**31,
                                   fix="largest envelope the station accepts in bytes, e.g. 67108864")
-
-
-#: Longest retention period accepted (90 days, as legal profiles allow); docs/audit-log.md §5.
-LEGAL_MAX_RETENTION_HOURS = 2160.0
-
-
-@dataclass(frozen=True)
-class RetentionRule:
-    profile: str = opt(fix="the legal profile id this period applies to, e.g. 'bw-polg-44-4'")
-    hours: float = opt(lo=1, hi=LEGAL_MAX_RETENTION_HOURS,
-                       fix="retention period in hours for clips permitted by this profile, e.g. 72")
-
-
-@dataclass(frozen=True)
-class AuditConfig:
-    log: str = opt("", fix="path of the audit log; empty = <state_dir>/audit.jsonl")
-    checkpoint_every: int = opt(100, lo=1, hi=1_000_000, fix="records between signed checkpoints, e.g. 100")
-    checkpoint_interval_s: float = opt(300.0, lo=1, hi=86400,
-                                       fix="an append makes a checkpoint when the last is older than this, e.g. 300")
-    segment_max_bytes: int = opt(16 * 1024**2, lo=64 * 1024, hi=2**31,
-                                 fix="size in bytes at which the active audit log file is sealed into a "
-                                     "segment and a new one started (docs/audit-log.md §9), e.g. 16777216")
-    retention_hours: float = opt(72.0, lo=1, hi=LEGAL_MAX_RETENTION_HOURS,
-                                 fix="default clip retention in hours (Mannheim: 72), at most 2160")
-    retention: tuple[RetentionRule, ...] = opt((), fix="[[audit.retention]] tables with profile and hours")
-    retention_grace_s: float = opt(1800.0, lo=0, hi=86400,
-                                   fix="seconds past expiry a deletion still counts as on time in reports, e.g. 1800")
 
 
 @dataclass(frozen=True)
@@ -290,93 +237,6 @@ class AppConfig:
         return Path(self.audit.log or Path(self.device.state_dir) / "audit.jsonl")
 
 
-# ---------------------------------------------------------------------------------------
-# Generic validation
-
-
-def _type_name(tp: Any) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
-
-
-def _check_polygon(value: Any, where: str, problems: list[str], fix: str) -> Polygon | None:
-    if not isinstance(value, list) or len(value) < 3:
-        problems.append(f"{where}: must be a list of at least 3 [x, y] points (fix: {fix})")
-        return None
-    points = []
-    for i, p in enumerate(value):
-        if (not isinstance(p, list) or len(p) != 2
-                or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in p)):
-            problems.append(f"{where}[{i}] = {p!r}: must be [x, y] with two numbers (fix: {fix})")
-            return None
-        x, y = float(p[0]), float(p[1])
-        if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
-            problems.append(f"{where}[{i}] = {p!r}: coordinates must lie in 0..1 (fix: {fix})")
-            return None
-        points.append((x, y))
-    return tuple(points)
-
-
-def _build(cls: type, table: Any, where: str, problems: list[str]) -> Any:
-    if not isinstance(table, dict):
-        problems.append(f"{where}: must be a table, got {type(table).__name__}")
-        return None
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in table:
-        if key not in fields:
-            allowed = ", ".join(sorted(fields))
-            problems.append(f"{where}.{key}: unknown key (fix: remove it or use one of: {allowed})")
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        key = f"{where}.{name}" if where else name
-        fix = f.metadata.get("fix", "")
-        if name not in table:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                problems.append(f"{key}: missing (fix: {fix})")
-            continue
-        value = _convert(hints[name], table[name], key, fix, f.metadata, problems)
-        if value is not None:
-            kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except TypeError:
-        return None  # a required key was missing; already reported
-
-
-def _convert(tp: Any, value: Any, key: str, fix: str, meta: dict, problems: list[str]) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (types.UnionType, typing.Union):  # X | None
-        inner = next(a for a in typing.get_args(tp) if a is not type(None))
-        return _convert(inner, value, key, fix, meta, problems)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key, problems)
-    if tp == Polygon:
-        return _check_polygon(value, key, problems, fix)
-    if origin is tuple and typing.get_args(tp)[-1] is Ellipsis:  # tuple[Region, ...]
-        item_tp = typing.get_args(tp)[0]
-        if not isinstance(value, list):
-            problems.append(f"{key}: must be an array of tables, e.g. [[{key}]] (fix: {fix})")
-            return None
-        items = [_build(item_tp, v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
-        return tuple(i for i in items if i is not None)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
-        problems.append(f"{key} = {value!r}: must be {_type_name(tp)} (fix: {fix})")
-        return None
-    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
-    if lo is not None and value < lo:
-        problems.append(f"{key} = {value!r}: must be >= {lo} (fix: {fix})")
-        return None
-    if hi is not None and value > hi:
-        problems.append(f"{key} = {value!r}: must be <= {hi} (fix: {fix})")
-        return None
-    if choices is not None and value not in choices:
-        problems.append(f"{key} = {value!r}: must be one of {', '.join(map(repr, choices))} (fix: {fix})")
-        return None
-    return value
-
-
 def _cross_checks(cfg: AppConfig, problems: list[str]) -> None:
     if cfg.tracking.low_score >= cfg.tracking.high_score:
         problems.append(
@@ -396,7 +256,7 @@ def _cross_checks(cfg: AppConfig, problems: list[str]) -> None:
 def parse_config(data: dict[str, Any], source: str = "<config>") -> AppConfig:
     """Validates a parsed TOML document; raises :class:`ConfigError` naming every bad key."""
     problems: list[str] = []
-    cfg = _build(AppConfig, data, "", problems)
+    cfg = build(AppConfig, data, "", problems)
     if cfg is not None:
         _cross_checks(cfg, problems)
     if problems:
@@ -406,16 +266,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> AppConfig:
 
 def load_config(path: str | Path) -> AppConfig:
     """Reads and validates a TOML config file."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror or exc}"]) from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), [f"not valid TOML: {exc} (fix: check quotes, brackets and '=' signs)"]) from None
-    return parse_config(data, str(path))
+    return parse_config(read_toml(path), str(path))
 
 
 def default_config(source: str | None = None, **sections: dict[str, Any]) -> AppConfig:
@@ -426,6 +277,3 @@ def default_config(source: str | None = None, **sections: dict[str, Any]) -> App
     return parse_config(data, "<defaults>")
 
 
-def package_root() -> Path:
-    """The directory holding ``appliance/``, ``models/`` and ``provisioning/`` in a checkout."""
-    return Path(__file__).resolve().parent.parent.parent

@@ -23,7 +23,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from appliance.box.config import ConfigError, package_root
+from appliance.common.resources import package_root
+from appliance.common.schema import ConfigError
 from appliance.contracts.types import VIOLENT_PATTERNS, Pattern, ProfileRef
 
 #: The profile file format this code reads (docs/legal-profiles.md).

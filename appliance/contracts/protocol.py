@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from appliance.common.errors import InputError
 from appliance.contracts.envelope import DEFAULT_MAX_ENVELOPE_BYTES, canonical_json
 
 __all__ = ["canonical_json"]
@@ -162,3 +164,16 @@ _EVENT_NAMES = {getattr(zmq, n): n for n in dir(zmq) if n.startswith("EVENT_") a
 
 def event_name(event: int) -> str:
     return _EVENT_NAMES.get(event, str(event)).removeprefix("EVENT_")
+
+
+_ENDPOINT_RE = re.compile(r"tcp://(\[[0-9a-fA-F:.]+\]|[^:/\[\]]+):(\d+)")
+
+
+def endpoint_host(endpoint: str) -> str:
+    """The host of a station endpoint such as tcp://203.0.113.5:7100 (IPv6 in brackets);
+    raises :class:`InputError` naming the fix for anything else."""
+    m = _ENDPOINT_RE.fullmatch(endpoint or "")
+    if not m:
+        raise InputError(f"uplink.endpoint = {endpoint!r}: not a tcp://HOST:PORT endpoint "
+                         "(fix: e.g. tcp://203.0.113.5:7100, as printed by the station bundle)")
+    return m.group(1)

@@ -6,7 +6,7 @@
     appliance station export  CLIP_ID OUT_DIR --dir DIR --operator NAME --reason TEXT
     appliance station decrypt ENVELOPE_FILE OUT_DIR --dir DIR --operator NAME --reason TEXT
     appliance station devices list --dir DIR
-    appliance station devices add ...     (appliance/station/devices.py, if present)
+    appliance station devices add ...     (appliance/station/devices.py)
 """
 
 from __future__ import annotations
@@ -96,16 +96,10 @@ def register(sub) -> None:
 
 
 def _register_provisioning_device_commands(dsub) -> None:
-    """`devices add` belongs to the provisioning stage, built on DeviceRegistry.add_device."""
-    import importlib
+    """`devices add`: the station half of enrolment (appliance/station/devices.py)."""
+    from appliance.station import devices
 
-    try:
-        station_devices = importlib.import_module("appliance.station.devices")
-    except ModuleNotFoundError as exc:
-        if exc.name != "appliance.station.devices":
-            raise
-        return
-    station_devices.register(dsub)
+    devices.register(dsub)
 
 
 def _station_audit(station_dir: Path) -> Any:

@@ -33,7 +33,7 @@ MIN_HOLD_REASON_CHARS = 1
 
 
 def _legal_max() -> float:
-    from appliance.box.config import LEGAL_MAX_RETENTION_HOURS
+    from appliance.contracts.settings import LEGAL_MAX_RETENTION_HOURS
     return LEGAL_MAX_RETENTION_HOURS
 
 

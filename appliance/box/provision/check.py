@@ -146,6 +146,7 @@ def _polygon_mask(points, w: int, h: int) -> np.ndarray:
 
 
 def _keys(ctx: CheckContext) -> str:
+    from appliance.box.provision.files import layout_for
     from appliance.contracts.curve import (
         curve_fingerprint,
         load_curve_keypair,
@@ -156,7 +157,6 @@ def _keys(ctx: CheckContext) -> str:
         load_signing_key,
         public_key_fingerprint,
     )
-    from appliance.contracts.layout import layout_for
 
     cfg = ctx.cfg
     layout = layout_for(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from appliance.common.errors import InputError
@@ -10,8 +11,9 @@ from appliance.common.errors import InputError
 DEFAULT_CONFIG = "/etc/appliance/appliance.toml"
 
 
-def register(sub) -> None:
-    """Adds the `provision` command group to the top-level parser."""
+def register(sub, *, station_add: Callable[..., None] | None = None) -> None:
+    """Adds the `provision` command group to the top-level parser; ``station_add`` adds the
+    arguments of `station-add` (= `appliance station devices add`, a station command)."""
     prov = sub.add_parser("provision", help="install, enrol and check the appliance on site")
     psub = prov.add_subparsers(dest="provision_command", metavar="PROVISION_COMMAND", required=True)
 
@@ -32,10 +34,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="request file to write, e.g. DEVICE.enrol.json")
     p.set_defaults(func=cmd_enrol)
 
-    p = psub.add_parser("station-add", help="(on the station) enrol a device from its request, sign a bundle")
-    from appliance.station.devices import add_arguments
-
-    add_arguments(p, station_dir_flag="--station-dir")
+    if station_add is not None:     # the station's command, offered here when it is installed
+        p = psub.add_parser("station-add", help="(on the station) enrol a device from its request, sign a bundle")
+        station_add(p, station_dir_flag="--station-dir")
 
     p = psub.add_parser("import", help="verify the station bundle against its fingerprint; write the config")
     config_arg(p)

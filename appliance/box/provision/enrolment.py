@@ -7,8 +7,6 @@ documents exchanged with the station say.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import os
@@ -17,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import zmq
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -26,6 +22,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 import appliance
 from appliance.box.config import AppConfig, UplinkConfig, load_config, parse_config
+from appliance.box.provision.files import (
+    apply_updates,
+    layout_for,
+    read_config_document,
+    record,
+    write_config_document,
+)
 from appliance.box.provision.network import _redact, camera_kind
 from appliance.common.errors import InputError
 from appliance.contracts.curve import (
@@ -33,12 +36,18 @@ from appliance.contracts.curve import (
     generate_curve_keypair,
     load_curve_public,
 )
-from appliance.contracts.envelope import DEVICE_ID_RE, canonical_json
+from appliance.contracts.enrolment import (
+    REQUEST_CONTEXT,
+    REQUEST_FORMAT,
+    BundleError,
+    b64,
+    bundle_fingerprint,
+    sign_document,
+    verify_bundle,
+)
+from appliance.contracts.envelope import DEVICE_ID_RE
 from appliance.contracts.keys import (
-    HpkePublicKey,
-    fingerprint_bytes,
     generate_signing_key,
-    hpke_public_from_bytes,
     load_signing_key,
     load_signing_public_key,
     public_key_fingerprint,
@@ -46,24 +55,7 @@ from appliance.contracts.keys import (
     save_hpke_public_key,
     write_public_file,
 )
-from appliance.contracts.layout import (
-    DeviceLayout,
-    apply_updates,
-    layout_for,
-    read_config_document,
-    record,
-    write_config_document,
-)
-
-REQUEST_FORMAT, BUNDLE_FORMAT, FORMAT_VERSION = "appliance-enrolment-request", "appliance-station-bundle", 1
-REQUEST_CONTEXT = b"appliance-enrolment-v1\x00"
-BUNDLE_CONTEXT = b"appliance-bundle-v1\x00"
-MAX_DOCUMENT_BYTES = 1024 * 1024
-
-
-class BundleError(InputError):
-    """A station bundle that must not be imported; nothing was changed."""
-
+from appliance.contracts.layout import DeviceLayout
 
 # ---------------------------------------------------------------------------------------
 # init
@@ -184,19 +176,6 @@ def model_identity(cfg: AppConfig) -> dict[str, str]:
     return {"name": entry.name, "sha256": entry.sha256}
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: Any, what: str, err: type[InputError]) -> bytes:
-    try:
-        if not isinstance(text, str):
-            raise TypeError
-        return base64.b64decode(text, validate=True)
-    except (TypeError, ValueError, binascii.Error):
-        raise err(f"{what} is not base64") from None
-
-
 def build_request(cfg: AppConfig) -> bytes:
     """The signed enrolment request for the device ``cfg`` describes (bytes of the JSON file)."""
     _check_device_id(cfg.device.id)
@@ -209,16 +188,14 @@ def build_request(cfg: AppConfig) -> bytes:
         "device_id": cfg.device.id,
         "description": cfg.device.description,
         "camera": {"kind": camera_kind(source) if source else "none", "source": _redact(source)},
-        "signing_public": _b64(raw_public(key.public_key())),
+        "signing_public": b64(raw_public(key.public_key())),
         "curve_public": curve_public.decode("ascii"),
         "fingerprints": {"signing": public_key_fingerprint(key), "curve": curve_fingerprint(curve_public)},
         "software": {"version": appliance.__version__, "sha256": software_sha256()},
         "model": model_identity(cfg),
         "created_unix_ms": int(time.time() * 1000),
     }
-    signature = key.sign(REQUEST_CONTEXT + canonical_json(body))
-    doc = {"format": REQUEST_FORMAT, "version": FORMAT_VERSION, "body": body, "signature": _b64(signature)}
-    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("ascii")
+    return sign_document(key, REQUEST_FORMAT, REQUEST_CONTEXT, body)
 
 
 def enrol_device(config_path: str | Path, out: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -233,197 +210,8 @@ def enrol_device(config_path: str | Path, out: str | Path) -> tuple[Path, dict[s
     return out, body
 
 
-def _load_document(data: bytes, fmt: str, err: type[InputError], what: str) -> dict[str, Any]:
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise err(f"{what} is larger than {MAX_DOCUMENT_BYTES} bytes")
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise err(f"{what} is not JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("format") != fmt:
-        raise err(f"{what} is not an {fmt} (format = {doc.get('format') if isinstance(doc, dict) else None!r})")
-    if doc.get("version") != FORMAT_VERSION:
-        raise err(f"{what} has version {doc.get('version')!r}; this software reads version {FORMAT_VERSION}")
-    if not isinstance(doc.get("body"), dict):
-        raise err(f"{what} has no body")
-    return doc
-
-
-@dataclass(frozen=True)
-class EnrolmentRequest:
-    device_id: str
-    description: str
-    signing_public: Ed25519PublicKey
-    curve_public: bytes
-    fingerprints: dict[str, str]
-    body: dict[str, Any]
-    sha256: str
-
-
-def parse_request(data: bytes) -> EnrolmentRequest:
-    """Parses and verifies an enrolment request (its self-signature proves key possession)."""
-    doc = _load_document(data, REQUEST_FORMAT, InputError, "the enrolment request")
-    body = doc["body"]
-    device_id = body.get("device_id")
-    if not isinstance(device_id, str) or not DEVICE_ID_RE.fullmatch(device_id):
-        raise InputError(f"the enrolment request has an invalid device_id {device_id!r}")
-    raw = _unb64(body.get("signing_public"), "signing_public", InputError)
-    if len(raw) != 32:
-        raise InputError("the enrolment request's signing_public is not 32 bytes")
-    public = Ed25519PublicKey.from_public_bytes(raw)
-    signature = _unb64(doc.get("signature"), "signature", InputError)
-    try:
-        public.verify(signature, REQUEST_CONTEXT + canonical_json(body))
-    except InvalidSignature:
-        raise InputError("the enrolment request's signature does not verify (altered or not made "
-                         "by the device's key); ask the technician for a fresh one") from None
-    curve = body.get("curve_public")
-    try:
-        if not isinstance(curve, str) or len(zmq.utils.z85.decode(curve.encode("ascii"))) != 32:
-            raise TypeError
-    except (TypeError, ValueError, KeyError, UnicodeEncodeError):
-        raise InputError("the enrolment request's curve_public is not a Z85 CURVE key") from None
-    fps = {"signing": fingerprint_bytes(raw), "curve": curve_fingerprint(curve)}
-    if body.get("fingerprints") != fps:
-        raise InputError("the enrolment request's fingerprints do not match its keys")
-    return EnrolmentRequest(device_id, str(body.get("description", "")), public, curve.encode("ascii"),
-                            fps, body, hashlib.sha256(data).hexdigest())
-
-
-# ---------------------------------------------------------------------------------------
-# station side: `devices add REQUEST` → signed bundle
-
-
-@dataclass(frozen=True)
-class AddedDevice:
-    device_id: str
-    bundle: bytes
-    station_fingerprint: str     # of the station signing key: the technician types this
-    device_fingerprints: dict[str, str]
-
-
-def station_add_device(station_dir: str | Path, request: bytes, *, endpoint: str,
-                       allowed_profiles: list[str] | tuple[str, ...], replace: bool = False,
-                       profiles_dir: str | None = None) -> AddedDevice:
-    """Verifies an enrolment request, registers the device, returns the signed station bundle.
-
-    The station engineer's ``appliance station devices add`` calls this (the same as
-    ``appliance provision station-add``).
-    """
-    from appliance.box.provision.network import station_dropin
-    from appliance.contracts.profile import available_profiles
-    from appliance.station.keys import StationKeyPaths
-    from appliance.station.registry import DeviceRegistry
-
-    req = parse_request(request)
-    station_dropin(endpoint, resolve=lambda h, p: [(0, 0, 0, "", ("0.0.0.0", 0))])  # syntax only
-    if not allowed_profiles:
-        raise InputError("no allowed profile (fix: --profile ID, e.g. --profile bw-polg-44-4)")
-    known = available_profiles(profiles_dir)
-    unknown = [p for p in allowed_profiles if p not in known]
-    if unknown:
-        raise InputError(f"unknown legal profile(s) {', '.join(unknown)} (fix: use one of: {', '.join(known)})")
-    paths = StationKeyPaths.of(station_dir)
-    paths.require()
-    station_key = load_signing_key(paths.signing_private)
-    hpke_text = paths.hpke_public.read_bytes()
-    hpke = hpke_public_from_bytes(hpke_text, str(paths.hpke_public))
-    curve = load_curve_public(paths.curve_public)
-    registry = DeviceRegistry(station_dir)
-    try:
-        registry.add_device(req.device_id, req.signing_public, req.curve_public,
-                            description=req.description, replace=replace)
-    finally:
-        registry.close()
-    body = {
-        "device_id": req.device_id,
-        "device_fingerprints": req.fingerprints,
-        "request_sha256": req.sha256,
-        "endpoint": endpoint,
-        "station_signing_public": _b64(raw_public(station_key.public_key())),
-        "station_hpke_public": hpke_text.decode("ascii"),
-        "station_curve_public": curve.decode("ascii"),
-        "station_fingerprints": {"signing": public_key_fingerprint(station_key),
-                                 "hpke": hpke.fingerprint, "curve": curve_fingerprint(curve)},
-        "allowed_profiles": list(allowed_profiles),
-        "issued_unix_ms": int(time.time() * 1000),
-    }
-    signature = station_key.sign(BUNDLE_CONTEXT + canonical_json(body))
-    doc = {"format": BUNDLE_FORMAT, "version": FORMAT_VERSION, "body": body, "signature": _b64(signature)}
-    bundle = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("ascii")
-    return AddedDevice(req.device_id, bundle, public_key_fingerprint(station_key), req.fingerprints)
-
-
 # ---------------------------------------------------------------------------------------
 # device side: import the bundle
-
-
-def normalise_fingerprint(text: str) -> str:
-    return "".join(c for c in (text or "").lower() if c in "0123456789abcdef")
-
-
-@dataclass(frozen=True)
-class StationBundle:
-    device_id: str
-    endpoint: str
-    signing_public: Ed25519PublicKey
-    hpke_public: HpkePublicKey
-    hpke_text: bytes
-    curve_public: bytes
-    allowed_profiles: tuple[str, ...]
-    fingerprint: str
-    body: dict[str, Any]
-
-
-def bundle_fingerprint(data: bytes) -> str:
-    """The station signing key's fingerprint as the bundle states it (to show, never to trust)."""
-    doc = _load_document(data, BUNDLE_FORMAT, BundleError, "the station bundle")
-    raw = _unb64(doc["body"].get("station_signing_public"), "station_signing_public", BundleError)
-    return fingerprint_bytes(raw)
-
-
-def verify_bundle(data: bytes, typed_fingerprint: str) -> StationBundle:
-    """Checks a bundle against the station fingerprint the technician typed; raises BundleError."""
-    doc = _load_document(data, BUNDLE_FORMAT, BundleError, "the station bundle")
-    body = doc["body"]
-    raw = _unb64(body.get("station_signing_public"), "station_signing_public", BundleError)
-    if len(raw) != 32:
-        raise BundleError("the bundle's station_signing_public is not 32 bytes")
-    fp = fingerprint_bytes(raw)
-    typed = normalise_fingerprint(typed_fingerprint)
-    if len(typed) != 16:
-        raise BundleError("the station fingerprint must have 16 hex digits, e.g. 3fa2:91c0:7be4:0d15 "
-                          "(fix: type it exactly as the station printed it)")
-    if typed != normalise_fingerprint(fp):
-        raise BundleError(f"the bundle was signed by station key {fp}, not by the station you named "
-                          f"({typed_fingerprint}); refusing it (fix: get the bundle from the station again "
-                          "and compare the fingerprint with the operator)")
-    public = Ed25519PublicKey.from_public_bytes(raw)
-    signature = _unb64(doc.get("signature"), "signature", BundleError)
-    try:
-        public.verify(signature, BUNDLE_CONTEXT + canonical_json(body))
-    except InvalidSignature:
-        raise BundleError("the station bundle's signature does not verify: it was altered after the "
-                          "station signed it; refusing it (fix: get a fresh bundle from the station)") from None
-    # Signed by the station we trust: from here on a bad field is a station bug, still refused.
-    try:
-        hpke_text = body["station_hpke_public"].encode("ascii")
-        hpke = hpke_public_from_bytes(hpke_text, "bundle")
-        curve = body["station_curve_public"].encode("ascii")
-        if len(zmq.utils.z85.decode(curve)) != 32:
-            raise ValueError("CURVE key length")
-        profiles = tuple(body["allowed_profiles"])
-        if not profiles or not all(isinstance(p, str) for p in profiles):
-            raise ValueError("allowed_profiles")
-        endpoint, device_id = body["endpoint"], body["device_id"]
-        if not isinstance(endpoint, str) or not isinstance(device_id, str):
-            raise TypeError("endpoint/device_id")
-    except (KeyError, TypeError, ValueError, AttributeError, InputError) as exc:
-        raise BundleError(f"the station bundle is incomplete or malformed: {exc}") from None
-    fps = body.get("station_fingerprints", {})
-    if fps.get("hpke") != hpke.fingerprint or fps.get("curve") != curve_fingerprint(curve):
-        raise BundleError("the bundle's key fingerprints do not match its keys")
-    return StationBundle(device_id, endpoint, public, hpke, hpke_text, curve, profiles, fp, body)
 
 
 def _write_curve_public(path: Path, public_z85: bytes) -> None:
@@ -517,7 +305,6 @@ def device_signing_key(cfg: AppConfig) -> Ed25519PrivateKey:
 
 
 __all__ = [
-    "AddedDevice", "BundleError", "EnrolmentRequest", "ImportResult", "InitResult", "StationBundle",
-    "build_request", "bundle_fingerprint", "enrol_device", "import_bundle", "init_device",
-    "parse_request", "software_sha256", "station_add_device", "verify_bundle",
+    "BundleError", "ImportResult", "InitResult", "build_request", "bundle_fingerprint", "enrol_device",
+    "import_bundle", "init_device", "software_sha256", "verify_bundle",
 ]

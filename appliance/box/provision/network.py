@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from appliance.common.errors import InputError
+from appliance.contracts.protocol import endpoint_host
 
 PIXEL_UNIT = "appliance-pixel.service"
 UPLINK_UNIT = "appliance-uplink.service"
@@ -102,11 +103,7 @@ def _allow_only(what: str, host: str, addrs) -> str:
 
 def station_dropin(endpoint: str, resolve=socket.getaddrinfo) -> DropIn:
     """The uplink unit's drop-in for a ZeroMQ endpoint such as tcp://203.0.113.5:7100."""
-    m = re.fullmatch(r"tcp://(\[[0-9a-fA-F:.]+\]|[^:/\[\]]+):(\d+)", endpoint or "")
-    if not m:
-        raise InputError(f"uplink.endpoint = {endpoint!r}: not a tcp://HOST:PORT endpoint "
-                         "(fix: e.g. tcp://203.0.113.5:7100, as printed by the station bundle)")
-    host = m.group(1)
+    host = endpoint_host(endpoint)
     text = _allow_only("station", host, _addresses(host, resolve))
     return DropIn(UPLINK_UNIT, DROPIN_NAME[UPLINK_UNIT], text)
 

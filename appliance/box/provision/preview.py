@@ -21,8 +21,8 @@ import numpy as np
 from appliance.box.capture.source import classify_source, downscale, redact
 from appliance.box.config import AppConfig, CameraConfig, load_config
 from appliance.box.policy.masks import MaskSet
+from appliance.box.provision.files import layout_for, record
 from appliance.common.errors import InputError
-from appliance.contracts.layout import layout_for, record
 
 log = logging.getLogger(__name__)
 

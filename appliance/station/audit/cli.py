@@ -167,9 +167,9 @@ def cmd_verify(args) -> int:
 
 def _retention_settings(config: Path | None) -> tuple[Any, Any]:
     """(RetentionPolicy, AuditConfig) from a config file, or the defaults."""
-    from appliance.box.config import default_config, load_config
+    from appliance.contracts.settings import load_station_settings
     from appliance.station.retention import RetentionPolicy
-    cfg = load_config(config) if config is not None else default_config()
+    cfg = load_station_settings(config)
     profiles_dir = cfg.policy.profiles_dir or None
     return RetentionPolicy.from_config(cfg.audit, profiles_dir), cfg.audit
 
