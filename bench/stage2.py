@@ -17,9 +17,9 @@ HUG = ROOT / "samples" / "demo_skeleton.mp4"
 
 
 def _run(video: Path, seconds: float, repeats: int = 1):
-    from appliance.capture import FileSource
-    from appliance.config import default_config
-    from appliance.runtime import Pipeline, analyse_video
+    from appliance.box.capture import FileSource
+    from appliance.box.config import default_config
+    from appliance.box.runtime import Pipeline, analyse_video
 
     per_frame: list[tuple[float, bool, float]] = []   # (analysis ms, stage 2 ran, stage-1 ms)
     for _ in range(repeats):

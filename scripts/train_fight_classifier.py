@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Trains and cross-validates the stage-2 fight classifier (models/fight-stage2.onnx).
 
-Data, replayed exactly as the runtime sees it (appliance.behaviour.evaluate.SkeletonPipeline:
+Data, replayed exactly as the runtime sees it (appliance.box.behaviour.evaluate.SkeletonPipeline:
 pose → tracker → stage 1 → stage 2 at 10 fps; `--cache` keeps each video's analysed frames, so
 pose runs once per video), and only footage whose licence permits shipping a derived model
 (../shared/data/README.md):
@@ -50,11 +50,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from appliance.behaviour.analyzer import BehaviourAnalyzer  # noqa: E402
-from appliance.behaviour.config import BehaviourConfig  # noqa: E402
-from appliance.behaviour.evaluate import SkeletonPipeline  # noqa: E402
-from appliance.behaviour.fight_model import FEATURE_NAMES  # noqa: E402
-from appliance.config import default_config  # noqa: E402
+from appliance.box.behaviour.analyzer import BehaviourAnalyzer  # noqa: E402
+from appliance.box.behaviour.config import BehaviourConfig  # noqa: E402
+from appliance.box.behaviour.evaluate import SkeletonPipeline  # noqa: E402
+from appliance.box.behaviour.fight_model import FEATURE_NAMES  # noqa: E402
+from appliance.box.config import default_config  # noqa: E402
 
 WINDOW_S, MIN_WINDOW_S, CONSECUTIVE = 2.0, 0.5, 2
 C_GRID = (0.01, 0.1, 1.0, 10.0)

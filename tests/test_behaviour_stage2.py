@@ -1,4 +1,4 @@
-"""Two-stage fight detection (appliance/behaviour/stage2.py, fight_model.py) on real footage:
+"""Two-stage fight detection (appliance/box/behaviour/stage2.py, fight_model.py) on real footage:
 stage-1 gating, motion energy, the zoomed re-pose, two-person evidence, the ONNX classifier's
 hash check, and hard negatives through the real pipeline."""
 
@@ -12,15 +12,15 @@ import cv2
 import numpy as np
 import pytest
 
-from appliance.behaviour import BehaviourAnalyzer, BehaviourConfig
-from appliance.behaviour.fight_model import FEATURE_NAMES, FightModel
-from appliance.behaviour.stage2 import CandidateGate, MotionField, RegionEvidence, Stage2
-from appliance.capture.source import FileSource
-from appliance.config import default_config, package_root
-from appliance.errors import ModelError
-from appliance.pose.manifest import load_manifest
-from appliance.runtime import Pipeline, analyse_video
-from appliance.types import Detections, Pattern
+from appliance.box.behaviour import BehaviourAnalyzer, BehaviourConfig
+from appliance.box.behaviour.fight_model import FEATURE_NAMES, FightModel
+from appliance.box.behaviour.stage2 import CandidateGate, MotionField, RegionEvidence, Stage2
+from appliance.box.capture.source import FileSource
+from appliance.box.config import default_config, package_root
+from appliance.common.errors import ModelError
+from appliance.box.pose.manifest import load_manifest
+from appliance.box.runtime import Pipeline, analyse_video
+from appliance.contracts.types import Detections, Pattern
 from tests.test_behaviour_detectors import load_fixture
 
 ROOT = package_root()
@@ -135,7 +135,7 @@ def worst_case_evidence(frames):
 @pytest.mark.parametrize("profile", ["bw-polg-44-4", *sorted(p.stem for p in
                                                              (ROOT / "provisioning" / "profiles").glob("*.toml"))])
 def test_one_person_falling_never_raises_a_violent_pattern(profile):
-    from appliance.policy import PolicyGate, load_profile
+    from appliance.box.policy import PolicyGate, load_profile
 
     frames = load_fixture("fall_constructed")
     analyzer = BehaviourAnalyzer()
@@ -226,7 +226,7 @@ def test_stage2_is_bounded_per_frame():
     stage2 = Stage2(CountingPose(), max_regions=2)
     f = load_fixture("scfd_fight")[10]
     image = np.zeros((f.frame_size[1], f.frame_size[0], 3), np.uint8)
-    from appliance.behaviour.stage2 import Candidate
+    from appliance.box.behaviour.stage2 import Candidate
     cands = tuple(Candidate((i,), np.array([10 * i, 10, 10 * i + 50, 120], np.float32), "wide-box") for i in range(6))
     out = stage2.measure(image, image, cands, f)
     assert len(out) == 2 and len(est_calls) == 2
@@ -256,8 +256,8 @@ def distant_hug(frame_number: int = 55, scale: float = 0.15) -> np.ndarray:
 
 
 def test_zoomed_repose_finds_the_second_person_the_whole_frame_pass_misses():
-    from appliance.pose import estimator_from_config
-    from appliance.types import TrackedFrame, TrackedPerson
+    from appliance.box.pose import estimator_from_config
+    from appliance.contracts.types import TrackedFrame, TrackedPerson
 
     cfg = default_config(str(HUG))
     pose = estimator_from_config(cfg.pose)
@@ -268,7 +268,7 @@ def test_zoomed_repose_finds_the_second_person_the_whole_frame_pass_misses():
     i = int(np.argmax(whole.scores))
     person = TrackedPerson(1, whole.boxes[i], float(whole.scores[i]), whole.keypoints[i], 5, 0)
     tracked = TrackedFrame(0, 0.0, (person,), (960, 540))
-    from appliance.behaviour.stage2 import Candidate
+    from appliance.box.behaviour.stage2 import Candidate
     ev = Stage2(pose).measure(image, image, (Candidate((1,), whole.boxes[i], "pair"),), tracked)[0]
     assert ev.zoom >= 2.0                                    # the crop gets 2-4x the pixels
     assert ev.zoomed_persons >= 2 and float(ev.zoomed.scores.min()) >= 0.5
