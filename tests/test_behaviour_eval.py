@@ -34,11 +34,17 @@ def test_plan_accepts_a_fight_folder_or_a_data_root(tmp_path):
         (scfd / sub / "a.mp4").write_bytes(b"")
         (scfd / sub / "notes.txt").write_text("not a video")
     (tmp_path / "root" / "mot" / "SEQ" / "img1").mkdir(parents=True)
+    for folder in ("hard-negative", "samples", "falls-extra"):
+        (tmp_path / "root" / folder).mkdir()
+        (tmp_path / "root" / folder / f"{folder}.mp4").write_bytes(b"")
     direct = plan_for(scfd)
     assert [p.name for p in direct.fight] == ["a.mp4"] and [p.name for p in direct.nofight] == ["a.mp4"]
-    assert not direct.normal
+    assert not direct.ordinary and not direct.fall_videos
     root = plan_for(tmp_path / "root")
-    assert root.fight == direct.fight and [p.name for p in root.normal] == ["img1"]
+    # All ordinary footage (false alarms per camera-hour) and all fall-only footage.
+    assert root.fight == direct.fight
+    assert [p.name for p in root.ordinary] == ["hard-negative.mp4", "samples.mp4", "img1"]
+    assert [p.name for p in root.fall_videos] == ["falls-extra.mp4"]
 
 
 @pytest.mark.parametrize("make", ["missing", "empty", "file"])
@@ -110,14 +116,25 @@ def test_eval_runs_the_real_pipeline_on_a_small_folder(tmp_path, capsys):
     assert fight["fight_clips"] == 1 and fight["nofight_clips"] == 1
     assert fight["nofight_recall"] == 1.0          # 3 s of a person walking: nothing violent
     assert 0.0 <= fight["balanced_accuracy"] <= 1.0
-    assert report["urfd_csv"] is None and report["normal"] is None
+    assert report["urfd_csv"] is None and report["falls"] is None
+    # The no-fight clip is ordinary footage: false alarms per camera-hour under the profile.
+    fa = report["false_alarms"]
+    assert fa["profile"] == "bw-polg-44-4" and fa["clips"] == 1 and fa["permitted_violent_triggers"] == 0
+    assert fa["false_alarms_per_camera_hour"] == 0.0 and 0.0 < fa["camera_hours"] < 0.01
+    assert report["operating_point"]["threshold"] > 0
     # Nothing was written next to the data.
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["demo.mp4", "fight", "nofight", "walk.mp4"]
 
-    args = _cli(["eval", str(tmp_path), "--quiet"])
+    det = tmp_path.parent / "det"
+    args = _cli(["eval", str(tmp_path), "--quiet", "--det", str(det)])
     assert args.func(args) == 0
     text = capsys.readouterr().out
-    assert "balanced accuracy" in text and "no-fight recall" in text
+    assert "balanced accuracy" in text and "per camera-hour" in text
+    rows = (tmp_path.parent / "det.csv").read_text().splitlines()
+    assert rows[0] == "threshold,fight_recall,false_alarms_per_camera_hour,default" and len(rows) > 10
+    assert sum(int(r.split(",")[-1]) for r in rows[1:]) == 1      # the default operating point, marked
+    import cv2
+    assert cv2.imread(str(tmp_path.parent / "det.png")) is not None
 
 
 def test_an_unreadable_clip_is_listed_and_the_rest_still_measured(tmp_path, capsys):

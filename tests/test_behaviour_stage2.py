@@ -17,9 +17,9 @@ from appliance.box.behaviour.fight_model import FEATURE_NAMES, FightModel
 from appliance.box.behaviour.stage2 import CandidateGate, MotionField, RegionEvidence, Stage2
 from appliance.box.capture.source import FileSource
 from appliance.box.config import default_config, package_root
-from appliance.common.errors import ModelError
 from appliance.box.pose.manifest import load_manifest
 from appliance.box.runtime import Pipeline, analyse_video
+from appliance.common.errors import ModelError
 from appliance.contracts.types import Detections, Pattern
 from tests.test_behaviour_detectors import load_fixture
 
@@ -276,3 +276,24 @@ def test_zoomed_repose_finds_the_second_person_the_whole_frame_pass_misses():
     centres = 0.5 * (ev.zoomed.boxes[:, :2] + ev.zoomed.boxes[:, 2:])
     assert float(np.hypot(*(centres[0] - centres[1]))) > 0.15 * float(whole.boxes[i, 3] - whole.boxes[i, 1])
     assert ev.union_motion_energy == 0.0                     # the same frame twice: no motion
+
+
+# --------------------------------------------------------------------------- episodes per region
+
+
+def test_episodes_are_per_region_not_per_pattern():
+    from appliance.box.behaviour.analyzer import Observation
+
+    analyzer = BehaviourAnalyzer(BehaviourConfig(fight_model=""))
+    fight_a = Observation(Pattern.FIGHT, 1.0, 0.5, (1, 2), 0.8, {"fight_probability": 0.9}, region=1)
+    strike_a = Observation(Pattern.STRIKE, 1.0, 0.9, (1, 2), 0.9, {"wrist_speed_torso_per_s": 9.0}, region=1)
+    fight_b = Observation(Pattern.FIGHT, 1.0, 0.7, (7, 8), 0.7, {"fight_probability": 0.8}, region=2)
+    events = analyzer._episode_events([fight_a, strike_a, fight_b], 1.0)
+    # Region 1's fight and strike are one alarm (its strongest observation); region 2, an
+    # unrelated fight elsewhere, is reported at once.
+    assert sorted((e.pattern.value, e.track_ids) for e in events) == [("fight", (7, 8)), ("strike", (1, 2))]
+    # Next frame: both regions go on, nothing new is reported until repeat_s.
+    assert analyzer._episode_events([fight_a, fight_b], 1.1) == []
+    # A fall of one person is its own episode, never folded into a violent one.
+    fall = Observation(Pattern.FALL, 1.2, 1.0, (1,), 0.7, {"body_drop_torso": 1.2})
+    assert [e.pattern for e in analyzer._episode_events([fight_a, fall], 1.2)] == [Pattern.FALL]

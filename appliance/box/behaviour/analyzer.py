@@ -474,7 +474,8 @@ class BehaviourAnalyzer:
                 "consecutive_windows": run,
                 "two_person_fraction": _r(score.two_person_fraction),
             }
-            for name, value in zip(FEATURE_NAMES, score.features, strict=True):
+            for name in model.feature_names:
+                value = score.features[FEATURE_NAMES.index(name)]
                 explanation[name.replace("_log", "").replace("_p50", "").replace("_p75", "")] = \
                     readable_value(name, value)
             explanation["model"] = model.name

@@ -293,7 +293,9 @@ class EvalReport:
         clips = self.ordinary_clips()
         hours = sum(c.seconds for c in clips) / 3600.0
         rows = []
-        for thr in thresholds if thresholds is not None else np.round(np.arange(0.02, 1.0, 0.02), 2):
+        if thresholds is None:   # a grid, plus the default operating point itself
+            thresholds = sorted({*np.round(np.arange(0.02, 1.0, 0.02), 2).tolist(), self.operating_point[0]})
+        for thr in thresholds:
             recall = float(np.mean([alarms_at(c.fight_trace, thr, consecutive, gap, repeat) > 0 for c in self.fight]))
             alarms = sum(alarms_at(c.fight_trace, thr, consecutive, gap, repeat) for c in clips)
             rows.append({"threshold": float(thr), "fight_recall": round(recall, 4),

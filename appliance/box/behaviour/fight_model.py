@@ -59,6 +59,8 @@ SPEED_CLIP = 60.0
 ROW_FIELDS = ("t", "union_motion_energy", "person_motion_energy_min", "wrist_speed_pair_torso_per_s",
               "zoomed_wrist_speed_pair_torso_per_s", "zoomed_persons", "two_persons", "cx", "cy", "h")
 
+#: Every window quantity the analyzer computes; a model uses the ones its metadata names (the
+#: training script keeps only features whose weight says "more of it, more likely a fight").
 FEATURE_NAMES: tuple[str, ...] = (
     "union_motion_energy_p50",
     "person_motion_energy_min_p50",
@@ -259,14 +261,16 @@ class FightModel:
             opts.log_severity_level = 3
             self.session = ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
             meta = json.loads(self.session.get_modelmeta().custom_metadata_map["appliance"])
-        except Exception as exc:   # noqa: BLE001 - any unreadable model is the same clear error
+        except Exception as exc:
             raise ModelError(f"fight model {name!r}: not a usable ONNX classifier with appliance metadata: {exc}") \
                 from None
         self.name, self.sha256 = name, sha256
         self.feature_names = tuple(meta.get("features", ()))
-        if self.feature_names != FEATURE_NAMES:
-            raise ModelError(f"fight model {name!r}: features {list(self.feature_names)} are not this "
-                             f"version's {list(FEATURE_NAMES)}; retrain with scripts/train_fight_classifier.py")
+        unknown = [n for n in self.feature_names if n not in FEATURE_NAMES]
+        if not self.feature_names or unknown:
+            raise ModelError(f"fight model {name!r}: features {unknown or '(none)'} are not among this version's "
+                             f"{list(FEATURE_NAMES)}; retrain with scripts/train_fight_classifier.py")
+        self._select = [FEATURE_NAMES.index(n) for n in self.feature_names]
         self.threshold = float(meta["threshold"])
         self.consecutive_windows = int(meta["consecutive_windows"])
         self.window_s = float(meta["window_s"])
@@ -285,6 +289,8 @@ class FightModel:
         entry, blob = verified_model(name, models_dir)
         return FightModel(blob, entry.name, entry.sha256)
 
-    def probability(self, x: np.ndarray) -> float:
-        out = self.session.run([self._prob_output], {self.input_name: x.astype(np.float32).reshape(1, -1)})[0]
+    def probability(self, features: np.ndarray) -> float:
+        """P(fight) of one window's :data:`FEATURE_NAMES` vector (the model picks its own)."""
+        x = np.asarray(features, np.float32)[self._select].reshape(1, -1)
+        out = self.session.run([self._prob_output], {self.input_name: x})[0]
         return float(np.asarray(out).reshape(-1)[-1])

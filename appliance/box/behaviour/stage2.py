@@ -82,7 +82,7 @@ class RegionEvidence:
     minus the background's share (0..1). person_motion_energy: the same per person, in ``key``
     order. background_motion: share of pixels outside all persons that changed (0..1).
     crop: ``float32[4]`` the re-posed region in frame pixels; zoom: pose-input pixels per frame
-    pixel in the crop; zoomed: the persons found in the crop (frame pixels, score >= 
+    pixel in the crop; zoomed: the persons found in the crop (frame pixels, score >=
     ``ZOOM_MIN_SCORE``), or None when the re-pose was not run.
     """
 
@@ -211,7 +211,7 @@ class MotionField:
         diff = cv2.absdiff(g0, g1)
         people = np.zeros(diff.shape, np.uint8)
         for b in person_boxes:
-            x1, y1, x2, y2 = (int(round(float(v) / f)) for v in b)
+            x1, y1, x2, y2 = (round(float(v) / f) for v in b)
             people[max(0, y1):max(0, y2), max(0, x1):max(0, x2)] = 1
         outside = diff[people == 0]
         noise = float(np.median(outside[::7])) if outside.size else 0.0
@@ -226,8 +226,8 @@ class MotionField:
         """Share of the box's pixels that changed (0..1)."""
         f = MOTION_DOWNSCALE
         h, w = self._shape
-        x1, y1 = min(max(int(round(float(box[0]) / f)), 0), w), min(max(int(round(float(box[1]) / f)), 0), h)
-        x2, y2 = min(max(int(round(float(box[2]) / f)), 0), w), min(max(int(round(float(box[3]) / f)), 0), h)
+        x1, y1 = min(max(round(float(box[0]) / f), 0), w), min(max(round(float(box[1]) / f), 0), h)
+        x2, y2 = min(max(round(float(box[2]) / f), 0), w), min(max(round(float(box[3]) / f), 0), h)
         area = (x2 - x1) * (y2 - y1)
         if area <= 0:
             return 0.0
