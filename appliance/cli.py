@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "appliance.provision.cli",
     "appliance.audit.cli",
     "appliance.pose.cli",
+    "appliance.demo",
 )
 
 

@@ -35,7 +35,7 @@ def register(sub) -> None:
     p = psub.add_parser("station-add", help="(on the station) enrol a device from its request, sign a bundle")
     from appliance.provision.station_devices import add_arguments
 
-    add_arguments(p, station_dir_flag="--station-dir")
+    add_arguments(p)
 
     p = psub.add_parser("import", help="verify the station bundle against its fingerprint; write the config")
     config_arg(p)
@@ -68,7 +68,8 @@ def cmd_init(args) -> int:
     print(f"  signing key (Ed25519)  {r.signing_fingerprint}")
     print(f"  CURVE key              {r.curve_fingerprint}")
     if r.rotated:
-        print("the station must enrol the new keys: provision enrol, then station-add --replace")
+        print("the station must enrol the new keys: provision enrol, then station devices add --replace")
+    print(f"next: appliance provision enrol --config {args.config} --out {r.device_id}.enrol.json")
     return 0
 
 
@@ -79,11 +80,15 @@ def cmd_enrol(args) -> int:
     print(f"enrolment request for {body['device_id']} written to {out} (public keys only)")
     print(f"  signing {body['fingerprints']['signing']}, CURVE {body['fingerprints']['curve']}, "
           f"model {body['model']['name']} {body['model']['sha256'][:16]}…")
+    print(f"next: carry {out.name} to the station (it holds public keys only) and read the signing "
+          f"fingerprint {body['fingerprints']['signing']} to the operator, who runs: appliance station devices "
+          f"add {out.name} --station-dir DIR --endpoint tcp://HOST:7100 --profile bw-polg-44-4 --out bundle.json "
+          f"--fingerprint {body['fingerprints']['signing']}")
     return 0
 
 
 def cmd_import(args) -> int:
-    from appliance.provision.enrolment import bundle_fingerprint, import_bundle
+    from appliance.provision.enrolment import import_bundle
 
     try:
         data = Path(args.bundle).read_bytes()
@@ -93,14 +98,16 @@ def cmd_import(args) -> int:
     if not typed:
         if not sys.stdin.isatty():
             raise InputError("no --station-fingerprint given (fix: pass the fingerprint the station printed)")
-        print(f"the bundle says it was signed by station key {bundle_fingerprint(data)}")
-        typed = input("type the fingerprint the station operator reads to you: ")
+        # The bundle's own claim is not shown: the technician must type what the operator reads.
+        typed = input("type the station fingerprint the station operator reads to you: ")
     r = import_bundle(args.config, data, typed, unit_dir=args.unit_dir)
     print(f"station bundle verified (station {r.station_fingerprint}); config {args.config} updated")
     if r.profile_changed:
         print(f"policy.profile set to {r.profile!r}: the configured one is not allowed by the station")
     for path in r.dropins:
         print(f"  wrote {path}")
+    print(f"next: appliance provision preview --config {args.config} --out /root/masks.png "
+          f"(check masks and zones), then appliance provision check --config {args.config}")
     return 0
 
 
@@ -128,6 +135,10 @@ def cmd_preview(args) -> int:
     entry = write_preview(args.config, args.out)
     print(f"wrote {entry['out']} ({entry['width']}x{entry['height']}, masks: "
           f"{', '.join(entry['masks']) or 'none'}); recorded in provision.jsonl. Delete it after checking.")
+    for warning in entry.get("warnings", []):
+        print(f"WARNING: {warning}")
+    print(f"next: look at the image, fix [[zones]]/[[privacy_masks]] in {args.config} if needed, delete the "
+          f"image, then: appliance provision check --config {args.config}")
     return 0
 
 
@@ -136,4 +147,9 @@ def cmd_check(args) -> int:
 
     results = run_checks(args.config)
     print(format_table(results))
-    return 0 if all(r.ok for r in results) else 1
+    if all(r.ok for r in results):
+        print("next: systemctl daemon-reload && systemctl enable --now appliance-pixel appliance-uplink")
+        return 0
+    print(f"next: fix the FAIL rows (each names its fix), then run appliance provision check --config "
+          f"{args.config} again")
+    return 1

@@ -114,7 +114,7 @@ def init_device(config_path: str | Path, *, device_id: str | None = None, state_
     if camera is not None:
         updates["camera"] = {"source": camera}
     new_doc = apply_updates(doc, updates)
-    parse_config(new_doc, str(config_path))  # validate before touching any key
+    parse_config(new_doc.unwrap(), str(config_path))  # validate before touching any key
 
     existing = [p for p in (layout.signing_key, layout.curve_secret, layout.curve_public) if p.exists()]
     old: dict[str, str] = {}
@@ -395,9 +395,11 @@ def verify_bundle(data: bytes, typed_fingerprint: str) -> StationBundle:
         raise BundleError("the station fingerprint must have 16 hex digits, e.g. 3fa2:91c0:7be4:0d15 "
                           "(fix: type it exactly as the station printed it)")
     if typed != normalise_fingerprint(fp):
-        raise BundleError(f"the bundle was signed by station key {fp}, not by the station you named "
-                          f"({typed_fingerprint}); refusing it (fix: get the bundle from the station again "
-                          "and compare the fingerprint with the operator)")
+        # Never print the bundle's own fingerprint here: a hurried technician would copy it.
+        raise BundleError(f"the bundle was not signed by the station whose fingerprint you typed "
+                          f"({typed_fingerprint}); refusing it, nothing was changed (fix: ask the station "
+                          "operator to read the station fingerprint again; if it is what you typed, the "
+                          "bundle is not from that station: get it from the station again)")
     public = Ed25519PublicKey.from_public_bytes(raw)
     signature = _unb64(doc.get("signature"), "signature", BundleError)
     try:
@@ -468,7 +470,7 @@ def import_bundle(config_path: str | Path, data: bytes, typed_fingerprint: str, 
     if "station_signing_public" in UplinkConfig.__dataclass_fields__:
         updates["uplink"]["station_signing_public"] = str(layout.station_signing_public)
     doc = apply_updates(read_config_document(config_path), updates)
-    parse_config(doc, str(config_path))  # validate before writing anything
+    parse_config(doc.unwrap(), str(config_path))  # validate before writing anything
 
     dropins: tuple[Path, ...] = ()
     if unit_dir is not None:
