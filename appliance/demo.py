@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance.errors import ApplianceError
+from appliance.common.errors import ApplianceError
 
 REPO = Path(__file__).resolve().parent.parent
 FIGHT_SAMPLE = REPO / "samples" / "scfd_fight_fi023.mp4"

@@ -37,7 +37,7 @@ def coverage(header: dict[str, Any], pre_roll_s: float | None, post_roll_s: floa
 def _rolls(profile_id: str, cache: dict[str, tuple[float | None, float | None]]) -> tuple[float | None, float | None]:
     if profile_id not in cache:
         try:
-            from appliance.policy.profile import load_profile
+            from appliance.contracts.profile import load_profile
             prof = load_profile(profile_id)
             cache[profile_id] = (float(prof.pre_roll_s), float(prof.post_roll_s))
         except Exception:
@@ -47,7 +47,7 @@ def _rolls(profile_id: str, cache: dict[str, tuple[float | None, float | None]])
 
 def access_counts(station_dir: str | Path) -> Counter[str]:
     """clip id → decrypt/view/export records in the station's audit log (all its segments)."""
-    from appliance.audit.report import _lines
+    from appliance.station.audit.report import _lines
 
     counts: Counter[str] = Counter()
     log = Path(station_dir) / "audit.jsonl"
@@ -68,11 +68,11 @@ def access_counts(station_dir: str | Path) -> Counter[str]:
 
 def clip_facts(station_dir: str | Path, clips: Iterable[Any], *, config: Path | None = None,
                now: float | None = None) -> dict[str, dict[str, Any]]:
-    from appliance.config import default_config, load_config
+    from appliance.contracts.settings import load_station_settings
     from appliance.station.retention import HOLDS_FILE, LegalHolds, RetentionPolicy
 
     now = time.time() if now is None else now
-    cfg = load_config(config) if config is not None else default_config()
+    cfg = load_station_settings(config)
     policy = RetentionPolicy.from_config(cfg.audit, cfg.policy.profiles_dir or None)
     holds: dict[str, Any] = {}
     holds_file = Path(station_dir) / HOLDS_FILE
