@@ -126,7 +126,7 @@ class Demo:
         for _name, proc, _log in reversed(self.children):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for name, proc, log_path in reversed(self.children):
+        for name, proc, _log_path in reversed(self.children):
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -190,10 +190,16 @@ class Demo:
         if not alarms:
             raise DemoError(f"the fight clip raised no alarm: the default detector missed {self.fight.name} "
                             "(see logs/box-*.log)")
-        clip = self._wait_for_clip(1)
-        complete = "complete" if clip.get("complete", True) else "shorter than requested: the file ended"
-        say(f"  station: sealed clip {clip['clip_id']} arrived ({clip['bytes'] // 1024} KiB, {clip['pattern']}, "
-            f"{complete}); device signature checked before it was stored")
+        clips = self._wait_for_clips(alarms)
+        for clip in clips:
+            alarm = f"{clip['device_id']}#{clip['sequence']}"
+            coverage = ("complete" if clip.get("complete") else
+                        f"{clip.get('covered_s', 0):.1f} of the {clip.get('requested_s') or 0:.1f} s the trigger asked for: "
+                        "the 2-s sample file has no more video before or after; a live camera gives the full "
+                        "pre- and post-roll")
+            say(f"  station: sealed clip of alarm {alarm} arrived ({clip['pattern']}, {clip['bytes'] // 1024} KiB, "
+                f"{coverage}); the device's signature was checked before it was stored")
+        clip = clips[-1]
         export_dir = self.work / "export"
         out = self.appliance("station", "export", clip["clip_id"], str(export_dir), "--station-dir",
                              str(self.station), "--operator", "demo-operator", "--reason",
@@ -201,7 +207,8 @@ class Demo:
         for line in out.splitlines():
             if line.startswith(("device ", "frames:")):
                 say(f"  verification: {line}")
-        say(f"  operator demo-operator opened it with a reason (recorded): video in {export_dir}")
+        say(f"  operator demo-operator opened alarm {clip['device_id']}#{clip['sequence']} with a reason "
+            f"(recorded in the station's audit log): video in {export_dir}")
 
         self.step(f"Box: the same camera sees two people hug ({self.hug.name})")
         self._use_camera(self.hug)
@@ -303,15 +310,16 @@ class Demo:
         out = self.appliance("station", "list", "--station-dir", str(self.station), "--json")
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
-    def _wait_for_clip(self, count: int) -> dict:
+    def _wait_for_clips(self, count: int) -> list[dict]:
+        """The station's clips once ``count`` have arrived (the uplink delivers within seconds)."""
         deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
         while time.monotonic() < deadline:
             clips = self._clips()
             if len(clips) >= count:
-                return clips[-1]
+                return sorted(clips, key=lambda c: c["sequence"])
             time.sleep(0.5)
-        raise DemoError(f"no clip reached the station within {ARRIVAL_TIMEOUT_S:.0f} s "
-                        f"(uplink log: {self.work / 'logs' / 'uplink.log'})")
+        raise DemoError(f"only {len(self._clips())} of {count} clips reached the station within "
+                        f"{ARRIVAL_TIMEOUT_S:.0f} s (uplink log: {self.work / 'logs' / 'uplink.log'})")
 
     def _audit(self, station_fp: str) -> None:
         box_log = self.box / "state" / "audit" / "audit.jsonl"
@@ -347,5 +355,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         demo.stop_all()
         if temporary and not args.keep and args.once:
             shutil.rmtree(work, ignore_errors=True)
+            say(f"(--once: removed {work}; add --keep to look at it afterwards)")
         elif temporary:
             say(f"(kept {work}; remove it when done)")

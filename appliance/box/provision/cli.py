@@ -53,6 +53,8 @@ def register(sub, *, station_add: Callable[..., None] | None = None) -> None:
     p = psub.add_parser("preview", help="write ONE frame with privacy masks burned in and zones outlined")
     config_arg(p)
     p.add_argument("--out", required=True, help="image to write (.png or .jpg); recorded in provision.jsonl")
+    p.add_argument("--reason", default="installation: checking privacy masks and zones",
+                   help="why pixels are looked at (recorded in the audit log; the officer's report lists it)")
     p.set_defaults(func=cmd_preview)
 
     p = psub.add_parser("check", help="on-site self-test: pass/fail table, exit code 0 only if all pass")
@@ -133,7 +135,7 @@ def cmd_network(args) -> int:
 def cmd_preview(args) -> int:
     from appliance.box.provision.preview import write_preview
 
-    entry = write_preview(args.config, args.out)
+    entry = write_preview(args.config, args.out, reason=args.reason)
     print(f"wrote {entry['out']} ({entry['width']}x{entry['height']}, masks: "
           f"{', '.join(entry['masks']) or 'none'}); recorded in provision.jsonl. Delete it after checking.")
     for warning in entry.get("warnings", []):
@@ -144,10 +146,21 @@ def cmd_preview(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from appliance.box.provision.check import format_table, run_checks
+    import logging
 
-    results = run_checks(args.config)
-    print(format_table(results))
+    from appliance.box.provision.check import PROGRESS, format_table, run_checks
+
+    def progress(name: str) -> None:
+        print(f"checking {name}: {PROGRESS.get(name, '…')}", file=sys.stderr, flush=True)
+
+    # Log lines of the checks (camera, uplink client) go to stderr while the checks run, each on
+    # its own line after the progress line it belongs to; the table comes after all of them,
+    # so nothing interleaves with it.
+    results = run_checks(args.config, progress=progress)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    print(format_table(results), flush=True)
     if all(r.ok for r in results):
         print("next: systemctl daemon-reload && systemctl enable --now appliance-pixel appliance-uplink")
         return 0

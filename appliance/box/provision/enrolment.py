@@ -24,8 +24,8 @@ import appliance
 from appliance.box.config import AppConfig, UplinkConfig, load_config, parse_config
 from appliance.box.provision.files import (
     apply_updates,
-    plain,
     layout_for,
+    plain,
     read_config_document,
     record,
     write_config_document,
