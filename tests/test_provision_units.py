@@ -159,7 +159,10 @@ def test_render_preview_outlines_zones_without_touching_masks(tmp_path):
     cfg = load_config(masked_config(tmp_path))
     frame = np.full((100, 200, 3), 200, np.uint8)
     out = render_preview(cfg, frame)
-    assert out[:, :48].max() == 0 and out[50, 40 * 2 + 1].tolist() != [200, 200, 200]
+    other = render_preview(cfg, np.full_like(frame, 90))
+    # the masked strip shows only the grid and the mask's label, the same whatever the scene
+    assert np.array_equal(out[:, :48], other[:, :48]) and (out[:, :48] == 0).mean() > 0.5
+    assert out[50, 40 * 2 + 1].tolist() != [200, 200, 200]
     assert frame.min() == 200  # input untouched
 
 
