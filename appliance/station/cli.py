@@ -72,7 +72,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_list)
 
     p = ssub.add_parser("export", help="verify and decrypt a stored clip: WebM + metadata + report")
-    p.add_argument("clip_id")
+    p.add_argument("clip_id", metavar="CLIP", help="the alarm id DEVICE#SEQUENCE or the clip id, as `station list` shows")
     p.add_argument("out_dir", type=Path)
     _dir_arg(p)
     _access_args(p)
@@ -241,10 +241,12 @@ def _record_refusal(args, action: str, why: str, audit: Any = None) -> None:
 
 
 def cmd_export(args) -> int:
+    from appliance.station.clip_facts import resolve_clip_id
     from appliance.station.export import export_clip
 
     audit = _audit_for_access(args, "export")
     try:
+        args.clip_id = resolve_clip_id(args.dir, args.clip_id)
         result = export_clip(args.dir, args.clip_id, args.out_dir, operator=args.operator, reason=args.reason,
                              audit=audit)
     except InputError as exc:

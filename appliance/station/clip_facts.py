@@ -97,3 +97,24 @@ def clip_facts(station_dir: str | Path, clips: Iterable[Any], *, config: Path | 
             **coverage(c.header, *_rolls(profile, rolls)),
         }
     return out
+
+
+def resolve_clip_id(station_dir: str | Path, text: str) -> str:
+    """A stored clip's id from either its own id or its alarm id ``<device>#<sequence>``, the
+    name the box, `station list` and the officer's report use for the same alarm."""
+    from appliance.common.errors import InputError
+    from appliance.station.store import ClipStore
+
+    if "#" not in text:
+        return text
+    device, _, seq = text.rpartition("#")
+    if not seq.isdigit():
+        raise InputError(f"{text!r}: an alarm id is DEVICE#SEQUENCE, e.g. walk-box-01#1 (see 'appliance station list')")
+    store = ClipStore(station_dir)
+    try:
+        for clip in store.list_clips(device):
+            if clip.sequence == int(seq):
+                return clip.clip_id
+    finally:
+        store.close()
+    raise InputError(f"no stored clip for alarm {text!r} (see 'appliance station list')")

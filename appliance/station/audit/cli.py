@@ -79,7 +79,7 @@ def register(sub) -> None:
     h = asub.add_parser("hold", help="legal holds on stored clips")
     hsub = h.add_subparsers(dest="hold_command", metavar="ACTION", required=True)
     hs = hsub.add_parser("set", help="keep a clip past its retention period")
-    hs.add_argument("clip_id")
+    hs.add_argument("clip_id", metavar="CLIP", help="the alarm id DEVICE#SEQUENCE or the clip id (station list)")
     hs.add_argument("--station-dir", "--station", dest="station", type=Path, metavar="DIR",
                     default=STATION_DIR, help=f"station directory, default {STATION_DIR}")
     hs.add_argument("--reason", required=True, help="why, e.g. case number or court order (recorded)")
@@ -260,6 +260,11 @@ def _station_log(station: Path) -> Any:
     return open_station_audit_log(station)
 
 
+def _has_station_db(station: Path) -> bool:
+    from appliance.station.db import db_path
+    return db_path(station).exists()
+
+
 def _holds(station: Path, audit: Any) -> Any:
     from appliance.station.db import db_path, require_owner
     from appliance.station.retention import LegalHolds
@@ -271,8 +276,14 @@ def _holds(station: Path, audit: Any) -> Any:
 
 def cmd_hold_set(args) -> int:
     from appliance.contracts.audit.canonical import parse_time, utc_iso
+    from appliance.station.clip_facts import resolve_clip_id
     until = parse_time(args.until)
     audit = _station_log(args.station)
+    try:
+        args.clip_id = resolve_clip_id(args.station, args.clip_id)
+    except BaseException:
+        audit.close()
+        raise
     holds = _holds(args.station, audit)
     try:
         hold = holds.set(args.clip_id, reason=args.reason, by=args.by, until=until)
@@ -284,6 +295,8 @@ def cmd_hold_set(args) -> int:
 
 
 def cmd_hold_release(args) -> int:
+    from appliance.station.clip_facts import resolve_clip_id
+    args.clip_id = resolve_clip_id(args.station, args.clip_id) if _has_station_db(args.station) else args.clip_id
     audit = _station_log(args.station)
     holds = _holds(args.station, audit)
     try:
