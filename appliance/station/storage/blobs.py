@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.durable import atomic_write, fsync_dir
-from appliance.errors import InputError
+from appliance.errors import ApplianceError, InputError
 
 log = logging.getLogger("appliance.station.storage")
 
@@ -215,6 +215,16 @@ class S3Envelopes:
             raise
 
     def delete(self, location: str) -> int:
+        try:
+            return self._delete(location)
+        except self._errors.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            lock = ""
+            if code == "AccessDenied" and self.where.lock_days:
+                lock = f" (its object lock, lock_days={self.where.lock_days}, has not expired yet)"
+            raise ApplianceError(f"{self.describe(location)}: the store refused the deletion: {code}{lock}") from None
+
+    def _delete(self, location: str) -> int:
         if not self.versioned:
             if not self.exists(location):
                 return 0
