@@ -13,6 +13,7 @@ All errors in a file are reported together. See ``provisioning/appliance.example
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -230,6 +231,20 @@ class UplinkConfig:
                                   fix="largest envelope the station accepts in bytes, e.g. 67108864")
 
 
+@dataclass(frozen=True)
+class StationConfig:
+    # Several receivers behind one CURVE key set (docs/storage.md): the uplink sends to the
+    # first, and fails over to the next when one stops answering, with the same spool, acks
+    # and retries; the shared database stores a re-sent envelope once.
+    endpoints: tuple[str, ...] = opt((), fix="the station receivers' ZeroMQ endpoints, tried in order, e.g. "
+                                             "['tcp://station-a.example:7100', 'tcp://station-b.example:7100']; "
+                                             "empty = uplink.endpoint alone")
+
+
+#: ``tcp://HOST:PORT`` with a DNS name, an IPv4 address or a bracketed IPv6 literal.
+ENDPOINT_RE = r"tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})"
+
+
 #: Longest retention period accepted (90 days, as legal profiles allow); docs/audit-log.md §5.
 LEGAL_MAX_RETENTION_HOURS = 2160.0
 
@@ -272,7 +287,15 @@ class AppConfig:
     seal: SealConfig = opt(fix="", factory=SealConfig)
     spool: SpoolConfig = opt(fix="", factory=SpoolConfig)
     uplink: UplinkConfig = opt(fix="", factory=UplinkConfig)
+    station: StationConfig = opt(fix="", factory=StationConfig)
     audit: AuditConfig = opt(fix="", factory=AuditConfig)
+
+    @property
+    def station_endpoints(self) -> tuple[str, ...]:
+        """Where the uplink sends, in failover order: [station] endpoints, else uplink.endpoint."""
+        if self.station.endpoints:
+            return self.station.endpoints
+        return (self.uplink.endpoint,) if self.uplink.endpoint else ()
 
     # Derived paths, so every stage agrees on where things live.
     @property
@@ -352,8 +375,14 @@ def _convert(tp: Any, value: Any, key: str, fix: str, meta: dict, problems: list
         return _build(tp, value, key, problems)
     if tp == Polygon:
         return _check_polygon(value, key, problems, fix)
-    if origin is tuple and typing.get_args(tp)[-1] is Ellipsis:  # tuple[Region, ...]
+    if origin is tuple and typing.get_args(tp)[-1] is Ellipsis:  # tuple[Region, ...] or tuple[str, ...]
         item_tp = typing.get_args(tp)[0]
+        if not dataclasses.is_dataclass(item_tp):
+            if not isinstance(value, list):
+                problems.append(f"{key} = {value!r}: must be an array, e.g. [\"a\", \"b\"] (fix: {fix})")
+                return None
+            items = [_convert(item_tp, v, f"{key}[{i}]", fix, meta, problems) for i, v in enumerate(value)]
+            return tuple(items) if all(i is not None for i in items) else None
         if not isinstance(value, list):
             problems.append(f"{key}: must be an array of tables, e.g. [[{key}]] (fix: {fix})")
             return None
@@ -387,10 +416,25 @@ def _cross_checks(cfg: AppConfig, problems: list[str]) -> None:
     if cfg.camera is not None and cfg.camera.reconnect_initial_s > cfg.camera.reconnect_max_s:
         problems.append("camera.reconnect_initial_s: must not exceed camera.reconnect_max_s "
                         "(fix: e.g. 0.5 and 30)")
+    _check_endpoints(cfg, problems)
     for group in ("zones", "privacy_masks"):
         names = [r.name for r in getattr(cfg, group)]
         for n in {n for n in names if names.count(n) > 1}:
             problems.append(f"{group}: name {n!r} is used twice (fix: give each polygon its own name)")
+
+
+def _check_endpoints(cfg: AppConfig, problems: list[str]) -> None:
+    fix = "e.g. tcp://203.0.113.5:7100 or tcp://[2001:db8::5]:7100"
+    for i, endpoint in enumerate(cfg.station.endpoints):
+        m = re.fullmatch(ENDPOINT_RE, endpoint)
+        if not m or not 0 < int(m.group(2)) < 65536:
+            problems.append(f"station.endpoints[{i}] = {endpoint!r}: not a tcp://HOST:PORT endpoint (fix: {fix})")
+    seen = [e for e in cfg.station.endpoints]
+    for e in {e for e in seen if seen.count(e) > 1}:
+        problems.append(f"station.endpoints: {e!r} is listed twice (fix: list each receiver once)")
+    if cfg.station.endpoints and cfg.uplink.endpoint and cfg.uplink.endpoint not in cfg.station.endpoints:
+        problems.append(f"uplink.endpoint = {cfg.uplink.endpoint!r} is not in station.endpoints (fix: add it to "
+                        f"station.endpoints, or set uplink.endpoint = \"\" and list the receivers there)")
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> AppConfig:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -100,14 +101,19 @@ def _allow_only(what: str, host: str, addrs) -> str:
             + "".join(f"IPAddressAllow={a}\n" for a in addrs))
 
 
-def station_dropin(endpoint: str, resolve=socket.getaddrinfo) -> DropIn:
-    """The uplink unit's drop-in for a ZeroMQ endpoint such as tcp://203.0.113.5:7100."""
-    m = re.fullmatch(r"tcp://(\[[0-9a-fA-F:.]+\]|[^:/\[\]]+):(\d+)", endpoint or "")
-    if not m:
-        raise InputError(f"uplink.endpoint = {endpoint!r}: not a tcp://HOST:PORT endpoint "
-                         "(fix: e.g. tcp://203.0.113.5:7100, as printed by the station bundle)")
-    host = m.group(1)
-    text = _allow_only("station", host, _addresses(host, resolve))
+def station_dropin(endpoint: str | Sequence[str], resolve=socket.getaddrinfo) -> DropIn:
+    """The uplink unit's drop-in for the station's ZeroMQ endpoint(s), e.g. tcp://203.0.113.5:7100
+    (every receiver of [station] endpoints is allowed)."""
+    endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+    hosts, addrs = [], []
+    for e in endpoints:
+        m = re.fullmatch(r"tcp://(\[[0-9a-fA-F:.]+\]|[^:/\[\]]+):(\d+)", e or "")
+        if not m:
+            raise InputError(f"uplink.endpoint = {e!r}: not a tcp://HOST:PORT endpoint "
+                             "(fix: e.g. tcp://203.0.113.5:7100, as printed by the station bundle)")
+        hosts.append(m.group(1))
+        addrs += [a for a in _addresses(m.group(1), resolve) if a not in addrs]
+    text = _allow_only("station", ", ".join(hosts), addrs)
     return DropIn(UPLINK_UNIT, DROPIN_NAME[UPLINK_UNIT], text)
 
 
