@@ -94,6 +94,17 @@ def register(sub) -> None:
     _access_args(p)
     p.set_defaults(func=cmd_decrypt)
 
+    p = ssub.add_parser("migrate", help="move this station from SQLite + files to PostgreSQL + S3 "
+                                        "(docs/storage.md); stop the receiver first")
+    _dir_arg(p, storage=False)
+    p.add_argument("--to-db", required=True, metavar="URL", help="target PostgreSQL, e.g. "
+                   "postgresql://station@db.example/appliance (created tables: versioned migrations)")
+    p.add_argument("--to-store", required=True, metavar="URL", help="target bucket, e.g. "
+                   "s3://appliance-clips?endpoint=https://s3.example (credentials: AWS_ACCESS_KEY_ID/...)")
+    p.add_argument("--remove-source", action="store_true",
+                   help="after a verified copy, delete the envelope files from the station directory")
+    p.set_defaults(func=cmd_migrate)
+
     devices = ssub.add_parser("devices", help="the registry of enrolled devices")
     dsub = devices.add_subparsers(dest="devices_command", metavar="DEVICES_COMMAND", required=True)
     p = dsub.add_parser("list", help="enrolled devices, key fingerprints and last-seen; exit 3 if an "
@@ -157,6 +168,37 @@ def cmd_serve(args) -> int:
     finally:
         if audit is not None:
             audit.close()
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    from appliance.station.migrate import migrate_site
+    from appliance.station.storage import StorageSettings, resolve_settings
+
+    target = resolve_settings(args.dir, args.to_db, args.to_store)
+    audit = _station_audit(args.dir)
+    step = [0]
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done - step[0] >= 1000:
+            step[0] = done
+            print(f"  {done}/{total} envelopes copied", file=sys.stderr)
+
+    try:
+        result = migrate_site(args.dir, StorageSettings(target.db, target.store), audit=audit,
+                              remove_source=args.remove_source, progress=progress)
+    finally:
+        audit.close()
+    rows = ", ".join(f"{n} {t}" for t, n in result.rows.items())
+    print(f"migrated {result.clips} clip(s) ({result.clips_copied} new in the target, {result.bytes} bytes) "
+          f"and {rows} to {target.describe()}")
+    print(f"wrote {result.storage_file}: every command on {args.dir} now uses it; start the receivers with the "
+          f"same --dir (or --db/--store)")
+    if args.remove_source:
+        print(f"removed {result.source_files_removed} envelope file(s) from {args.dir / 'envelopes'}")
+    else:
+        print(f"the envelope files in {args.dir / 'envelopes'} are still there: once checked, run again with "
+              f"--remove-source (retention no longer sees them)")
     return 0
 
 
