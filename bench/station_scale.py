@@ -8,7 +8,7 @@ Per tier (PostgreSQL + SeaweedFS S3, then the embedded SQLite + files default):
   30 s and a sealed 1 MB clip every 5 min, **time compressed** by ``COMPRESS`` (default 10:
   every 3 s and every 30 s) for ``SECONDS`` (default 60 s of wall time = 10 min of device
   time). At 40 % of the run receiver A is SIGKILLed. A device uses the real
-  :class:`~appliance.uplink.client.UplinkClient` (failover, signed acks) and re-sends a clip
+  :class:`~appliance.box.uplink.client.UplinkClient` (failover, signed acks) and re-sends a clip
   until acked, as the uplink does with its spool (the file spool itself is left out: 1,000
   spools' fsyncs would measure this machine's disk, not the station).
 - clips lost (sealed by a device but not in the database), duplicates (stored twice: rows per
@@ -302,11 +302,11 @@ def _worker(devices: list[dict], spec: dict, queue: Any) -> None:
     """One process simulating a share of the devices, a thread each."""
     import zmq
 
-    from appliance.seal import seal_clip
-    from appliance.seal.keys import load_hpke_public_key, load_signing_public_key
-    from appliance.seal.synthetic import synthetic_clip
+    from appliance.box.seal import seal_clip
+    from appliance.contracts.keys import load_hpke_public_key, load_signing_public_key
+    from appliance.contracts.synthetic import synthetic_clip
     from appliance.station.keys import StationKeyPaths
-    from appliance.uplink.curve import load_curve_public
+    from appliance.contracts.curve import load_curve_public
 
     paths = StationKeyPaths.of(spec["station_dir"])
     hpke = load_hpke_public_key(paths.hpke_public)
@@ -330,8 +330,8 @@ def _device(d: dict, spec: dict, ctx: Any, hpke: Any, station_curve: bytes, stat
             seal_clip: Any, records: list, lock: threading.Lock) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from appliance.uplink import protocol as p
-    from appliance.uplink.client import Backoff, ClientConfig, UplinkClient, UplinkTimeout
+    from appliance.contracts import protocol as p
+    from appliance.box.uplink.client import Backoff, ClientConfig, UplinkClient, UplinkTimeout
 
     order = (spec["a"], spec["b"]) if d["first"] == "a" else (spec["b"], spec["a"])
     names = {spec["a"]: "a", spec["b"]: "b"}
@@ -401,10 +401,10 @@ def _device(d: dict, spec: dict, ctx: Any, hpke: Any, station_curve: bytes, stat
 def _retention(tmp: Path, tier: str, settings: Any, n: int) -> list[tuple[str, float, str]]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from appliance.audit.log import AuditLog
-    from appliance.audit.verify import verify_log
-    from appliance.seal.envelope import canonical_json, parse_envelope, seal_bytes
-    from appliance.seal.keys import HpkePrivateKey
+    from appliance.contracts.audit.log import AuditLog
+    from appliance.contracts.audit.verify import verify_log
+    from appliance.contracts.envelope import canonical_json, parse_envelope, seal_bytes
+    from appliance.contracts.keys import HpkePrivateKey
     from appliance.station.retention import RetentionJob, RetentionPolicy, StationClipStore
     from appliance.station.store import ClipStore
 

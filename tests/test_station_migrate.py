@@ -8,9 +8,9 @@ import json
 import pytest
 from test_station_cli import _store
 
-from appliance.audit.verify import verify_log
+from appliance.contracts.audit.verify import verify_log
 from appliance.cli import main
-from appliance.seal.synthetic import synthetic_clip
+from appliance.contracts.synthetic import synthetic_clip
 from appliance.station.retention import LegalHolds
 from appliance.station.storage import StorageSettings, read_storage_file
 from appliance.station.store import ClipStore

@@ -10,10 +10,10 @@ import threading
 import pytest
 from test_retention import DEVICE_KEY, STATION_KEY, Clock
 
-from appliance.audit.log import AuditLog
-from appliance.errors import ApplianceError, InputError
-from appliance.seal.envelope import EnvelopeError, parse_envelope, seal_bytes
-from appliance.seal.keys import HpkePrivateKey
+from appliance.contracts.audit.log import AuditLog
+from appliance.common.errors import ApplianceError, InputError
+from appliance.contracts.envelope import EnvelopeError, parse_envelope, seal_bytes
+from appliance.contracts.keys import HpkePrivateKey
 from appliance.station.registry import DeviceRegistry
 from appliance.station.retention import LegalHolds, RetentionJob, RetentionPolicy, StationClipStore
 from appliance.station.storage import StorageSettings, resolve_settings, schema, write_storage_file

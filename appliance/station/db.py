@@ -17,7 +17,7 @@ import pwd
 import sqlite3
 from pathlib import Path
 
-from appliance.errors import InputError
+from appliance.common.errors import InputError
 
 SCHEMA_VERSION = 1   # the migrations: appliance/station/storage/schema.py
 

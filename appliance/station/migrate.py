@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import InputError
+from appliance.common.errors import InputError
 from appliance.station import db as station_db
 from appliance.station.retention import HOLDS_FILE
 from appliance.station.storage import (

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import InputError
-from appliance.seal.envelope import (
+from appliance.common.errors import InputError
+from appliance.contracts.envelope import (
     EnvelopeError,
     ParsedEnvelope,
     canonical_json,

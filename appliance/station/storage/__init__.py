@@ -30,7 +30,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.errors import InputError
+from appliance.common.errors import InputError
 from appliance.station.storage import schema
 from appliance.station.storage.blobs import EnvelopeBlobs, open_blobs
 from appliance.station.storage.database import (
@@ -107,7 +107,7 @@ def resolve_settings(station_dir: str | Path, db: str | None = None, store: str 
 def write_storage_file(station_dir: str | Path, settings: StorageSettings) -> Path:
     import tomli_w
 
-    from appliance.durable import atomic_write
+    from appliance.common.durable import atomic_write
     path = Path(station_dir) / STORAGE_FILE
     body = ("# Which storage this station directory's commands use (docs/storage.md).\n"
             + tomli_w.dumps({"storage": {"db": settings.db, "store": settings.store}}))

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from appliance.durable import atomic_write, fsync_dir
-from appliance.errors import ApplianceError, InputError
+from appliance.common.durable import atomic_write, fsync_dir
+from appliance.common.errors import ApplianceError, InputError
 
 log = logging.getLogger("appliance.station.storage")
 

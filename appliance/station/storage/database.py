@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from appliance.errors import ApplianceError, InputError
+from appliance.common.errors import ApplianceError, InputError
 
 log = logging.getLogger("appliance.station.storage")
 
