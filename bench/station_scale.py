@@ -303,10 +303,10 @@ def _worker(devices: list[dict], spec: dict, queue: Any) -> None:
     import zmq
 
     from appliance.box.seal import seal_clip
+    from appliance.contracts.curve import load_curve_public
     from appliance.contracts.keys import load_hpke_public_key, load_signing_public_key
     from appliance.contracts.synthetic import synthetic_clip
     from appliance.station.keys import StationKeyPaths
-    from appliance.contracts.curve import load_curve_public
 
     paths = StationKeyPaths.of(spec["station_dir"])
     hpke = load_hpke_public_key(paths.hpke_public)
@@ -330,8 +330,8 @@ def _device(d: dict, spec: dict, ctx: Any, hpke: Any, station_curve: bytes, stat
             seal_clip: Any, records: list, lock: threading.Lock) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from appliance.contracts import protocol as p
     from appliance.box.uplink.client import Backoff, ClientConfig, UplinkClient, UplinkTimeout
+    from appliance.contracts import protocol as p
 
     order = (spec["a"], spec["b"]) if d["first"] == "a" else (spec["b"], spec["a"])
     names = {spec["a"]: "a", spec["b"]: "b"}

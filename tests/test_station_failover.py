@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from appliance.cli import main
 from appliance.box.seal import seal_clip
+from appliance.box.spool import Spool
+from appliance.box.uplink.client import ClientConfig, Uplink, UplinkClient
+from appliance.cli import main
+from appliance.contracts.curve import load_curve_public
 from appliance.contracts.keys import load_hpke_public_key, load_signing_public_key
 from appliance.contracts.synthetic import synthetic_clip
-from appliance.box.spool import Spool
 from appliance.station.enrol import create_device_keys, enrol_device
 from appliance.station.keys import StationKeyPaths
 from appliance.station.storage import write_storage_file
 from appliance.station.store import ClipStore
-from appliance.box.uplink.client import ClientConfig, Uplink, UplinkClient
-from appliance.contracts.curve import load_curve_public
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,8 +8,8 @@ import json
 import pytest
 from test_station_cli import _store
 
-from appliance.contracts.audit.verify import verify_log
 from appliance.cli import main
+from appliance.contracts.audit.verify import verify_log
 from appliance.contracts.synthetic import synthetic_clip
 from appliance.station.retention import LegalHolds
 from appliance.station.storage import StorageSettings, read_storage_file

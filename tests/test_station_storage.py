@@ -10,8 +10,8 @@ import threading
 import pytest
 from test_retention import DEVICE_KEY, STATION_KEY, Clock
 
-from appliance.contracts.audit.log import AuditLog
 from appliance.common.errors import ApplianceError, InputError
+from appliance.contracts.audit.log import AuditLog
 from appliance.contracts.envelope import EnvelopeError, parse_envelope, seal_bytes
 from appliance.contracts.keys import HpkePrivateKey
 from appliance.station.registry import DeviceRegistry

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from appliance.contracts.audit.canonical import utc_iso
 from appliance.common.durable import fsync_dir
 from appliance.common.errors import ApplianceError, InputError
+from appliance.contracts.audit.canonical import utc_iso
 from appliance.station.storage.database import Database, storage_errors
 
 log = logging.getLogger(__name__)
