@@ -67,17 +67,19 @@ def access_counts(station_dir: str | Path) -> Counter[str]:
 
 
 def clip_facts(station_dir: str | Path, clips: Iterable[Any], *, config: Path | None = None,
-               now: float | None = None) -> dict[str, dict[str, Any]]:
+               now: float | None = None, settings: Any = None) -> dict[str, dict[str, Any]]:
     from appliance.contracts.settings import load_station_settings
     from appliance.station.retention import HOLDS_FILE, LegalHolds, RetentionPolicy
 
     now = time.time() if now is None else now
     cfg = load_station_settings(config)
     policy = RetentionPolicy.from_config(cfg.audit, cfg.policy.profiles_dir or None)
+    from appliance.station.storage import resolve_settings
+
+    settings = settings or resolve_settings(station_dir)
     holds: dict[str, Any] = {}
-    holds_file = Path(station_dir) / HOLDS_FILE
-    if holds_file.exists():          # never create a holds file by listing
-        h = LegalHolds.open(station_dir)
+    if settings.db or (Path(station_dir) / HOLDS_FILE).exists():   # never create a holds file by listing
+        h = LegalHolds.open(station_dir, settings=settings)
         try:
             holds = h.active(now)
         finally:
@@ -99,7 +101,7 @@ def clip_facts(station_dir: str | Path, clips: Iterable[Any], *, config: Path | 
     return out
 
 
-def resolve_clip_id(station_dir: str | Path, text: str) -> str:
+def resolve_clip_id(station_dir: str | Path, text: str, settings: Any = None) -> str:
     """A stored clip's id from either its own id or its alarm id ``<device>#<sequence>``, the
     name the box, `station list` and the officer's report use for the same alarm."""
     from appliance.common.errors import InputError
@@ -110,7 +112,7 @@ def resolve_clip_id(station_dir: str | Path, text: str) -> str:
     device, _, seq = text.rpartition("#")
     if not seq.isdigit():
         raise InputError(f"{text!r}: an alarm id is DEVICE#SEQUENCE, e.g. walk-box-01#1 (see 'appliance station list')")
-    store = ClipStore(station_dir)
+    store = ClipStore(station_dir, settings=settings)
     try:
         for clip in store.list_clips(device):
             if clip.sequence == int(seq):
