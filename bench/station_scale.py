@@ -22,7 +22,8 @@ Per tier (PostgreSQL + SeaweedFS S3, then the embedded SQLite + files default):
   and verifies.
 
 Environment: ``BENCH_SCALE_DEVICES``, ``BENCH_SCALE_SECONDS``, ``BENCH_SCALE_COMPRESS``,
-``BENCH_SCALE_RETENTION_CLIPS``, ``BENCH_SCALE_TIERS`` (``scale,embedded``) for short runs.
+``BENCH_SCALE_RETENTION_CLIPS``, ``BENCH_SCALE_TIERS`` (``scale,embedded``) for short runs
+(``BENCH_SCALE_DEVICES=0``: retention only).
 """
 
 from __future__ import annotations
@@ -71,12 +72,14 @@ def run() -> list[tuple[str, float, str]]:
                     from appliance.station.storage import StorageSettings
                     settings = StorageSettings(pg.create_database("bench"), weed.store_url("bench-clips"))
                     usage = _Usage({"PostgreSQL": lambda: _tree(pg.pid()), "SeaweedFS": lambda: _tree(weed.proc.pid)})
-                    rows += _load(Path(tmp), tier, settings, devices, seconds, compress, usage)
+                    if devices:
+                        rows += _load(Path(tmp), tier, settings, devices, seconds, compress, usage)
                     settings = StorageSettings(pg.create_database("retention"), weed.store_url("bench-retention"))
                     rows += _retention(Path(tmp) / "retention", tier, settings, retention_clips)
             else:
                 from appliance.station.storage import StorageSettings
-                rows += _load(Path(tmp), tier, StorageSettings(), devices, seconds, compress, _Usage({}))
+                if devices:
+                    rows += _load(Path(tmp), tier, StorageSettings(), devices, seconds, compress, _Usage({}))
                 rows += _retention(Path(tmp) / "retention", tier, StorageSettings(), retention_clips)
     return rows
 
