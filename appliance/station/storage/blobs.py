@@ -115,7 +115,10 @@ class EnvelopeFiles:
 
     def locations(self) -> Iterator[str]:
         for leftover in self.tmp.glob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
+            # ".<name>.<pid>.tmp": another receiver on this directory may be writing it now.
+            pid = leftover.name.rsplit(".", 2)[-2]
+            if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+                leftover.unlink(missing_ok=True)
         for device_dir in sorted(p for p in self.envelope_dir.iterdir() if p.is_dir()):
             for path in sorted(device_dir.glob("*.env")):
                 yield str(path.relative_to(self.station_dir))
