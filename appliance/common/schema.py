@@ -122,7 +122,7 @@ def _convert(tp: Any, value: Any, key: str, fix: str, meta: Any, problems: list[
     if origin in (types.UnionType, typing.Union):  # X | None
         inner = next(a for a in typing.get_args(tp) if a is not type(None))
         return _convert(inner, value, key, fix, meta, problems)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, key, problems)
     if tp == Polygon:
         return _check_polygon(value, key, problems, fix)

@@ -159,7 +159,7 @@ class HpkePublicKey:
         if len(self.raw) != _PUBLIC_LEN[self.kem]:
             raise KeyFileError(f"{self.kem} public key must be {_PUBLIC_LEN[self.kem]} bytes, got {len(self.raw)}")
 
-    def to_cryptography(self):
+    def to_cryptography(self) -> x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey:
         """The object ``hpke.Suite.encrypt`` takes."""
         if self.kem == "X25519":
             return x25519.X25519PublicKey.from_public_bytes(self.raw)
@@ -195,13 +195,13 @@ class HpkePrivateKey:
             return cls(kem, mlkem.MLKEM768PrivateKey.generate().private_bytes_raw() + x)
         raise KeyFileError(f"unknown HPKE KEM {kem!r} (use one of {', '.join(KEMS)})")
 
-    def _parts(self):
+    def _parts(self) -> tuple[mlkem.MLKEM768PrivateKey | None, x25519.X25519PrivateKey]:
         if self.kem == "X25519":
             return None, x25519.X25519PrivateKey.from_private_bytes(self.raw)
         return (mlkem.MLKEM768PrivateKey.from_seed_bytes(self.raw[:_MLKEM_SEED]),
                 x25519.X25519PrivateKey.from_private_bytes(self.raw[_MLKEM_SEED:]))
 
-    def to_cryptography(self):
+    def to_cryptography(self) -> x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey:
         """The object ``hpke.Suite.decrypt`` takes."""
         m, x = self._parts()
         return x if m is None else hpke.MLKEM768X25519PrivateKey(m, x)
@@ -272,7 +272,7 @@ def load_hpke_private_key(path: str | Path) -> HpkePrivateKey:
 # ---------------------------------------------------------------------------------------
 
 
-def public_key_fingerprint(key) -> str:
+def public_key_fingerprint(key: Ed25519PrivateKey | Ed25519PublicKey | HpkePrivateKey | HpkePublicKey | bytes) -> str:
     """Short human fingerprint of an Ed25519 public/private key, HPKE key, or raw bytes."""
     if isinstance(key, Ed25519PrivateKey):
         key = key.public_key()

@@ -234,7 +234,7 @@ def _validate(data: dict[str, Any], problems: list[str], source: str, sha256: st
                 if rule is not None:
                     rules[rule.pattern] = rule
 
-    if problems:
+    if problems or not isinstance(purpose, str):
         return None
     return LegalProfile(
         id=profile_id, version=version, title=title, jurisdiction=jurisdiction, purpose=purpose,

@@ -190,6 +190,7 @@ class LegalHolds:
             self._audit.append("hold.set", clip_id=clip_id, reason=reason, by=by, until=utc_iso(until))
         cur = self._db.execute("INSERT INTO legal_holds (clip_id, reason, set_by, set_at, until) "
                                "VALUES (?, ?, ?, ?, ?)", (clip_id, reason, by, now, until))
+        assert cur.lastrowid is not None   # an INSERT always sets it
         return Hold(int(cur.lastrowid), clip_id, reason, by, now, until)
 
     def release(self, clip_id: str, *, reason: str, by: str) -> int:

@@ -181,7 +181,7 @@ class StationServer:
         frames = sock.recv_multipart(copy=False)
         routing_id = frames[0].bytes
         try:
-            user_id = frames[-1].get("User-Id") or ""
+            user_id = str(frames[-1].get("User-Id") or "")
         except zmq.ZMQError:
             user_id = ""
         data = [f.bytes for f in frames[1:]]

@@ -160,7 +160,7 @@ class ClipStore:
         return self._clip(row)
 
     def list_clips(self, device_id: str | None = None, *, older_than_unix_ms: int | None = None) -> list[StoredClip]:
-        sql, args = "SELECT * FROM clips WHERE 1=1", []
+        sql, args = "SELECT * FROM clips WHERE 1=1", list[str | int]()
         if device_id is not None:
             sql += " AND device_id=?"
             args.append(device_id)

@@ -218,7 +218,8 @@ def _clock(ctx: CheckContext) -> str:
         raise ApplianceError(f"wall clock reads {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(now))} UTC: "
                              "not plausible (fix: enable NTP, e.g. timedatectl set-ntp true)")
     text = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(now))} UTC"
-    if ctx.station_unix_ms is not None:
+    if (ctx.station_unix_ms is not None and ctx.probe_sent_unix_ms is not None
+            and ctx.probe_received_unix_ms is not None):
         midpoint = (ctx.probe_sent_unix_ms + ctx.probe_received_unix_ms) / 2
         skew = (midpoint - ctx.station_unix_ms) / 1000
         text += f", {skew:+.1f} s from the station"
