@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from appliance import __version__
-from appliance.box.capture import open_source, redact
+from appliance.box.capture import open_source
 from appliance.box.config import AppConfig
 from appliance.box.runtime import Pipeline
 from appliance.box.spool.spool import Spool, SpoolFullError
@@ -34,6 +34,7 @@ from appliance.common.service import (
     configure_logging,
     install_signal_handlers,
 )
+from appliance.common.urls import redact_url
 from appliance.contracts.audit.log import AuditLog
 from appliance.contracts.envelope import seal_clip
 from appliance.contracts.health import write_signed_health
@@ -140,9 +141,9 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
 
     capture_thread = threading.Thread(target=capture, name="capture", daemon=True)
     capture_thread.start()
-    notifier.ready(f"analysing {redact(camera_cfg.source)} at {cfg.analysis.fps:g} fps, "
+    notifier.ready(f"analysing {redact_url(camera_cfg.source)} at {cfg.analysis.fps:g} fps, "
                    f"profile {pipeline.profile.ref.id}")
-    log.info("appliance %s running: camera %s, profile %s, model %s", __version__, redact(camera_cfg.source),
+    log.info("appliance %s running: camera %s, profile %s, model %s", __version__, redact_url(camera_cfg.source),
              pipeline.profile.ref.id, pipeline.pose.entry.name)
 
     started = time.monotonic()

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from appliance.common.errors import ApplianceError
+from appliance.contracts.canonical import canonical_json
 from appliance.contracts.keys import KEMS, HpkePrivateKey, HpkePublicKey
 from appliance.contracts.types import Clip
 
@@ -69,11 +70,6 @@ class EnvelopeError(ApplianceError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"envelope rejected: {reason}" + (f" ({detail})" if detail else ""))
-
-
-def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -416,8 +412,7 @@ def seal_bytes(video: bytes, metadata: Mapping[str, Any], *, device_id: str, seq
     """The sharp core of :func:`seal_clip`: seals arbitrary video bytes and metadata."""
     if not DEVICE_ID_RE.fullmatch(device_id):
         raise EnvelopeError("malformed", f"device id {device_id!r} must match {DEVICE_ID_RE.pattern}")
-    metadata_bytes = json.dumps(metadata, sort_keys=True, separators=(",", ":"),
-                                allow_nan=False).encode("utf-8")
+    metadata_bytes = canonical_json(metadata)
     plaintext_len = 4 + len(metadata_bytes) + len(video)
     segments = max(1, math.ceil(plaintext_len / segment_bytes))
     header = EnvelopeHeader(

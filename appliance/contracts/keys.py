@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from appliance.common.durable import atomic_write
 from appliance.common.errors import InputError
 
 KEMS = ("MLKEM768_X25519", "X25519")
@@ -45,18 +45,11 @@ def write_private_file(path: str | Path, data: bytes, *, overwrite: bool = False
     """Writes ``data`` to a new file with mode 0600 (refuses to replace one unless asked)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if overwrite and path.exists():
-        path.unlink()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        atomic_write(path, data, mode=0o600, exact_mode=True, replace=overwrite)
     except FileExistsError:
         raise KeyFileError(f"{path}: already exists; refusing to overwrite a key "
                            f"(move it away first if you really mean to replace it)") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(path, 0o600)  # in case of an unusual umask on an existing inode
     return path
 
 
@@ -65,10 +58,7 @@ def write_public_file(path: str | Path, data: bytes, *, overwrite: bool = True) 
     path.parent.mkdir(parents=True, exist_ok=True)
     if not overwrite and path.exists():
         raise KeyFileError(f"{path}: already exists; refusing to overwrite it")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode=0o644, exact_mode=True)
     return path
 
 

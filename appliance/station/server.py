@@ -14,7 +14,6 @@ systemd restarts the unit), a ``STATUS=`` line with the counts, and ``STOPPING=1
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
+from appliance.common.durable import atomic_write
 from appliance.contracts import protocol as p
 from appliance.contracts.curve import load_curve_keypair
 from appliance.contracts.envelope import (
@@ -126,9 +126,7 @@ class StationServer:
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             log.info("station listening on %s (max envelope %d bytes)", self.endpoint, self.max_envelope_bytes)
             if self.ready_file is not None:
-                tmp = self.ready_file.with_name(self.ready_file.name + ".tmp")
-                tmp.write_text(self.endpoint + "\n")
-                os.replace(tmp, self.ready_file)
+                atomic_write(self.ready_file, (self.endpoint + "\n").encode("utf-8"), mode=0o666)
             self.ready.set()
             if self.notifier is not None:
                 self.notifier.ready(f"listening on {self.endpoint}")

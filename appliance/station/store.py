@@ -20,10 +20,10 @@ from typing import Any
 
 from appliance.common.durable import atomic_write, fsync_dir
 from appliance.common.errors import InputError
+from appliance.contracts.canonical import canonical_json
 from appliance.contracts.envelope import (
     EnvelopeError,
     ParsedEnvelope,
-    canonical_json,
     parse_envelope,
 )
 from appliance.station import db
