@@ -22,7 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from appliance.common.resources import package_root
+from appliance.common.resources import data_dir
 from appliance.common.schema import ConfigError, build, opt
 from appliance.contracts.settings import LEGAL_MAX_RETENTION_HOURS
 from appliance.contracts.types import VIOLENT_PATTERNS, Pattern, ProfileRef
@@ -89,7 +89,7 @@ class LegalProfile:
 
 def profiles_root(profiles_dir: str | Path | None = None) -> Path:
     """The directory holding ``<id>.toml`` files: the given one, or the bundled one."""
-    return Path(profiles_dir) if profiles_dir else package_root() / "provisioning" / "profiles"
+    return Path(profiles_dir) if profiles_dir else data_dir("profiles")
 
 
 def available_profiles(profiles_dir: str | Path | None = None) -> tuple[str, ...]:

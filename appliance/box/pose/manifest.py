@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.common.errors import ModelError
-from appliance.common.resources import package_root
+from appliance.common.resources import data_dir
 from appliance.common.schema import build, opt
 
 
@@ -57,7 +57,7 @@ class Manifest:
 
 
 def default_models_dir() -> Path:
-    return package_root() / "models"
+    return data_dir("models")
 
 
 def load_manifest(models_dir: str | Path | None = None) -> dict[str, ModelEntry]:
