@@ -270,6 +270,7 @@ class RetentionJob:
         errors: list[str] = []
         due: list[tuple[RetainedClip, float]] = []
         kept = 0
+        failures: tuple[type[BaseException], ...] = (OSError, ApplianceError, *storage_errors())
         for clip in sorted(self.store.list_clips(), key=lambda c: (c.received_at, c.clip_id)):
             expires = self.policy.expires_at(clip)
             if now < expires:
@@ -295,7 +296,7 @@ class RetentionJob:
                 for c, _ in chunk:
                     try:
                         outcomes[c.clip_id] = self.store.delete_clip(c.clip_id)
-                    except (OSError, ApplianceError, *storage_errors()) as exc:
+                    except failures as exc:
                         outcomes[c.clip_id] = exc
             for clip, expires in chunk:
                 files = outcomes.get(clip.clip_id, ApplianceError("not deleted"))
