@@ -8,7 +8,8 @@ Per tier (PostgreSQL + SeaweedFS S3, then the embedded SQLite + files default):
   30 s and a sealed 1 MB clip every 5 min, time compressed by ``COMPRESS`` (default 1, real
   time: 33 heartbeats/s and 3.3 clips/s offered for 1,000 devices; each device's first beat
   and clip fall at a random phase, so the load is spread as it is in the field) for
-  ``SECONDS`` (default 150 s: 5 heartbeats per device, a clip from half of them). At 40 % of the run receiver A is SIGKILLed. A device uses the real
+  ``SECONDS`` (default 150 s: 5 heartbeats per device, a clip from half of them). At 40 % of
+  the run receiver A is SIGKILLed. A device uses the real
   :class:`~appliance.box.uplink.client.UplinkClient` (failover, signed acks) and re-sends a clip
   until acked, as the uplink does with its spool (the file spool itself is left out: 1,000
   spools' fsyncs would measure this machine's disk, not the station).
