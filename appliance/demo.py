@@ -287,6 +287,7 @@ class Demo:
                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
             self.children.append(("box", proc, log_path))
             try:
+                assert proc.stdout is not None
                 for line in proc.stdout:
                     log_file.write(line)
                     text = line.rstrip()

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from appliance import __version__
-from appliance.box.capture import FileSource, open_source, redact
+from appliance.box.capture import FileSource, open_source
 from appliance.box.config import AppConfig
 from appliance.box.runtime import Pipeline, analyse_video
 from appliance.box.spool.spool import Spool, SpoolFullError
@@ -34,6 +34,7 @@ from appliance.common.service import (
     configure_logging,
     install_signal_handlers,
 )
+from appliance.common.urls import redact_url
 from appliance.contracts.audit.log import AuditLog
 from appliance.contracts.envelope import seal_clip
 from appliance.contracts.health import write_signed_health
@@ -133,13 +134,16 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
                  config_sha256=_sha256_file(config_path), profile=pipeline.profile.ref.id,
                  profile_version=pipeline.profile.ref.version, profile_sha256=pipeline.profile.ref.sha256,
                  model=pipeline.pose.entry.name, model_sha256=pipeline.pose.model_sha256)
-    source = open_source(cfg.camera, cfg.ring.max_width)
+    camera_cfg = cfg.camera
+    if camera_cfg is None:   # `appliance run` refuses such a config before it gets here
+        raise ApplianceError("a [camera] table with source = ... is required to run the daemon")
+    source = open_source(camera_cfg, cfg.ring.max_width)
     is_file = isinstance(source, FileSource)
     if fast and not is_file:
-        raise ApplianceError(f"--fast needs a video file as camera.source, not {redact(cfg.camera.source)} "
+        raise ApplianceError(f"--fast needs a video file as camera.source, not {redact_url(camera_cfg.source)} "
                              "(fix: drop --fast for a live camera)")
     # camera.realtime = false is the config spelling of --fast (a file only).
-    fast = fast or (is_file and not cfg.camera.realtime)
+    fast = fast or (is_file and not camera_cfg.realtime)
     capture_stop = threading.Event()
     capture_done = threading.Event()
     health = _HealthTicker(cfg, pipeline, source, spool, sealer, audit, notifier, capture_done)
@@ -160,10 +164,10 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
         capture_thread = threading.Thread(target=capture, name="capture", daemon=True)
         capture_thread.start()
     pace = "as fast as possible" if fast else ("paced at its frame rate" if is_file else "live")
-    notifier.ready(f"analysing {redact(cfg.camera.source)} at {cfg.analysis.fps:g} fps, "
+    notifier.ready(f"analysing {redact_url(camera_cfg.source)} at {cfg.analysis.fps:g} fps, "
                    f"profile {pipeline.profile.ref.id}")
     log.info("appliance %s running: camera %s (%s), analysing at %g fps, profile %s, model %s", __version__,
-             redact(cfg.camera.source), pace, cfg.analysis.fps, pipeline.profile.ref.id, pipeline.pose.entry.name)
+             redact_url(camera_cfg.source), pace, cfg.analysis.fps, pipeline.profile.ref.id, pipeline.pose.entry.name)
 
     started = time.monotonic()
     last_index = -1
@@ -219,7 +223,7 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
     if ended_at_eof:
         st = pipeline.stats
         wall = time.monotonic() - started
-        print(f"end of file {cfg.camera.source}: {st.seconds:.1f} s of video in {wall:.1f} s, {st.frames} frames, "
+        print(f"end of file {redact_url(camera_cfg.source)}: {st.seconds:.1f} s of video in {wall:.1f} s, {st.frames} frames, "
               f"{st.analysed_frames} analysed at {cfg.analysis.fps:g} fps; {st.events} events "
               f"({st.permitted} permitted, {st.not_permitted} not permitted); {sealer.sealed} clip(s) sealed "
               f"into {cfg.spool_dir}" + (f", {sealer.refused} refused (spool full)" if sealer.refused else ""),

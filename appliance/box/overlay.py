@@ -19,7 +19,7 @@ MIN_KEYPOINT_CONF = 0.3
 def _colour(track_id: int) -> tuple[int, int, int]:
     # Spread hues so neighbouring ids get distinguishable colours.
     hue = (track_id * 47) % 180
-    bgr = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2BGR)[0, 0]
+    bgr = cv2.cvtColor(np.array([[[hue, 220, 255]]], np.uint8), cv2.COLOR_HSV2BGR)[0, 0]
     return int(bgr[0]), int(bgr[1]), int(bgr[2])
 
 

@@ -24,7 +24,7 @@ _lock = threading.Lock()
 
 def open_vp8_writer(path: str, fps: float, size: tuple[int, int], *, backend: int | None = None) -> cv2.VideoWriter:
     """``cv2.VideoWriter(path, [backend,] fourcc VP80, fps, size)``, opened quietly."""
-    fourcc = cv2.VideoWriter_fourcc(*FOURCC)
+    fourcc = cv2.VideoWriter.fourcc(*FOURCC)
     args = (path, backend, fourcc, fps, size) if backend is not None else (path, fourcc, fps, size)
     with _lock:
         sys.stderr.flush()

@@ -30,8 +30,8 @@ def encode_webm(frames: list[np.ndarray], fps: float) -> bytes:
         for f in frames:
             writer.write(f)
         writer.release()
-        with open(path, "rb") as f:
-            return f.read()
+        with open(path, "rb") as webm:
+            return webm.read()
     finally:
         os.unlink(path)
 
@@ -39,7 +39,7 @@ def encode_webm(frames: list[np.ndarray], fps: float) -> bytes:
 def decoded_frame_hashes(webm_path: str) -> list[str]:
     """SHA-256 of each decoded frame (uint8 BGR, C order), as in ``Clip.frame_sha256``."""
     cap = cv2.VideoCapture(webm_path)
-    hashes = []
+    hashes: list[str] = []
     try:
         while len(hashes) < 100_000:  # bound: a clip is seconds long
             ok, frame = cap.read()

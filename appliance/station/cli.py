@@ -229,7 +229,7 @@ def cmd_list(args) -> int:
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000)) if ms else "-"
 
     zone = time.strftime("%Z")
-    table = [("ALARM", "CLIP ID", "DEVICE", "PATTERN", f"RECEIVED ({zone})", f"EXPIRES ({zone})", "HELD",
+    table: list[tuple[str, ...]] = [("ALARM", "CLIP ID", "DEVICE", "PATTERN", f"RECEIVED ({zone})", f"EXPIRES ({zone})", "HELD",
               "VIEWED", "CLIP")]
     for r in rows:
         held = f"until {when(r['held_until_unix_ms'])}" if r["held_until_unix_ms"] else "no"
@@ -237,9 +237,9 @@ def cmd_list(args) -> int:
                     None: "?"}[r["complete"]]
         table.append((r["alarm"], r["clip_id"], r["device_id"], r["pattern"], when(r["received_unix_ms"]),
                       when(r["expires_unix_ms"]), held, f"{r['accesses']}x" if r["accesses"] else "never", complete))
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    widths = [max(len(str(cells[i])) for cells in table) for i in range(len(table[0]))]
+    for line in table:
+        print("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip())
     incomplete = sum(r["complete"] is False for r in rows)
     print(f"{len(clips)} clip(s)" + (f", {incomplete} shorter than their trigger asked for (see docs/clip.md, "
                                      "\"Short clips\")" if incomplete else ""), file=sys.stderr)

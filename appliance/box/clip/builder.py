@@ -145,7 +145,7 @@ def decode_frames(video: bytes) -> list[np.ndarray]:
             view = view[os.write(mem.fd, view):]
         cap = cv2.VideoCapture(mem.link, cv2.CAP_FFMPEG)
         try:
-            frames = []
+            frames: list[np.ndarray] = []
             while True:
                 ok, image = cap.read()
                 if not ok:
@@ -160,7 +160,7 @@ def _hash_decoded(path: str) -> list[str]:
     try:
         if not cap.isOpened():
             raise ClipError("the encoded clip cannot be re-opened for hashing")
-        hashes = []
+        hashes: list[str] = []
         while True:
             ok, image = cap.read()
             if not ok:

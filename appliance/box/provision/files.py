@@ -16,6 +16,7 @@ import tomlkit
 import tomlkit.exceptions
 
 from appliance.box.config import AppConfig, ConfigError, parse_config
+from appliance.common.durable import atomic_write
 from appliance.contracts.layout import DeviceLayout
 
 
@@ -80,13 +81,11 @@ def write_config_document(path: Path, doc: tomlkit.TOMLDocument) -> AppConfig:
     """Validates ``doc`` as a config, then replaces ``path`` atomically (keeps a ``.bak``)."""
     cfg = parse_config(plain(doc), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     text = tomlkit.dumps(doc)
-    tmp.write_text(text if path.exists() and text.strip() else HEADER + text, "utf-8")
-    os.chmod(tmp, 0o644)
+    if not (path.exists() and text.strip()):
+        text = HEADER + text
     if path.exists():
         with contextlib.suppress(OSError):
-            bak = path.with_name(path.name + ".bak")
-            bak.write_bytes(path.read_bytes())
-    os.replace(tmp, path)
+            atomic_write(path.with_name(path.name + ".bak"), path.read_bytes(), mode=0o666)
+    atomic_write(path, text.encode("utf-8"), mode=0o644, exact_mode=True)
     return cfg

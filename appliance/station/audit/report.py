@@ -200,10 +200,11 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
     for r in all_recs:
         if r.kind == "station.stored" and isinstance(r.fields.get("clip_id"), str):
             dev, seq = _device(r.fields), r.fields.get("sequence")
+            env = _envelope(r.fields)
             if dev and isinstance(seq, int):
                 alarm_of_clip[r.fields["clip_id"]] = f"{dev}#{seq}"
-                if _envelope(r.fields):
-                    alarm_of_envelope[_envelope(r.fields)] = f"{dev}#{seq}"
+                if env:
+                    alarm_of_envelope[env] = f"{dev}#{seq}"
 
     def alarm(fields: dict[str, Any]) -> str | None:
         cid = fields.get("clip_id")
@@ -301,8 +302,9 @@ def _retention(recs: Iterable[_Rec], start: float, end: float, now: float, grace
     for r in recs:
         if r.t >= end:
             break
-        if r.kind == "trigger.permitted" and _envelope(r.fields) and _profile_id(r.fields):
-            profile_of_envelope[_envelope(r.fields)] = _profile_id(r.fields)
+        envelope = _envelope(r.fields)
+        if r.kind == "trigger.permitted" and envelope and _profile_id(r.fields):
+            profile_of_envelope[envelope] = _profile_id(r.fields)
         cid = r.fields.get("clip_id")
         if not isinstance(cid, str):
             continue
