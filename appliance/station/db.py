@@ -1,11 +1,13 @@
 """The station's SQLite database (WAL): one file, ``<station dir>/station.db``.
 
-Tables (schema version 1):
+Tables (schema version 2; a version-1 database gains the version-2 tables on open):
 
     devices        enrolled devices: signing key, CURVE key, enabled flag
     clips          one row per stored envelope (the ciphertext lives in a file beside it)
     devices_seen   last-seen time, last health, highest stored sequence per device
     checkpoints    audit-log checkpoints carried by heartbeats, once each
+    alarms         (v2) one row per alarm id ``<device>#<sequence>``: the signed alarm message
+                   (docs/alarm-message.md) and/or the clip that carries the same sequence
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from appliance.errors import InputError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -58,6 +60,24 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS alarms (
+    alarm_id          TEXT PRIMARY KEY,          -- "<device_id>#<sequence>", also the clip's name
+    device_id         TEXT NOT NULL,
+    sequence          INTEGER NOT NULL,
+    pattern           TEXT NOT NULL,
+    created_unix_ms   INTEGER NOT NULL,          -- the box's time of the alarm (or of sealing)
+    received_unix_ms  INTEGER NOT NULL,          -- first thing of this alarm the station stored
+    updated_unix_ms   INTEGER NOT NULL,          -- last change (message or clip arrived)
+    message_sha256    TEXT NOT NULL DEFAULT '',  -- '' until the signed alarm message arrived
+    message           BLOB,                      -- the signed alarm message, verbatim
+    body_json         TEXT NOT NULL,             -- the message body, or a summary of the clip header
+    clip_id           TEXT,                      -- set when the clip arrived
+    UNIQUE (device_id, sequence)
+);
+CREATE INDEX IF NOT EXISTS alarms_updated ON alarms(updated_unix_ms);
+"""
+
 
 def db_path(station_dir: str | Path) -> Path:
     return Path(station_dir) / "station.db"
@@ -86,6 +106,18 @@ def require_owner(station_dir: str | Path) -> None:
                          f"'runuser -u {name} -- appliance ...')")
 
 
+def connect_readonly(station_dir: str | Path) -> sqlite3.Connection:
+    """A read-only connection (the console): refuses to write, never creates or migrates."""
+    path = db_path(station_dir)
+    if not path.exists():
+        raise InputError(f"{path}: no station database (fix: point --station-dir at a station directory "
+                         f"made by 'appliance station keygen' and served by 'appliance station serve')")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None,
+                           check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
 def connect(station_dir: str | Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
     """Opens (creating if needed) the station database in WAL mode.
 
@@ -105,7 +137,10 @@ def connect(station_dir: str | Path, *, synchronous: str = "FULL") -> sqlite3.Co
     conn.execute("PRAGMA foreign_keys=ON")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == 0:
-        conn.executescript(_SCHEMA)
+        conn.executescript(_SCHEMA + _SCHEMA_V2)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    elif version == 1:
+        conn.executescript(_SCHEMA_V2)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     elif version != SCHEMA_VERSION:
         from appliance.errors import ApplianceError
