@@ -94,6 +94,10 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_devices_list)
     _register_provisioning_device_commands(dsub)
 
+    from appliance.station.console.cli import register as register_console
+
+    register_console(ssub)
+
 
 def _register_provisioning_device_commands(dsub) -> None:
     """`devices add` belongs to the provisioning stage, built on DeviceRegistry.add_device."""
