@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from appliance.box.spool import Spool
+from appliance.box.uplink.client import Uplink
+from appliance.contracts import protocol as p
 from appliance.contracts.alarm import (
     AlarmError,
     alarm_id,
@@ -18,10 +21,7 @@ from appliance.contracts.alarm import (
     split_alarm_id,
     verify_alarm,
 )
-from appliance.spool import Spool
 from appliance.station.store import ClipStore
-from appliance.uplink import protocol as p
-from appliance.uplink.client import Uplink
 from tests.fixtures.alarm import make_vectors
 from tests.test_uplink_station import clip, make_client, running_station, seal_for, world  # noqa: F401
 

@@ -7,9 +7,8 @@ import json
 import re
 import threading
 import time
-from urllib.parse import quote
-
 import warnings
+from urllib.parse import quote
 
 import httpx
 import pytest

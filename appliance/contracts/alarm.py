@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from appliance.errors import ApplianceError
+from appliance.common.errors import ApplianceError
+from appliance.contracts.envelope import canonical_json  # the one canonical encoder (same rules)
 
 MAGIC = b"APAL"
 VERSION = 1
@@ -64,12 +65,6 @@ class AlarmError(ApplianceError):
         super().__init__(f"alarm message rejected: {reason}" + (f" ({detail})" if detail else ""))
 
 
-def canonical_json(value: Any) -> bytes:
-    """Sorted keys, no whitespace, ASCII, no NaN/Infinity (same rules as the envelope header)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
-
-
 def alarm_id(device_id: str, sequence: int) -> str:
     """The one id of an alarm and its clip: ``walk-box-01#2``."""
     return f"{device_id}#{int(sequence)}"
@@ -88,8 +83,8 @@ def skeleton_frame(t_ms: int, wall_unix_ms: int, persons: Sequence[tuple[int, Se
     signed text has one spelling on every machine.
     """
     return {"t_ms": int(t_ms), "wall_unix_ms": int(wall_unix_ms), "persons": [
-        {"track": int(track), "box": [int(round(float(v) * 10)) for v in box],
-         "kp": [[int(round(float(x) * 10)), int(round(float(y) * 10)), int(round(float(c) * 1000))]
+        {"track": int(track), "box": [round(float(v) * 10) for v in box],
+         "kp": [[round(float(x) * 10), round(float(y) * 10), round(float(c) * 1000)]
                 for x, y, c in keypoints]}
         for track, box, keypoints in persons]}
 
@@ -102,7 +97,7 @@ def build_alarm(*, device_id: str, sequence: int, created_unix_ms: int, pattern:
     body = {
         "format": FORMAT, "version": VERSION, "device_id": device_id, "sequence": int(sequence),
         "created_unix_ms": int(created_unix_ms), "pattern": pattern,
-        "confidence": int(round(float(confidence) * 1000)),
+        "confidence": round(float(confidence) * 1000),
         "explanation": _plain(explanation), "decision": {"rule": rule, "reason": reason},
         "profile": {"id": profile["id"], "version": profile["version"], "sha256": profile["sha256"]},
         "event_window_ms": [int(event_window_ms[0]), int(event_window_ms[1])],
@@ -121,7 +116,7 @@ def _plain(explanation: Mapping[str, Any]) -> dict[str, Any]:
     def conv(v: Any) -> Any:
         if isinstance(v, bool) or v is None or isinstance(v, str | int):
             return v
-        if isinstance(v, float) or hasattr(v, "__float__") and not isinstance(v, list | tuple):
+        if isinstance(v, float) or (hasattr(v, "__float__") and not isinstance(v, list | tuple)):
             f = float(v)
             return round(f, 4) if math.isfinite(f) else None
         if isinstance(v, list | tuple):

@@ -17,7 +17,7 @@ import pwd
 import sqlite3
 from pathlib import Path
 
-from appliance.errors import InputError
+from appliance.common.errors import InputError
 
 SCHEMA_VERSION = 2
 
@@ -143,6 +143,6 @@ def connect(station_dir: str | Path, *, synchronous: str = "FULL") -> sqlite3.Co
         conn.executescript(_SCHEMA_V2)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     elif version != SCHEMA_VERSION:
-        from appliance.errors import ApplianceError
+        from appliance.common.errors import ApplianceError
         raise ApplianceError(f"{path}: schema version {version}, this software knows {SCHEMA_VERSION}")
     return conn

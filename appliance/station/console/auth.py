@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from appliance.errors import InputError
+from appliance.common.errors import InputError
 from appliance.station.console.store import ConsoleStore, now_ms
 
 #: What each role may do. Separation of duties: the administrator manages accounts but sees no

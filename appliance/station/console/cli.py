@@ -78,7 +78,7 @@ def register(ssub) -> None:
 def cmd_serve(args) -> int:
     import asyncio
 
-    from appliance.service import ServiceNotifier, configure_logging
+    from appliance.common.service import ServiceNotifier, configure_logging
     from appliance.station.console.service import build_server
 
     configure_logging("appliance-console")
@@ -119,7 +119,7 @@ def _read_password() -> str:
     if sys.stdin.isatty():
         first = getpass.getpass("password: ")
         if getpass.getpass("again: ") != first:
-            from appliance.errors import InputError
+            from appliance.common.errors import InputError
             raise InputError("the two passwords differ")
         return first
     return sys.stdin.readline().rstrip("\n")

@@ -24,7 +24,7 @@ from typing import Any
 
 import uvicorn
 
-from appliance.errors import InputError
+from appliance.common.errors import InputError
 from appliance.station.console.app import Console
 from appliance.station.console.auth import hash_password
 from appliance.station.console.store import ConsoleStore
@@ -41,8 +41,8 @@ def console_key_path(console_dir: str | Path) -> Path:
 def open_console_audit_log(console_dir: str | Path):
     """``<console dir>/audit.jsonl``: hash-chained, checkpoints signed with the console's own key
     (made on first use; the console never holds the station's keys)."""
-    from appliance.audit.log import AuditLog
-    from appliance.seal.keys import generate_signing_key, load_signing_key
+    from appliance.contracts.audit.log import AuditLog
+    from appliance.contracts.keys import generate_signing_key, load_signing_key
 
     key = console_key_path(console_dir)
     if not key.exists():
@@ -86,7 +86,7 @@ def make_tls_certificate(console_dir: str | Path, hostnames: list[str], *, days:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    from appliance.seal.keys import write_private_file, write_public_file
+    from appliance.contracts.keys import write_private_file, write_public_file
 
     if not hostnames:
         raise InputError("name at least one host name or address the operators use (--host)")

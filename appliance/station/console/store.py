@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import InputError
+from appliance.common.errors import InputError
 
 SCHEMA_VERSION = 1
 ROLES = ("operator", "supervisor", "dpo", "admin")
