@@ -8,6 +8,7 @@ import re
 import threading
 import time
 import warnings
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -337,3 +338,40 @@ def test_live_push_reaches_open_pages_over_a_real_server(site):
         running.stop()
     assert received and received[0]["alarm_id"] == alarm_id and received[0]["type"] == "alarm"
     assert latency < 5.0
+
+
+def test_training_export_writes_verdicts_as_skeletons_only(console, site, tmp_path, capsys):
+    import importlib.util
+
+    from appliance.cli import main
+
+    station_dir, console_dir, keys, alarm_id = site
+    second = store_alarm(station_dir, keys, 2)
+    for aid, verdict, code in ((alarm_id, "true", "violence_confirmed"), (second, "unclear", "occluded")):
+        console.store.claim(aid, "operator")
+        console.store.close_alarm(aid, "operator", verdict, code, "")
+    out = tmp_path / "verdicts.jsonl"
+    assert main(["station", "training-export", "--dir", str(station_dir), "--console-dir", str(console_dir),
+                 "--since", "2026-01-01", "--out", str(out)]) == 0
+    assert "2 verdict(s) exported" in capsys.readouterr().err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["alarm_id"], r["label"]) for r in rows] == [(alarm_id, 1), (second, None)]
+    row = rows[0]
+    assert row["features"] == {"persons": 2, "wrist_speed_torso_per_s": 4.25}
+    assert row["frames"][0]["persons"][0]["keypoints"][0] == [100.0, 50.0, 0.9]
+    assert not {"video", "webm", "pixels", "image"} & set(json.dumps(rows).lower().replace('"', " ").split())
+    assert "console.training_export" in {r["kind"] for r in audit_records(console_dir)}
+    # Nothing since tomorrow.
+    assert main(["station", "training-export", "--dir", str(station_dir), "--console-dir", str(console_dir),
+                 "--since", time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400)), "--out", str(out)]) == 0
+    assert out.read_text() == ""
+    # The training script reads it back as tracked frames (true/false only).
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = importlib.util.spec_from_file_location("train", Path(__file__).parent.parent / "scripts" /
+                                                  "train_fight_classifier.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    [(aid, label, frames)] = train.read_training_export(out)
+    assert (aid, label, len(frames)) == (alarm_id, 1, 3)
+    assert frames[0].persons[1].track_id == 5 and frames[0].persons[0].keypoints.shape == (17, 3)
+    train.clip_windows(frames, 0.2, 0.1)   # the same feature path as the dataset's clips

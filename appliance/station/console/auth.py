@@ -28,6 +28,9 @@ HOME = {"operator": "/", "supervisor": "/", "dpo": "/dpo", "admin": "/admin/user
 MIN_PASSWORD_CHARS = 12
 
 _hasher = PasswordHasher()   # argon2id, the library's RFC 9106 "low memory" defaults
+#: Each verification takes 64 MiB and most of a core for tens of ms: a burst of logins (a shift
+#: change, or an attacker) must queue, not take the machine's memory and the live alarms' CPU.
+_VERIFY_SLOTS = threading.BoundedSemaphore(2)
 _DUMMY_HASH = _hasher.hash("not a real password, used to equalise timing")
 
 
@@ -96,7 +99,8 @@ class LoginGuard:
 
 
 def _verify(password_hash: str, password: str) -> bool:
-    try:
-        return _hasher.verify(password_hash, password)
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
-        return False
+    with _VERIFY_SLOTS:
+        try:
+            return _hasher.verify(password_hash, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False

@@ -45,6 +45,8 @@ def register(ssub) -> None:
     p.add_argument("--stale-after", type=float, default=120.0, metavar="SECONDS",
                    help="a device silent this long raises a console alarm (default 120)")
     p.add_argument("--ready-file", type=Path, help="write the console's URL here once it accepts connections")
+    p.add_argument("--login-attempts-per-minute", type=int, default=10, metavar="N",
+                   help="login attempts allowed per client address and minute (default 10)")
     p.set_defaults(func=cmd_serve)
 
     users = csub.add_parser("user", help="console accounts")
@@ -84,7 +86,8 @@ def cmd_serve(args) -> int:
     configure_logging("appliance-console")
     console, server, sock, url, audit = build_server(
         args.station_dir, args.console_dir, bind=args.bind, tls_cert=args.tls_cert, tls_key=args.tls_key,
-        behind_proxy=args.behind_proxy, stale_after_s=args.stale_after)
+        behind_proxy=args.behind_proxy, stale_after_s=args.stale_after,
+        login_guard={"per_client": args.login_attempts_per_minute})
     notifier = ServiceNotifier()
     print(f"console listening on {url}", file=sys.stderr, flush=True)
     # uvicorn's Server.serve turns SIGTERM/SIGINT into a graceful stop (open event streams end),
