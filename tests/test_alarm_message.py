@@ -108,6 +108,9 @@ def test_alarm_then_clip_share_one_id_at_the_station(world, clip, tmp_path):  # 
     assert alarm.alarm_id == f"dev-a#{seq}" and alarm.has_message and alarm.clip_id
     assert store.get(alarm.alarm_id).clip_id == alarm.clip_id   # export by alarm id works
     assert alarm.body["skeletons"]["frames"][0]["persons"][0]["track"] == 3
+    # Retention deletes the clip by either name, and the alarm's skeletons go with it.
+    store.delete_clip(alarm.alarm_id)
+    assert store.list_clips() == [] and store.list_alarms() == []
     store.close()
 
 

@@ -273,12 +273,18 @@ class ClipStore:
         return data
 
     def delete_clip(self, clip_id: str) -> StoredClip:
-        """Removes the envelope file and its row (retention); the device's sequence floor stays."""
+        """Removes the envelope file and its row (retention); the device's sequence floor stays.
+
+        The alarm message of the same id (its skeletons) goes with it: skeletons are personal
+        data too, kept no longer than the clip.
+        """
         clip = self.get(clip_id)
         clip.path.unlink(missing_ok=True)
         fsync_dir(clip.path.parent)
         self._conn.execute("PRAGMA synchronous=FULL")  # a deletion must not come back as a dangling row
-        self._conn.execute("DELETE FROM clips WHERE clip_id=?", (clip_id,))
+        with self._conn:
+            self._conn.execute("DELETE FROM clips WHERE clip_id=?", (clip.clip_id,))
+            self._conn.execute("DELETE FROM alarms WHERE device_id=? AND sequence=?", (clip.device_id, clip.sequence))
         self._conn.execute("PRAGMA synchronous=NORMAL")
         return clip
 
