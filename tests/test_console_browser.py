@@ -22,7 +22,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import tomli_w
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
@@ -30,8 +29,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from appliance.station.store import ClipStore
 from tests.browser import chromium
-from tests.test_daemon_e2e import SENSITIVE_BEHAVIOUR, wait_for
-from tests.test_provision_e2e import provision_device, run, station  # noqa: F401  (fixture)
+from tests.test_daemon_e2e import sensitive_box, wait_for
+from tests.test_provision_e2e import station  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 APP = [sys.executable, "-m", "appliance.cli"]
@@ -73,17 +72,7 @@ def canvas_lit_pixels(driver) -> int:
 @pytest.mark.slow
 def test_box_alarm_reaches_the_operator_in_a_real_browser(tmp_path, capsys, station):  # noqa: F811
     station_dir, server = station
-    cfg_path, bundle, fingerprint = provision_device(tmp_path, capsys, station_dir, server.endpoint)
-    code, out = run(capsys, "provision", "import", str(bundle), "--config", str(cfg_path),
-                    "--station-fingerprint", fingerprint, "--unit-dir", str(tmp_path / "units"))
-    assert code == 0, out
-    doc = tomllib.loads(cfg_path.read_text())
-    doc["camera"].update({"realtime": True, "loop": True})
-    doc["analysis"] = {"fps": 10.0}
-    doc["zones"] = []
-    doc["behaviour"] = SENSITIVE_BEHAVIOUR
-    doc["uplink"]["heartbeat_s"] = 2.0
-    cfg_path.write_text(tomli_w.dumps(doc))
+    cfg_path = sensitive_box(tmp_path, capsys, station_dir, server.endpoint, uplink={"heartbeat_s": 2.0})
     console_dir = tmp_path / "console"
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "INVOCATION_ID")}
     logs = [open(tmp_path / "pixel.log", "w"), open(tmp_path / "uplink.log", "w")]

@@ -33,7 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from appliance.common.errors import ApplianceError
-from appliance.contracts.envelope import canonical_json  # the one canonical encoder (same rules)
+# The one canonical encoder (same rules as the envelope header) and the header's type predicates.
+from appliance.contracts.envelope import _int, _str, canonical_json
 
 MAGIC = b"APAL"
 VERSION = 1
@@ -206,14 +207,6 @@ def verify_alarm(parsed: ParsedAlarm, public: Ed25519PublicKey) -> dict[str, Any
 def _want(cond: bool, what: str) -> None:
     if not cond:
         raise AlarmError("malformed", what)
-
-
-def _int(v: Any, lo: int = 0, hi: int = 2**63 - 1) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
-
-def _str(v: Any, n: int = 256) -> bool:
-    return isinstance(v, str) and 0 < len(v) <= n
 
 
 def _pair(v: Any, lo: int = -(2**62)) -> bool:
