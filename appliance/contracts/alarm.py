@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from appliance.common.errors import ApplianceError
+
 # The one canonical encoder (same rules as the envelope header) and the header's type predicates.
 from appliance.contracts.envelope import _int, _str, canonical_json
 
