@@ -301,6 +301,9 @@ def test_device_panel_shows_health_and_a_stale_device_raises_a_console_alarm(sit
             time.sleep(0.2)
         else:
             raise AssertionError("no stale-device alarm")
+        stale = next(a for a in alarms if a["kind"] == "device_stale")
+        page = c.get("/alarms/" + url(stale["alarm_id"]), headers={"Cookie": cookie})
+        assert page.status_code == 200 and "has not been heard from" in page.text
         c.close()
     finally:
         running.stop()

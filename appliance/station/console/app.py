@@ -181,12 +181,17 @@ class Console:
             for c in self.store.console_alarms():
                 if c["alarm_id"] == alarm_id:
                     return {"alarm_id": alarm_id, "kind": "device_stale", "device_id": c["device_id"],
-                            "pattern": "device stale", "created_unix_ms": c["created_unix_ms"], "body": c["body"]}
+                            "pattern": "device stale", "created_unix_ms": c["created_unix_ms"], "body": c["body"],
+                            "place": self._places().get(c["device_id"], ""), "clip": False}
             raise HTTPException(404, f"no alarm {alarm_id}")
         alarm = self.view.alarm(alarm_id)
         if alarm is None:
             raise HTTPException(404, f"no alarm {alarm_id}")
-        return {**alarm_summary(alarm), "body": alarm.body}
+        return {**alarm_summary(alarm), "body": alarm.body, "place": self._places().get(alarm.device_id, "")}
+
+    def _places(self) -> dict[str, str]:
+        """Device id -> place name (the description given at enrolment, e.g. "Paradeplatz north")."""
+        return {d.device_id: d.description for d in self.view.devices()}
 
     # -- login ------------------------------------------------------------------------------
 
@@ -230,7 +235,9 @@ class Console:
                           "received_unix_ms": c["created_unix_ms"], "profile": "", "confidence": None,
                           "has_skeletons": False, "clip": False})
         out = []
+        places = self._places()
         for item in items:
+            item["place"] = places.get(item["device_id"], "")
             wf = workflows.get(item["alarm_id"])
             if wf is not None and wf.state == "closed":
                 continue

@@ -94,6 +94,19 @@ function startMonitor() {
 function startAlarmPage() {
   const canvas = document.getElementById("skeleton");
   if (canvas) { drawSkeletons(canvas); }
+  // The clip arriving, or another person claiming or closing this alarm, shows at once.
+  const detail = document.querySelector(".alarm-detail");
+  const source = new EventSource("/events");
+  source.addEventListener("alarm-update", (e) => {
+    const a = JSON.parse(e.data);
+    if (a.alarm_id === detail.dataset.alarmId && a.clip) { document.getElementById("clip").textContent = "stored"; }
+  });
+  source.addEventListener("workflow", (e) => {
+    const w = JSON.parse(e.data);
+    if (w.alarm_id === detail.dataset.alarmId) {
+      document.getElementById("state").textContent = `${w.state} (${w.owner})`;
+    }
+  });
   const verdictForm = document.getElementById("verdict-form");
   const codes = document.getElementById("reason-code");
   function filterCodes(verdict) {
