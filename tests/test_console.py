@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import threading
 import time
 import warnings
@@ -378,3 +379,33 @@ def test_training_export_writes_verdicts_as_skeletons_only(console, site, tmp_pa
     assert (aid, label, len(frames)) == (alarm_id, 1, 3)
     assert frames[0].persons[1].track_id == 5 and frames[0].persons[0].keypoints.shape == (17, 3)
     train.clip_windows(frames, 0.2, 0.1)   # the same feature path as the dataset's clips
+
+
+def test_tls_certificate_from_setup_serves_https_with_a_host_cookie(site, capsys):
+    from appliance.cli import main
+    from appliance.common.errors import InputError
+    from appliance.station.console.service import build_server
+
+    station_dir, console_dir, _, _ = site
+    assert main(["station", "console", "tls-cert", "--console-dir", str(console_dir), "--host", "127.0.0.1",
+                 "--host", "console.example"]) == 0
+    cert, key = console_dir / "tls" / "console.crt", console_dir / "tls" / "console.key"
+    assert (key.stat().st_mode & 0o777) == 0o600
+    assert main(["station", "console", "demo-user", "--console-dir", str(console_dir)]) == 0
+    out = capsys.readouterr().out
+    name = re.search(r"^user (\S+)$", out, re.M).group(1)
+    password = re.search(r"^password (\S+)$", out, re.M).group(1)
+    with pytest.raises(InputError, match="refusing plain HTTP"):
+        build_server(station_dir, console_dir, bind="0.0.0.0:0")
+    running = start_console(station_dir, console_dir, tls_cert=cert, tls_key=key)
+    try:
+        assert running.url.startswith("https://127.0.0.1:")
+        with httpx.Client(base_url=running.url, verify=ssl.create_default_context(cafile=str(cert))) as c:
+            r = c.post("/login", data={"username": name, "password": password})
+            assert r.status_code == 303
+            assert r.headers["set-cookie"].startswith("__Host-console=")
+            page = c.get("/")
+            assert page.status_code == 200 and "max-age" in page.headers["strict-transport-security"]
+    finally:
+        running.stop()
+    assert ("console.user_added", "demo") in {(r["kind"], r.get("user")) for r in audit_records(console_dir)}
