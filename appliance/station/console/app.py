@@ -291,7 +291,7 @@ class Console:
         requests = self.store.disclosures(alarm_id=alarm_id)
         return self._page("alarm.html", session, alarm=alarm, wf=wf, verdicts=VERDICTS, reason_codes=REASON_CODES,
                           requests=requests, message=request.query_params.get("m", "")[:200],
-                          explanation=json.dumps(alarm["body"].get("explanation", {}), sort_keys=True))
+                          explanation=_explanation_in_words(alarm["body"].get("explanation", {})))
 
     async def api_skeletons(self, request: Request) -> Response:
         """Layer 1: the involved persons' skeletons (no pixels). Viewing it is audited."""
@@ -450,6 +450,19 @@ class Console:
                     raise
                 message = str(exc)
         return self._page("users.html", session, users=self.store.users(), roles=ROLES, message=message)
+
+
+def _explanation_in_words(explanation: dict[str, Any]) -> list[tuple[str, str]]:
+    """``{"wrist_speed_torso_per_s": 4.25}`` -> ``[("wrist speed (torso per s)", "4.25")]``."""
+    out = []
+    for key, value in sorted(explanation.items()):
+        words = key.replace("_per_s", " per s").replace("_", " ")
+        for unit in (" torso per s", " torso", " s", " px"):
+            if words.endswith(unit):
+                words = f"{words[: -len(unit)]} ({unit.strip()})"
+                break
+        out.append((words, f"{value:.2f}" if isinstance(value, float) else str(value)))
+    return out
 
 
 async def _wait(queue, timeout: float):
