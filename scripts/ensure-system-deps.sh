@@ -4,6 +4,8 @@
 #   systemd                      (systemd-analyze verify/security for the unit tests)
 #   strace, util-linux           (privacy trace tests, two-user spool permission test)
 #   chromium, chromium-driver    (the operator console's real-browser tests, with selenium)
+#   postgresql                   (the station's scale-out tier: the tests start a real server, run
+#                                 as the package's 'postgres' account because initdb refuses root)
 # Runs apt only when something is missing, so a prepared machine needs no network.
 set -euo pipefail
 missing=()
@@ -14,6 +16,8 @@ command -v strace >/dev/null 2>&1 || missing+=(strace)       # the privacy trace
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)  # the two-user spool test
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)           # console browser tests
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && getent passwd postgres >/dev/null \
+    || missing+=(postgresql)
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 echo "installing Debian packages: ${missing[*]}" >&2
 SUDO=""

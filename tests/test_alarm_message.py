@@ -23,6 +23,7 @@ from appliance.contracts.alarm import (
 )
 from appliance.station.store import ClipStore
 from tests.fixtures.alarm import make_vectors
+from tests.test_station_storage import tier  # noqa: F401  (fixture: both storage tiers)
 from tests.test_uplink_station import clip, make_client, running_station, seal_for, world  # noqa: F401
 
 VECTORS = Path(__file__).parent / "fixtures" / "alarm"
@@ -138,3 +139,37 @@ def test_station_refuses_forged_and_replayed_alarms(world):  # noqa: F811
     assert not replay.ok and replay.reason == "replayed_sequence"
     assert not garbage.ok and garbage.reason == "garbage"
     assert "station.alarm" in [k for k, _ in audit.records]
+
+
+@pytest.mark.servers
+def test_alarms_on_both_storage_tiers_and_the_console_view(tier):  # noqa: F811
+    """Store, attach the clip, read through the console's view, delete with the clip: SQLite and
+    PostgreSQL + S3 alike."""
+    from test_station_storage import envelope
+
+    from appliance.contracts.envelope import parse_envelope
+    from appliance.station.console.station_view import StationView
+
+    station_dir, settings = tier
+    store = ClipStore(station_dir, settings=settings)
+    view = None
+    try:
+        body = make_vectors.body(5)
+        body["device_id"] = "dev-a"
+        from test_retention import DEVICE_KEY
+        message = parse_alarm(seal_alarm(body, DEVICE_KEY))
+        alarm, duplicate = store.store_alarm(message)
+        assert (alarm.alarm_id, duplicate, alarm.clip_id) == ("dev-a#5", False, None)
+        assert store.store_alarm(message)[1] is True
+        assert store.alarm_message("dev-a#5") == message.data
+        stored = store.store(parse_envelope(envelope(5)))
+        view = StationView(station_dir, settings=settings)
+        [seen] = view.alarms()
+        assert seen.clip_id == stored.clip.clip_id and seen.has_message and seen.body["tracks"] == [3, 5]
+        assert view.data_version()[1] == 1
+        store.remove("dev-a#5")
+        assert store.list_alarms() == [] and view.alarms() == []
+    finally:
+        if view is not None:
+            view.close()
+        store.close()

@@ -50,7 +50,7 @@ class AlarmFeed:
         self.on_stale = on_stale
         self._subscribers: set[asyncio.Queue] = set()
         self._known: dict[str, tuple[int, bool, bool]] = {}
-        self._version = -1
+        self._version: tuple[int, int] = (-1, -1)
         self._stale: set[str] = set()
         self._task: asyncio.Task | None = None
         self.dropped = 0

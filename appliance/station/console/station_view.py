@@ -1,8 +1,8 @@
-"""What the console reads from the station's store, through a read-only connection."""
+"""What the console reads from the station's store: a read-only SQLite connection on the
+embedded tier, the shared PostgreSQL database on the scale-out tier (docs/storage.md)."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.station import db
+from appliance.station.storage import StorageSettings, open_database, resolve_settings
 from appliance.station.store import StoredAlarm, alarm_from_row
 
 
@@ -36,43 +37,40 @@ class DeviceState:
 
 
 class StationView:
-    """Read-only access to ``station.db``; the SQLite connection is shared under a lock."""
+    """The console's view of the station's store; shared by its threads (a lock serialises use)."""
 
-    def __init__(self, station_dir: str | Path, *, stale_after_s: float = 120.0):
+    def __init__(self, station_dir: str | Path, *, stale_after_s: float = 120.0,
+                 settings: StorageSettings | None = None):
         self.station_dir = Path(station_dir)
         self.stale_after_s = stale_after_s
-        self._conn: sqlite3.Connection = db.connect_readonly(station_dir)
+        settings = settings or resolve_settings(station_dir)
+        # Embedded: read-only (the console never writes the station's database). Scale-out: the
+        # database account given in the URL (give the console a read-only role there).
+        self._conn: Any = db.connect_readonly(station_dir) if not settings.db else open_database(station_dir, settings)
         self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
-    def data_version(self) -> int:
-        """Changes whenever another connection (the receiver) commits: a cheap change check."""
+    def data_version(self) -> tuple[int, int]:
+        """Changes whenever an alarm is stored or changed: the feed's cheap change check (an index)."""
         with self._lock:
-            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+            row = self._conn.execute("SELECT COALESCE(MAX(updated_unix_ms), 0), COUNT(*) FROM alarms").fetchone()
+        return int(row[0]), int(row[1])
 
     def alarms(self, *, since_unix_ms: int | None = None) -> list[StoredAlarm]:
         sql, args = "SELECT * FROM alarms", ()
         if since_unix_ms is not None:
             sql, args = sql + " WHERE updated_unix_ms >= ?", (since_unix_ms,)
         with self._lock:
-            try:
-                rows = self._conn.execute(sql + " ORDER BY received_unix_ms, alarm_id", args).fetchall()
-            except sqlite3.OperationalError:   # a station database older than schema 2, not yet served
-                return []
+            rows = self._conn.execute(sql + " ORDER BY received_unix_ms, alarm_id", args).fetchall()
         return [alarm_from_row(r) for r in rows]
 
     def alarm(self, alarm_id: str) -> StoredAlarm | None:
         with self._lock:
             row = self._conn.execute("SELECT * FROM alarms WHERE alarm_id=?", (alarm_id,)).fetchone()
         return None if row is None else alarm_from_row(row)
-
-    def clip_row(self, alarm_id: str) -> sqlite3.Row | None:
-        with self._lock:
-            return self._conn.execute("SELECT c.* FROM clips c JOIN alarms a ON a.device_id=c.device_id AND "
-                                      "a.sequence=c.sequence WHERE a.alarm_id=?", (alarm_id,)).fetchone()
 
     def devices(self) -> list[DeviceState]:
         import json
