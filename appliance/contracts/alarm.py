@@ -33,9 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from appliance.common.errors import ApplianceError
-
-# The one canonical encoder (same rules as the envelope header) and the header's type predicates.
-from appliance.contracts.envelope import _int, _str, canonical_json
+from appliance.contracts.canonical import canonical_json  # the one encoder (same rules as the envelope header)
+from appliance.contracts.envelope import _int, _str  # the header's type predicates
 
 MAGIC = b"APAL"
 VERSION = 1

@@ -133,7 +133,8 @@ class Console:
         self._audit("console.device_stale", alarm_id=alarm_id, device_id=body["device_id"],
                     silent_s=body["silent_s"])
 
-    async def _http_error(self, request: Request, exc: HTTPException) -> Response:
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)   # registered for HTTPException only
         if exc.status_code == 401:
             if request.url.path.startswith(("/api/", "/events")):
                 return JSONResponse({"error": "login required"}, 401)

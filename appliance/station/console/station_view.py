@@ -60,9 +60,9 @@ class StationView:
         return int(row[0]), int(row[1])
 
     def alarms(self, *, since_unix_ms: int | None = None) -> list[StoredAlarm]:
-        sql, args = "SELECT * FROM alarms", ()
+        sql, args = "SELECT * FROM alarms", []
         if since_unix_ms is not None:
-            sql, args = sql + " WHERE updated_unix_ms >= ?", (since_unix_ms,)
+            sql, args = sql + " WHERE updated_unix_ms >= ?", [since_unix_ms]
         with self._lock:
             rows = self._conn.execute(sql + " ORDER BY received_unix_ms, alarm_id", args).fetchall()
         return [alarm_from_row(r) for r in rows]
