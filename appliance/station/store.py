@@ -260,6 +260,34 @@ class ClipStore:
     def delete_clip(self, clip_id: str) -> StoredClip:
         return self.remove(clip_id)[0]
 
+    def remove_many(self, clip_ids: list[str]) -> dict[str, int | BaseException]:
+        """:meth:`remove` for many clips: the bytes first (in parallel on S3, one fsync per
+        directory for files), then the rows of those whose bytes went, in one commit. Returns
+        clip id -> files/object versions removed, or the error that kept it."""
+        outcome: dict[str, int | BaseException] = {}
+        clips: dict[str, StoredClip] = {}
+        for i in range(0, len(clip_ids), 500):
+            part = clip_ids[i:i + 500]
+            marks = ", ".join("?" for _ in part)
+            for row in self.db.execute(f"SELECT * FROM clips WHERE clip_id IN ({marks})", part):
+                clips[row["clip_id"]] = self._clip(row)
+        for clip_id in clip_ids:
+            if clip_id not in clips:
+                outcome[clip_id] = InputError(f"no stored clip {clip_id!r}")
+        removed = self.blobs.delete_many([c.location for c in clips.values()])
+        gone = []
+        for clip_id, clip in clips.items():
+            outcome[clip_id] = removed[clip.location]
+            if not isinstance(removed[clip.location], BaseException):
+                gone.append(clip_id)
+        with self.db.durable(), self.db.transaction() as tx:
+            for clip_id in gone:
+                tx.execute("DELETE FROM clips WHERE clip_id=?", (clip_id,))
+                # the alarm's skeletons go with its clip (as in remove)
+                tx.execute("DELETE FROM alarms WHERE device_id=? AND sequence=?",
+                           (clips[clip_id].device_id, clips[clip_id].sequence))
+        return outcome
+
     # -- alarms -----------------------------------------------------------------------
 
     def store_alarm(self, parsed: ParsedAlarm) -> tuple[StoredAlarm, bool]:
