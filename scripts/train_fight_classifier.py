@@ -31,6 +31,12 @@ maximises inner balanced accuracy, but never below the lowest threshold at which
 footage it was trained with (the long clips and the scfd no-fight clips) raises no alarm at all
 (on ~6 minutes of footage one alarm is already ~10 per camera-hour).
 
+Operators' verdicts as extra data: ``--extra-windows verdicts.jsonl`` (from ``appliance station
+training-export --since ...``; skeletons only). Each true/false verdict becomes one more clip
+(label 1/0; "unclear" is left out) in the cross-validation and the final fit. The export holds
+no pixels, so its windows carry no motion energy and no zoomed re-pose (those features are 0):
+the involved persons' union box is the region, their skeletons give the wrist and region speeds.
+
     pip install -e '.[train]'
     .venv/bin/python scripts/train_fight_classifier.py --data ../shared/data --cache /work/wt/cache/issue10/frames
     .venv/bin/python scripts/train_fight_classifier.py ... --write     # models/fight-stage2.onnx
@@ -55,7 +61,9 @@ from appliance.box.behaviour.analyzer import BehaviourAnalyzer  # noqa: E402
 from appliance.box.behaviour.config import BehaviourConfig  # noqa: E402
 from appliance.box.behaviour.evaluate import SkeletonPipeline  # noqa: E402
 from appliance.box.behaviour.fight_model import FEATURE_NAMES  # noqa: E402
+from appliance.box.behaviour.stage2 import AnalysedFrame, RegionEvidence  # noqa: E402
 from appliance.box.config import default_config  # noqa: E402
+from appliance.contracts.types import TrackedFrame, TrackedPerson  # noqa: E402
 
 WINDOW_S, MIN_WINDOW_S, CONSECUTIVE = 2.0, 0.3, 2
 C_GRID = (0.01, 0.1, 1.0, 10.0)
@@ -67,14 +75,16 @@ EVAL_ORDINARY = ("mot/*/video.mp4", "mot/*/img1", "hard-negative/dailyviolence_*
 EVAL_FALLS = ("falls/*.mp4", "falls-extra/*.mp4")
 
 
-def clip_rows(frames) -> list[tuple[int, float, np.ndarray]]:
+def clip_rows(frames, window_s: float = WINDOW_S, min_window_s: float = MIN_WINDOW_S
+              ) -> list[tuple[int, float, np.ndarray]]:
     """(region id, t, features) of every candidate window the analyzer would ask the model about."""
     analyzer = BehaviourAnalyzer(BehaviourConfig(fight_model=""))
+    analyzer._regions.window_s = window_s
     rows = []
     for af in frames:
         analyzer.update(af.tracked, af.evidence)
         for s in analyzer.region_scores:
-            if s.span_s >= MIN_WINDOW_S - 1e-6 and s.two_persons:
+            if s.span_s >= min_window_s - 1e-6 and s.two_persons:
                 rows.append((s.region, af.tracked.t, s.features))
     return rows
 
@@ -128,6 +138,48 @@ def load(data: Path, cache: Path, cached_only: bool = False) -> tuple[list[Clip]
     eval_ord = clips(EVAL_ORDINARY, 0, "eval-ordinary")
     falls = clips(EVAL_FALLS, 0, "falls")
     return scfd, train_ord, eval_ord, falls
+
+
+def read_training_export(path: Path) -> list[tuple[str, int, list[TrackedFrame]]]:
+    """(alarm id, label, frames) of every true/false verdict in a `station training-export` file."""
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        row = json.loads(line)
+        if row.get("format") != "appliance-training-window" or row.get("version") != 1:
+            raise SystemExit(f"{path}:{n}: not an appliance-training-window version 1 line")
+        if row["label"] is None:
+            continue
+        size = tuple(int(v) for v in row["frame_size"])
+        frames = [TrackedFrame(i, float(f["t_s"]), tuple(
+            TrackedPerson(int(p["track"]), np.array(p["box"], np.float32), 1.0, np.array(p["keypoints"], np.float32),
+                          age=i, lost_frames=0) for p in f["persons"]), size)
+            for i, f in enumerate(row["frames"])]
+        out.append((row["alarm_id"], int(row["label"]), frames))
+    return out
+
+
+def skeleton_only(frames: list[TrackedFrame]) -> list[AnalysedFrame]:
+    """Frames without pixels (an operator's verdict): the first two persons' union box is the
+    region, with no motion energy and no zoomed re-pose (those features are 0)."""
+    out = []
+    for tracked in frames:
+        evidence = ()
+        if len(tracked.persons) >= 2:
+            a, b = tracked.persons[:2]
+            box = np.array([min(a.box[0], b.box[0]), min(a.box[1], b.box[1]),
+                            max(a.box[2], b.box[2]), max(a.box[3], b.box[3])], np.float32)
+            key = tuple(sorted((a.track_id, b.track_id)))
+            evidence = (RegionEvidence(key, "pair", box, 0.0, (0.0, 0.0), 0.0, box, 0.0, None),)
+        out.append(AnalysedFrame(tracked, evidence))
+    return out
+
+
+def clip_windows(frames: list[TrackedFrame], window_s: float = WINDOW_S, min_window_s: float = MIN_WINDOW_S
+                 ) -> np.ndarray:
+    """Feature rows (float64[W, len(FEATURE_NAMES)]) of a skeleton-only clip, as the analyzer
+    computes them for its windows of ``window_s`` once they span ``min_window_s``."""
+    rows = clip_rows(skeleton_only(frames), window_s, min_window_s)
+    return np.array([r[2] for r in rows], np.float64).reshape(-1, len(FEATURE_NAMES))
 
 
 def stack(clips: list[Clip]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -293,12 +345,19 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--cache", type=Path, required=True, help="analysed-frame cache (appliance eval --cache)")
     ap.add_argument("--shuffles", type=int, default=3)
+    ap.add_argument("--extra-windows", type=Path, action="append", default=[], metavar="JSONL",
+                    help="operators' verdicts from 'appliance station training-export' (repeatable)")
     ap.add_argument("--cached-only", action="store_true", help="skip videos not in the cache (a quick look)")
     ap.add_argument("--no-cv", action="store_true", help="skip the nested CV (fit and report only)")
     ap.add_argument("--write", action="store_true", help="write models/fight-stage2.onnx")
     args = ap.parse_args()
     t0 = time.monotonic()
     scfd, train_ord, eval_ord, falls = load(args.data, args.cache, args.cached_only)
+    extra = [Clip(f"verdict:{aid}", label, "scfd", len(frames) / 10.0, clip_rows(skeleton_only(frames)))
+             for path in args.extra_windows for aid, label, frames in read_training_export(path)]
+    if extra:
+        print(f"extra data: {len(extra)} operator verdicts ({sum(c.label for c in extra)} true alarms)")
+        scfd += extra   # labelled like the scfd clips: each verdict counts once
     print(f"{len(scfd)} scfd clips, {len(train_ord)} training ordinary clips "
           f"({sum(c.seconds for c in train_ord) / 60:.1f} min), {len(eval_ord)} evaluation-only ordinary clips "
           f"({sum(c.seconds for c in eval_ord) / 60:.1f} min), {len(falls)} fall videos")

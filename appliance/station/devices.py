@@ -20,12 +20,18 @@ from appliance.contracts.keys import hpke_public_from_bytes, load_signing_key, p
 from appliance.contracts.protocol import endpoint_host
 
 
-def add_arguments(p, *, station_dir_flag: str = "--dir") -> None:
+def add_arguments(p) -> None:
     p.add_argument("request", metavar="REQUEST", help="the device's enrolment request (*.enrol.json)")
-    p.add_argument(station_dir_flag, dest="station_dir", required=True, metavar="DIR",
+    # --station-dir as in every station and audit command; --dir is the old spelling.
+    p.add_argument("--station-dir", "--dir", dest="station_dir", required=True, metavar="DIR",
                    help="the station directory (keys/, station.db)")
-    p.add_argument("--endpoint", required=True,
-                   help="the station endpoint the device connects to, e.g. tcp://203.0.113.5:7100")
+    p.add_argument("--fingerprint", metavar="XXXX:XXXX:XXXX:XXXX",
+                   help="the device's signing-key fingerprint as the technician read it from "
+                        "`provision init`/`enrol`; without it the command shows the request's "
+                        "fingerprint and asks you to compare (on a terminal)")
+    p.add_argument("--endpoint", required=True, action="append", dest="endpoints", metavar="ENDPOINT",
+                   help="the station endpoint the device connects to, e.g. tcp://203.0.113.5:7100; repeat for "
+                        "several receivers (PostgreSQL + S3 tier, docs/storage.md), in failover order")
     p.add_argument("--profile", dest="profiles", action="append", required=True, metavar="ID",
                    help="a legal profile the device may use (repeat for several)")
     p.add_argument("--out", required=True, metavar="BUNDLE", help="where to write the signed station bundle")
@@ -50,15 +56,44 @@ def cmd_add(args) -> int:
     out = Path(args.out)
     if out.exists():
         raise InputError(f"{out} already exists (fix: choose another --out or remove it)")
-    added = station_add_device(args.station_dir, request, endpoint=args.endpoint,
+    _confirm_device_fingerprint(parse_request(request).fingerprints, args.fingerprint)
+    added = station_add_device(args.station_dir, request, endpoint=args.endpoints,
                                allowed_profiles=args.profiles, replace=args.replace)
     write_public_file(out, added.bundle)
     print(f"device {added.device_id} enrolled (signing {added.device_fingerprints['signing']}, "
           f"CURVE {added.device_fingerprints['curve']})")
     print(f"station bundle written to {out}")
     print(f"station fingerprint (read it to the technician): {added.station_fingerprint}")
+    print(f"next, on the box: appliance provision import {out.name} --config /etc/appliance/appliance.toml "
+          f"--station-fingerprint {added.station_fingerprint}")
     sys.stdout.flush()
     return 0
+
+
+def _confirm_device_fingerprint(fingerprints: dict[str, str], typed: str | None) -> None:
+    """The request travelled by USB stick or mail: its key is the device's only if the fingerprint
+    the technician reads from the box matches. Checked before anything is registered."""
+    from appliance.contracts.enrolment import normalise_fingerprint
+
+    signing = fingerprints["signing"]
+    if typed:
+        if normalise_fingerprint(typed) != normalise_fingerprint(signing):
+            # The request's own fingerprint is not printed: it is what an attacker's request would say.
+            raise InputError(f"the request's device key does not have the fingerprint you gave ({typed}); "
+                             "nothing was registered (fix: ask the technician to read the signing fingerprint "
+                             "`appliance provision enrol` printed on the box; if it is what you typed, the "
+                             "request is not from that box)")
+        print(f"device fingerprint {signing} matches the one you gave")
+        return
+    print(f"device signing fingerprint in the request: {signing}")
+    print("  compare it with the one the technician reads from the box (`provision enrol` printed it)")
+    if sys.stdin.isatty():
+        answer = input("does it match? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            raise InputError("not confirmed; nothing was registered (fix: compare the fingerprint with the "
+                             "technician, or pass --fingerprint)")
+    else:
+        print("  (not confirmed: no terminal; pass --fingerprint XXXX:XXXX:XXXX:XXXX to have it checked)")
 
 
 @dataclass(frozen=True)
@@ -69,7 +104,7 @@ class AddedDevice:
     device_fingerprints: dict[str, str]
 
 
-def station_add_device(station_dir: str | Path, request: bytes, *, endpoint: str,
+def station_add_device(station_dir: str | Path, request: bytes, *, endpoint: str | list[str] | tuple[str, ...],
                        allowed_profiles: list[str] | tuple[str, ...], replace: bool = False,
                        profiles_dir: str | None = None) -> AddedDevice:
     """Verifies an enrolment request, registers the device, returns the signed station bundle.
@@ -82,7 +117,12 @@ def station_add_device(station_dir: str | Path, request: bytes, *, endpoint: str
     from appliance.station.registry import DeviceRegistry
 
     req = parse_request(request)
-    endpoint_host(endpoint)  # syntax only: the box resolves and confines it
+    endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+    if not endpoints or len(set(endpoints)) != len(endpoints):
+        raise InputError("give each station endpoint once (fix: --endpoint tcp://HOST:PORT, repeated for "
+                         "several receivers)")
+    for e in endpoints:
+        endpoint_host(e)  # syntax only: the box resolves and confines it
     if not allowed_profiles:
         raise InputError("no allowed profile (fix: --profile ID, e.g. --profile bw-polg-44-4)")
     known = available_profiles(profiles_dir)
@@ -105,7 +145,8 @@ def station_add_device(station_dir: str | Path, request: bytes, *, endpoint: str
         "device_id": req.device_id,
         "device_fingerprints": req.fingerprints,
         "request_sha256": req.sha256,
-        "endpoint": endpoint,
+        "endpoint": endpoints[0],
+        **({"endpoints": endpoints} if len(endpoints) > 1 else {}),
         "station_signing_public": b64(raw_public(station_key.public_key())),
         "station_hpke_public": hpke_text.decode("ascii"),
         "station_curve_public": curve.decode("ascii"),

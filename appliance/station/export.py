@@ -21,6 +21,7 @@ from appliance.contracts.keys import load_hpke_private_key
 from appliance.contracts.synthetic import decoded_frame_hashes
 from appliance.station.keys import StationKeyPaths
 from appliance.station.registry import DeviceRegistry
+from appliance.station.storage import StorageSettings
 from appliance.station.store import ClipStore
 
 
@@ -69,12 +70,30 @@ def frame_check(webm_path: Path, expected: list[str]) -> dict[str, Any]:
             "ok": not mismatched and len(decoded) == len(expected)}
 
 
+def window_summary(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What the clip covers against what its trigger asked for (docs/clip.md, "Short clips")."""
+    tracks = metadata.get("tracks")
+    window = tracks.get("window") if isinstance(tracks, dict) else None
+    if not isinstance(window, dict):
+        return {"complete": None, "note": "the clip does not record its window"}
+    out = {k: window.get(k) for k in ("requested_s", "covered_s", "missing_before_s", "missing_after_s", "complete")}
+    notes = []
+    if (window.get("missing_before_s") or 0) > 0.2:
+        notes.append(f"{window['missing_before_s']:.1f} s before the first frame were not in the ring "
+                     "(the stream had just started, or the camera reconnected)")
+    if (window.get("missing_after_s") or 0) > 0.2:
+        notes.append(f"{window['missing_after_s']:.1f} s after the last frame never came "
+                     "(the stream ended or the box stopped before the post-roll)")
+    out["note"] = "; ".join(notes)
+    return out
+
+
 def decrypt_envelope_to(data: bytes, out_dir: str | Path, name: str, *, station_dir: str | Path,
                         operator: str | None, reason: str | None, audit: Any = None,
-                        clip_id: str | None = None) -> ExportResult:
+                        clip_id: str | None = None, settings: StorageSettings | None = None) -> ExportResult:
     operator, reason = require_operator(operator, reason)
     paths = StationKeyPaths.of(station_dir)
-    registry = DeviceRegistry(station_dir)
+    registry = DeviceRegistry(station_dir, settings=settings)
     try:
         parsed = parse_envelope(data)
         if audit is not None:  # recorded (and refused by the log's own rules) BEFORE decrypting
@@ -100,6 +119,7 @@ def decrypt_envelope_to(data: bytes, out_dir: str | Path, name: str, *, station_
         "sequence": parsed.header.sequence, "signature": "valid", "decryption": "ok",
         "header": parsed.header.to_json(), "frames": frames,
         "verdict": "intact" if frames["ok"] else "altered",
+        "window": window_summary(opened.metadata),
         "operator": operator, "reason": reason, "exported_unix_ms": int(time.time() * 1000),
     }
     report_path = out / f"{name}.report.json"
@@ -112,14 +132,14 @@ def decrypt_envelope_to(data: bytes, out_dir: str | Path, name: str, *, station_
 
 
 def export_clip(station_dir: str | Path, clip_id: str, out_dir: str | Path, *, operator: str | None,
-                reason: str | None, audit: Any = None) -> ExportResult:
+                reason: str | None, audit: Any = None, settings: StorageSettings | None = None) -> ExportResult:
     """Verifies and decrypts a stored clip for ``operator`` with ``reason`` (both required)."""
     require_operator(operator, reason)  # refuse before touching anything
-    store = ClipStore(station_dir)
+    store = ClipStore(station_dir, settings=settings)
     try:
         clip = store.get(clip_id)
         data = store.read_envelope(clip)
     finally:
         store.close()
     return decrypt_envelope_to(data, out_dir, clip_id, station_dir=station_dir, operator=operator,
-                               reason=reason, audit=audit, clip_id=clip_id)
+                               reason=reason, audit=audit, clip_id=clip_id, settings=settings)

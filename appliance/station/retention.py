@@ -14,7 +14,6 @@ blocks (docs/audit-log.md §5).
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,12 +23,15 @@ from typing import Any, Protocol
 from appliance.common.durable import fsync_dir
 from appliance.common.errors import ApplianceError, InputError
 from appliance.contracts.audit.canonical import utc_iso
+from appliance.station.storage.database import Database, storage_errors
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RETENTION_HOURS = 72.0
 HOLDS_FILE = "holds.sqlite"
 MIN_HOLD_REASON_CHARS = 1
+#: Deletions per batch where the store offers ``delete_clips``.
+DELETE_BATCH = 500
 
 
 def _legal_max() -> float:
@@ -145,37 +147,27 @@ class Hold:
                 "released_by": self.released_by, "release_reason": self.release_reason}
 
 
-_HOLDS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS legal_holds (
-    id             INTEGER PRIMARY KEY AUTOINCREMENT,
-    clip_id        TEXT NOT NULL,
-    reason         TEXT NOT NULL,
-    set_by         TEXT NOT NULL,
-    set_at         REAL NOT NULL,
-    until          REAL NOT NULL,
-    released_at    REAL,
-    released_by    TEXT,
-    release_reason TEXT
-);
-CREATE INDEX IF NOT EXISTS legal_holds_clip ON legal_holds (clip_id);
-"""
-
-
 class LegalHolds:
-    """Legal holds in their own SQLite file; each change is audited before it is committed."""
+    """Legal holds, each change audited before it is committed: their own SQLite file
+    ``holds.sqlite`` beside the embedded station database, or the ``legal_holds`` table of the
+    shared PostgreSQL database (every receiver and the retention job see the same holds)."""
 
-    def __init__(self, path: str | Path, *, audit: Any = None, clock: Callable[[], float] = time.time):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, database: Database | str | Path, *, audit: Any = None,
+                 clock: Callable[[], float] = time.time):
+        from appliance.station.storage import schema
+        from appliance.station.storage.database import SqliteDatabase
+        if isinstance(database, (str, Path)):
+            database = SqliteDatabase(database, schema.HOLDS_SQLITE)
+        self._db = database
         self._audit = audit
         self._clock = clock
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_HOLDS_SCHEMA)
 
     @classmethod
-    def open(cls, station_dir: str | Path, **kwargs: Any) -> LegalHolds:
+    def open(cls, station_dir: str | Path, *, settings: Any = None, **kwargs: Any) -> LegalHolds:
+        from appliance.station.storage import open_database, resolve_settings
+        settings = settings or resolve_settings(station_dir)
+        if settings.db:
+            return cls(open_database(station_dir, settings), **kwargs)
         return cls(Path(station_dir) / HOLDS_FILE, **kwargs)
 
     def set(self, clip_id: str, *, reason: str, by: str, until: float) -> Hold:
@@ -188,9 +180,9 @@ class LegalHolds:
             raise InputError(f"legal hold refused: until {utc_iso(until)} is not in the future")
         if self._audit is not None:
             self._audit.append("hold.set", clip_id=clip_id, reason=reason, by=by, until=utc_iso(until))
-        cur = self._db.execute("INSERT INTO legal_holds (clip_id, reason, set_by, set_at, until) "
-                               "VALUES (?, ?, ?, ?, ?)", (clip_id, reason, by, now, until))
-        return Hold(int(cur.lastrowid), clip_id, reason, by, now, until)
+        row = self._db.execute("INSERT INTO legal_holds (clip_id, reason, set_by, set_at, until) "
+                               "VALUES (?, ?, ?, ?, ?) RETURNING id", (clip_id, reason, by, now, until)).fetchone()
+        return Hold(int(row[0]), clip_id, reason, by, now, until)
 
     def release(self, clip_id: str, *, reason: str, by: str) -> int:
         """Releases every active hold of ``clip_id``; returns how many."""
@@ -240,12 +232,23 @@ class Deletion:
 
 
 @dataclass(frozen=True)
+class Scheduled:
+    """When a clip the job left in place will be deleted: at its expiry, or when the longest
+    active legal hold on it ends, whichever is later."""
+    clip: RetainedClip
+    expires_at: float
+    hold: Hold | None
+    delete_after: float
+
+
+@dataclass(frozen=True)
 class RetentionResult:
     deleted: tuple[Deletion, ...]
-    held: tuple[tuple[RetainedClip, Hold], ...]
+    held: tuple[tuple[RetainedClip, Hold], ...]   # expired, kept by a legal hold
     kept: int                       # not yet expired
     errors: tuple[str, ...]
     dry_run: bool = False
+    schedule: tuple[Scheduled, ...] = ()          # every clip left in place (held or not yet expired)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -256,6 +259,11 @@ class RetentionResult:
             "held": [{"clip_id": c.clip_id, "until": utc_iso(h.until), "reason": h.reason, "by": h.by}
                      for c, h in self.held],
             "kept": self.kept, "errors": list(self.errors),
+            "schedule": [{"clip_id": x.clip.clip_id, "device_id": x.clip.device_id, "pattern": x.clip.pattern,
+                          "expires_at": utc_iso(x.expires_at), "delete_after": utc_iso(x.delete_after),
+                          "hold": None if x.hold is None else {"id": x.hold.id, "until": utc_iso(x.hold.until),
+                                                               "by": x.hold.by, "reason": x.hold.reason}}
+                         for x in self.schedule],
         }
 
 
@@ -276,37 +284,59 @@ class RetentionJob:
         deleted: list[Deletion] = []
         held: list[tuple[RetainedClip, Hold]] = []
         errors: list[str] = []
+        schedule: list[Scheduled] = []
+        due: list[tuple[RetainedClip, float]] = []
         kept = 0
+        failures: tuple[type[BaseException], ...] = (OSError, ApplianceError, *storage_errors())
         for clip in sorted(self.store.list_clips(), key=lambda c: (c.received_at, c.clip_id)):
             expires = self.policy.expires_at(clip)
+            hold = active.get(clip.clip_id)
+            if now < expires or hold is not None:
+                schedule.append(Scheduled(clip, expires, hold, max(expires, hold.until) if hold else expires))
             if now < expires:
                 kept += 1
                 continue
-            if clip.clip_id in active:
-                held.append((clip, active[clip.clip_id]))
+            if hold is not None:
+                held.append((clip, hold))
                 continue
             if dry_run:
                 deleted.append(Deletion(clip, expires, now, 0))
                 continue
-            try:
-                files = self.store.delete_clip(clip.clip_id)
-            except (OSError, sqlite3.Error, ApplianceError) as exc:
-                errors.append(f"{clip.clip_id}: {exc}")
-                log.error("retention: could not delete %s: %s", clip.clip_id, exc)
-                continue
-            deleted_at = self.clock()
-            # Recorded after the deletion succeeded: a record never claims a deletion that
-            # did not happen (docs/audit-log.md §5).
-            self.audit.append(
-                "retention.delete", clip_id=clip.clip_id, device_id=clip.device_id, profile_id=clip.profile_id,
-                pattern=clip.pattern, envelope_sha256=clip.envelope_sha256,
-                received_at=utc_iso(clip.received_at), expires_at=utc_iso(expires),
-                retention_hours=self.policy.hours_for(clip.profile_id), files=files)
-            deleted.append(Deletion(clip, expires, deleted_at, files))
+            due.append((clip, expires))
+        # In batches where the store can (bytes removed in parallel or with one fsync per
+        # directory, rows in one commit); each deletion is still recorded on its own.
+        batch_delete = getattr(self.store, "delete_clips", None)
+        step = DELETE_BATCH if batch_delete is not None else 1
+        for i in range(0, len(due), step):
+            chunk = due[i:i + step]
+            if batch_delete is not None:
+                outcomes = batch_delete([c.clip_id for c, _ in chunk])
+            else:
+                outcomes = {}
+                for c, _ in chunk:
+                    try:
+                        outcomes[c.clip_id] = self.store.delete_clip(c.clip_id)
+                    except failures as exc:
+                        outcomes[c.clip_id] = exc
+            for clip, expires in chunk:
+                files = outcomes.get(clip.clip_id, ApplianceError("not deleted"))
+                if isinstance(files, BaseException):
+                    errors.append(f"{clip.clip_id}: {files}")
+                    log.error("retention: could not delete %s: %s", clip.clip_id, files)
+                    continue
+                deleted_at = self.clock()
+                # Recorded after the deletion succeeded: a record never claims a deletion that
+                # did not happen (docs/audit-log.md §5).
+                self.audit.append(
+                    "retention.delete", clip_id=clip.clip_id, device_id=clip.device_id, profile_id=clip.profile_id,
+                    pattern=clip.pattern, envelope_sha256=clip.envelope_sha256,
+                    received_at=utc_iso(clip.received_at), expires_at=utc_iso(expires),
+                    retention_hours=self.policy.hours_for(clip.profile_id), files=files)
+                deleted.append(Deletion(clip, expires, deleted_at, files))
         if not dry_run:
             self.audit.append("retention.run", deleted=len(deleted), held=len(held), kept=kept,
                               errors=len(errors), held_clips=sorted(c.clip_id for c, _ in held))
-        return RetentionResult(tuple(deleted), tuple(held), kept, tuple(errors), dry_run)
+        return RetentionResult(tuple(deleted), tuple(held), kept, tuple(errors), dry_run, tuple(schedule))
 
 
 # ---------------------------------------------------------------------------------------
@@ -314,17 +344,15 @@ class RetentionJob:
 
 
 class StationClipStore:
-    """:class:`ClipStore` over the station's own ``ClipStore`` (``station.db`` index +
-    ``envelopes/<device>/*.env``). Its ``delete_clip`` unlinks the envelope file (which holds
-    the only wrapped copy of the clip's key), fsyncs the directory, then deletes the row."""
+    """:class:`ClipStore` over the station's own store (:mod:`appliance.station.store`), whichever
+    tier it is: its ``delete_clip`` removes the envelope's bytes (the file, fsynced directory;
+    or every version of the S3 object), which hold the only wrapped copy of the clip's key,
+    then the row."""
 
-    def __init__(self, station_dir: str | Path):
-        from appliance.station import db as station_db
+    def __init__(self, station_dir: str | Path, *, settings: Any = None):
         from appliance.station.store import ClipStore as StationStore
         self.station_dir = Path(station_dir)
-        if not station_db.db_path(self.station_dir).exists():
-            raise InputError(f"no station database in {self.station_dir} (fix: give the station's directory)")
-        self._store = StationStore(self.station_dir)
+        self._store = StationStore(self.station_dir, settings=settings, must_exist=True)
 
     def list_clips(self) -> Iterable[RetainedClip]:
         for c in self._store.list_clips():
@@ -334,10 +362,10 @@ class StationClipStore:
                                c.envelope_sha256, c.pattern)
 
     def delete_clip(self, clip_id: str) -> int:
-        path = self._store.get(clip_id).path
-        existed = path.exists()
-        self._store.delete_clip(clip_id)
-        return int(existed)
+        return self._store.remove(clip_id)[1]
+
+    def delete_clips(self, clip_ids: list[str]) -> dict[str, int | BaseException]:
+        return self._store.remove_many(clip_ids)
 
     def close(self) -> None:
         self._store.close()

@@ -14,7 +14,6 @@ systemd restarts the unit), a ``STATUS=`` line with the counts, and ``STOPPING=1
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -25,7 +24,9 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
+from appliance.common.durable import atomic_write
 from appliance.contracts import protocol as p
+from appliance.contracts.alarm import AlarmError, parse_alarm, verify_alarm
 from appliance.contracts.curve import load_curve_keypair
 from appliance.contracts.envelope import (
     DEFAULT_MAX_ENVELOPE_BYTES,
@@ -41,7 +42,8 @@ from appliance.contracts.keys import (
 )
 from appliance.station.keys import StationKeyPaths
 from appliance.station.registry import AllowListProvider, DeviceRecord, DeviceRegistry
-from appliance.station.store import ClipStore
+from appliance.station.storage import StorageSettings, open_storage, resolve_settings
+from appliance.station.store import AlarmConflict, ClipStore
 
 log = logging.getLogger("appliance.station")
 
@@ -68,8 +70,10 @@ class StationServer:
 
     def __init__(self, station_dir: str | Path, bind: str = "tcp://127.0.0.1:*", *, audit: Any = None,
                  max_envelope_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES, ready_file: str | Path | None = None,
-                 notifier: Any = None):
+                 notifier: Any = None, storage: StorageSettings | None = None):
         self.station_dir = Path(station_dir)
+        # Resolved now, so a bad --db/--store or storage.toml fails before anything listens.
+        self.storage_settings = storage or resolve_settings(self.station_dir)
         self.notifier = notifier
         self.bind = bind
         self.audit = audit
@@ -102,14 +106,15 @@ class StationServer:
     # -- loop -------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
+        storage = open_storage(self.station_dir, settings=self.storage_settings, synchronous="NORMAL")
         ctx = zmq.Context()
         auth = ThreadAuthenticator(ctx, log=logging.getLogger("appliance.station.zap"))
         auth.start()
-        auth.configure_curve_callback("*", AllowListProvider(self.station_dir))
         sock = ctx.socket(zmq.ROUTER)
         monitor = None
-        registry = DeviceRegistry(self.station_dir)
-        store = ClipStore(self.station_dir)
+        auth.configure_curve_callback("*", AllowListProvider(self.station_dir, storage.db))
+        registry = DeviceRegistry(self.station_dir, database=storage.db)
+        store = ClipStore(self.station_dir, storage=storage)
         try:
             recovered = store.recover()
             if recovered:
@@ -124,11 +129,10 @@ class StationServer:
             p.allow_ipv6_endpoint(sock, self.bind)
             sock.bind(self.bind)
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            log.info("station listening on %s (max envelope %d bytes)", self.endpoint, self.max_envelope_bytes)
+            log.info("station listening on %s (max envelope %d bytes; %s)", self.endpoint, self.max_envelope_bytes,
+                     self.storage_settings.describe())
             if self.ready_file is not None:
-                tmp = self.ready_file.with_name(self.ready_file.name + ".tmp")
-                tmp.write_text(self.endpoint + "\n")
-                os.replace(tmp, self.ready_file)
+                atomic_write(self.ready_file, (self.endpoint + "\n").encode("utf-8"), mode=0o666)
             self.ready.set()
             if self.notifier is not None:
                 self.notifier.ready(f"listening on {self.endpoint}")
@@ -159,6 +163,7 @@ class StationServer:
             auth.stop()
             registry.close()
             store.close()
+            storage.close()
             ctx.term()
             log.info("station stopped")
 
@@ -166,7 +171,8 @@ class StationServer:
         """``listening on tcp://0.0.0.0:7100; stored 12, duplicate 1, heartbeat 240, rejected 0``."""
         c = self.counts
         rejected = sum(v for k, v in c.items() if k.startswith("rejected."))
-        return (f"listening on {self.endpoint}; stored {c.get('stored', 0)}, duplicate {c.get('duplicate', 0)}, "
+        return (f"listening on {self.endpoint}; alarms {c.get('alarm.stored', 0)}, "
+                f"stored {c.get('stored', 0)}, duplicate {c.get('duplicate', 0)}, "
                 f"heartbeat {c.get('heartbeat', 0)}, probe {c.get('probe', 0)}, rejected {rejected}")
 
     def _log_monitor(self, monitor: zmq.Socket) -> None:
@@ -181,7 +187,7 @@ class StationServer:
         frames = sock.recv_multipart(copy=False)
         routing_id = frames[0].bytes
         try:
-            user_id = frames[-1].get("User-Id") or ""
+            user_id = str(frames[-1].get("User-Id") or "")
         except zmq.ZMQError:
             user_id = ""
         data = [f.bytes for f in frames[1:]]
@@ -193,7 +199,7 @@ class StationServer:
             ok, body = self._handle(data, user_id, peer, registry, store)
         except Rejected as r:
             ok, body = False, self._reject(r, peer)
-        except EnvelopeError as exc:
+        except (EnvelopeError, AlarmError) as exc:
             ok, body = False, self._reject(Rejected(exc.reason, exc.detail), peer)
         except Exception as exc:
             log.exception("internal error handling a message from %s", peer)
@@ -228,6 +234,8 @@ class StationServer:
             raise Rejected(exc.reason, exc.detail) from None
         if req.kind == p.ENVELOPE:
             return self._handle_envelope(req, user_id, peer, registry, store)
+        if req.kind == p.ALARM:
+            return self._handle_alarm(req, user_id, peer, registry, store)
         try:
             doc = p.parse_json_body(req.body)
         except p.ProtocolError as exc:
@@ -267,6 +275,29 @@ class StationServer:
         self._audit("station.heartbeat", device_id=device_id, checkpoints_new=new)
         return True, {"type": "ack", "for": "heartbeat", "status": "recorded", "device_id": device_id}
 
+    def _handle_alarm(self, req: p.Request, user_id: str, peer: str, registry: DeviceRegistry,
+                      store: ClipStore) -> tuple[bool, dict[str, Any]]:
+        """An alarm message (docs/alarm-message.md): verify the device's signature, store, ack."""
+        parsed = parse_alarm(req.body)
+        device = self._device_for(parsed.device_id, user_id, registry)
+        try:
+            verify_alarm(parsed, device.signing_public)
+        except AlarmError as exc:
+            raise Rejected(exc.reason, exc.detail, parsed.device_id) from None
+        try:
+            alarm, duplicate = store.store_alarm(parsed)
+        except AlarmConflict as exc:
+            raise Rejected("replayed_sequence", str(exc), parsed.device_id) from None
+        status = "duplicate" if duplicate else "stored"
+        self._count(f"alarm.{status}")
+        log.info("alarm %s %s (%s, %d skeleton frames)", alarm.alarm_id, status, alarm.pattern,
+                 len(parsed.body["skeletons"]["frames"]))
+        self._audit("station.alarm", alarm_id=alarm.alarm_id, device_id=parsed.device_id,
+                    sequence=parsed.sequence, alarm_sha256=parsed.sha256, status=status, pattern=alarm.pattern,
+                    profile=parsed.body["profile"]["id"], peer=peer)
+        return True, {"type": "ack", "for": "alarm", "status": status, "device_id": parsed.device_id,
+                      "sequence": parsed.sequence, "alarm_sha256": parsed.sha256, "alarm_id": alarm.alarm_id}
+
     def _handle_envelope(self, req: p.Request, user_id: str, peer: str, registry: DeviceRegistry,
                          store: ClipStore) -> tuple[bool, dict[str, Any]]:
         parsed = parse_envelope(req.body, max_bytes=self.max_envelope_bytes)
@@ -288,9 +319,10 @@ class StationServer:
             store.record_seen(header.device_id, "envelope")
         status = "duplicate" if result.duplicate else "stored"
         self._count(status)
-        log.info("%s %s#%d as clip %s (%d bytes)", status, header.device_id, header.sequence,
+        log.info("%s the clip of alarm %s#%d (envelope %s, %d bytes)", status, header.device_id, header.sequence,
                  result.clip.clip_id, len(parsed.data))
-        self._audit("station.stored", clip_id=result.clip.clip_id, device_id=header.device_id,
+        self._audit("station.stored", alarm_id=f"{header.device_id}#{header.sequence}",
+                    clip_id=result.clip.clip_id, device_id=header.device_id,
                     sequence=header.sequence, envelope_sha256=parsed.sha256, status=status,
                     profile=header.profile["id"], pattern=header.pattern)
         return True, {"type": "ack", "for": "envelope", "status": status, "device_id": header.device_id,

@@ -176,9 +176,8 @@ class BehaviourAnalyzer:
         if self.cfg.fight_model:
             self.fight_model = FightModel.load(self.cfg.fight_model, models_dir)
         self._regions = RegionWindows(self.fight_model.window_s if self.fight_model else 2.0)
-        #: Regions whose stage-2 classifier is above its operating point this frame (with two-person
-        #: evidence): region id -> its score. Pair rules fire only inside one of them.
-        self._confirmed: dict[int, RegionScore] = {}
+        #: Regions with two-person evidence this frame (strike, kick, push, strangle need one).
+        self._two_person_regions: dict[int, RegionScore] = {}
         #: This frame's stage-2 regions (features; for training and tests).
         self.region_scores: list[RegionScore] = []
 
@@ -276,9 +275,10 @@ class BehaviourAnalyzer:
                     continue
                 region = None
                 if self.fight_model is not None:
-                    # A violent rule needs the pair's stage-2 region above the operating point:
-                    # one fast wrist near somebody is what keypoints jumping between two
-                    # passers-by look like.
+                    # A violent rule needs the pair to be a stage-2 candidate region with
+                    # two-person evidence: stage 1 saw them within reach with moving limbs, and
+                    # the pixels (tracks not one body twice, or two persons in the zoomed crop)
+                    # confirm two bodies.
                     region = self._region_of((a.track_id, b.track_id))
                     if region is None:
                         continue
@@ -445,7 +445,7 @@ class BehaviourAnalyzer:
         """The stage-2 classifier per candidate region; a fight observation per region whose
         P(fight) reached the model's threshold in ``consecutive_windows`` windows in a row with
         two-person evidence."""
-        self._confirmed = {}
+        self._two_person_regions = {}
         model = self.fight_model
         samples = {p.track_id: (p.prev, p.sample) for p in persons}
         self.region_scores = self._regions.update(t, evidence, samples) if evidence else []
@@ -453,6 +453,8 @@ class BehaviourAnalyzer:
             return []
         out = []
         for score in self.region_scores:
+            if score.two_persons:
+                self._two_person_regions[score.region] = score
             if score.span_s < model.min_window_s - 1e-6 or not score.two_persons:
                 self._regions.set_run(score.region, 0)
                 continue
@@ -462,7 +464,6 @@ class BehaviourAnalyzer:
             self._regions.set_run(score.region, run)
             if run < model.consecutive_windows:
                 continue
-            self._confirmed[score.region] = score
             # 0.5 at the model's threshold, 1 at certainty (the other detectors' convention).
             conf = 0.5 + 0.5 * (p - model.threshold) / (1.0 - model.threshold)
             explanation: dict[str, Any] = {
@@ -485,8 +486,10 @@ class BehaviourAnalyzer:
         return out
 
     def _region_of(self, ids: tuple[int, ...]) -> int | None:
-        """The confirmed stage-2 region holding all of ``ids`` (pair rules need one)."""
-        for rid, score in self._confirmed.items():
+        """The stage-2 region holding all of ``ids`` with two-person evidence this frame (the
+        kinematic strike, kick, push and strangle rules need one; they are physical and
+        explained, so they do not also need the classifier's probability)."""
+        for rid, score in self._two_person_regions.items():
             if set(ids) <= set(score.track_ids):
                 return rid
         return None

@@ -25,12 +25,14 @@ from appliance.box.config import AppConfig, UplinkConfig, load_config, parse_con
 from appliance.box.provision.files import (
     apply_updates,
     layout_for,
+    plain,
     read_config_document,
     record,
     write_config_document,
 )
-from appliance.box.provision.network import _redact, camera_kind
+from appliance.box.provision.network import camera_kind
 from appliance.common.errors import InputError
+from appliance.common.urls import redact_url
 from appliance.contracts.curve import (
     curve_fingerprint,
     generate_curve_keypair,
@@ -106,7 +108,7 @@ def init_device(config_path: str | Path, *, device_id: str | None = None, state_
     if camera is not None:
         updates["camera"] = {"source": camera}
     new_doc = apply_updates(doc, updates)
-    parse_config(new_doc, str(config_path))  # validate before touching any key
+    parse_config(plain(new_doc), str(config_path))  # validate before touching any key
 
     existing = [p for p in (layout.signing_key, layout.curve_secret, layout.curve_public) if p.exists()]
     old: dict[str, str] = {}
@@ -187,7 +189,7 @@ def build_request(cfg: AppConfig) -> bytes:
     body = {
         "device_id": cfg.device.id,
         "description": cfg.device.description,
-        "camera": {"kind": camera_kind(source) if source else "none", "source": _redact(source)},
+        "camera": {"kind": camera_kind(source) if source else "none", "source": redact_url(source, keep_username=True)},
         "signing_public": b64(raw_public(key.public_key())),
         "curve_public": curve_public.decode("ascii"),
         "fingerprints": {"signing": public_key_fingerprint(key), "curve": curve_fingerprint(curve_public)},
@@ -253,10 +255,12 @@ def import_bundle(config_path: str | Path, data: bytes, typed_fingerprint: str, 
         "uplink": {"endpoint": bundle.endpoint, "station_curve_public": str(layout.station_curve_public)},
         "policy": {"profile": profile},
     }
+    # Several station receivers: the uplink fails over in this order (empty: uplink.endpoint alone).
+    updates["station"] = {"endpoints": list(bundle.receivers) if len(bundle.receivers) > 1 else []}
     if "station_signing_public" in UplinkConfig.__dataclass_fields__:
         updates["uplink"]["station_signing_public"] = str(layout.station_signing_public)
     doc = apply_updates(read_config_document(config_path), updates)
-    parse_config(doc, str(config_path))  # validate before writing anything
+    parse_config(plain(doc), str(config_path))  # validate before writing anything
 
     dropins: tuple[Path, ...] = ()
     if unit_dir is not None:
@@ -266,7 +270,7 @@ def import_bundle(config_path: str | Path, data: bytes, typed_fingerprint: str, 
             write_dropins,
         )
 
-        planned = [station_dropin(bundle.endpoint)]
+        planned = [station_dropin(bundle.receivers)]
         if cfg.camera is not None:
             planned.insert(0, camera_dropin(cfg.camera.source))
     layout.make_dirs()
@@ -281,6 +285,7 @@ def import_bundle(config_path: str | Path, data: bytes, typed_fingerprint: str, 
         dropins = tuple(write_dropins(planned, Path(unit_dir)))
     layout.hand_over()
     record(layout, "import", station_fingerprint=bundle.fingerprint, endpoint=bundle.endpoint,
+           endpoints=list(bundle.receivers),
            profile=profile, dropins=[str(p) for p in dropins])
     return ImportResult(new_cfg, bundle.fingerprint, profile, changed, dropins)
 
