@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from appliance.box.behaviour import BehaviourAnalyzer
-from appliance.box.behaviour.stage2 import CandidateGate, Stage2
+from appliance.box.behaviour.stage2 import CandidateGate, RegionEvidence, Stage2
 from appliance.box.capture import RingBuffer
 from appliance.box.clip import build_clip
 from appliance.box.config import AppConfig
@@ -160,7 +160,7 @@ class Pipeline:
         self._tracked_history.append(tracked)
         self._wall_offset = frame.wall - frame.t
         st = self.stats
-        evidence = ()
+        evidence: tuple[RegionEvidence, ...] = ()
         candidates = self.candidates.update(tracked)
         if candidates and self.stage2.max_regions:
             t2 = time.perf_counter()
