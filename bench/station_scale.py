@@ -468,9 +468,10 @@ def _retention(tmp: Path, tier: str, settings: Any, n: int) -> list[tuple[str, f
         retained.close()
         audit.close()
     records = 0
-    with open(tmp / "audit.jsonl", "rb") as fh:
-        for line in fh:
-            records += json.loads(line).get("kind") == "retention.delete"
+    for path in sorted(tmp.glob("audit.jsonl*")):   # the active file and its sealed segments
+        with open(path, "rb") as fh:
+            for line in fh:
+                records += json.loads(line).get("kind") == "retention.delete"
     verified = verify_log(tmp / "audit.jsonl").ok
     left = ClipStore(tmp, settings=settings)
     try:
