@@ -24,14 +24,14 @@ from types import MappingProxyType
 from typing import Any
 
 from appliance.config import ConfigError, package_root
-from appliance.types import VIOLENT_PATTERNS, Pattern, ProfileRef
+from appliance.types import CRIME_PATTERNS, Pattern, ProfileRef
 
 #: The profile file format this code reads (docs/legal-profiles.md).
 FORMAT_VERSION = 1
 
 #: What the law lets the analysis look for → the patterns such a profile may permit.
 PURPOSES: Mapping[str, frozenset[Pattern]] = MappingProxyType({
-    "crime": frozenset(VIOLENT_PATTERNS),
+    "crime": CRIME_PATTERNS,
     "crime-and-helpless-person": frozenset(Pattern),
 })
 
@@ -270,7 +270,7 @@ def _rule(name: str, table: Any, purpose: str | None, problems: list[str]) -> Pa
     if permitted and purpose is not None and pattern not in PURPOSES[purpose]:
         allowed = ", ".join(sorted(p.value for p in PURPOSES[purpose]))
         problems.append(
-            f"{where}.permitted = true: profile purpose {purpose!r} may only permit the violent patterns "
+            f"{where}.permitted = true: profile purpose {purpose!r} may only permit the crime patterns "
             f"{allowed} (fix: set permitted = false, or use a profile whose purpose is "
             f"'crime-and-helpless-person', e.g. 'helpless-person')")
     return PatternRule(pattern, permitted, min_conf, min_dur)

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from appliance.errors import ModelError
 from appliance.pose.manifest import ModelEntry, verified_model
 from appliance.types import NUM_KEYPOINTS, Detections, Frame
 
@@ -119,8 +120,25 @@ class PoseEstimator:
 
 
 def estimator_from_config(pose_cfg) -> PoseEstimator:
-    """Builds the estimator from a validated :class:`appliance.config.PoseConfig`."""
+    """Builds the estimator the manifest entry of ``pose.model`` calls for (YOLO-pose or
+    MoveNet), from a validated :class:`appliance.config.PoseConfig`. Both return the same
+    :class:`~appliance.types.Detections`."""
+    from appliance.pose.manifest import POSE_ARCHITECTURES, load_manifest
+
+    models_dir = pose_cfg.models_dir or None
+    entry = load_manifest(models_dir).get(pose_cfg.model)
+    if entry is not None and entry.architecture not in POSE_ARCHITECTURES:
+        pose_models = [e.name for e in load_manifest(models_dir).values() if e.architecture in POSE_ARCHITECTURES]
+        raise ModelError(f"pose.model = {pose_cfg.model!r} is a {entry.architecture} model, not a pose model "
+                         f"(fix: one of {', '.join(pose_models)})")
+    input_width = pose_cfg.input_width or (entry.input_width if entry is not None else 0) or 640
+    if entry is not None and entry.architecture == "movenet-multipose":
+        from appliance.pose.movenet import MoveNetEstimator
+
+        return MoveNetEstimator(pose_cfg.model, models_dir=models_dir, input_width=input_width,
+                                threads=pose_cfg.threads, score_threshold=pose_cfg.score_threshold,
+                                max_persons=pose_cfg.max_persons)
     return PoseEstimator(
-        pose_cfg.model, models_dir=pose_cfg.models_dir or None, input_width=pose_cfg.input_width,
+        pose_cfg.model, models_dir=models_dir, input_width=input_width,
         threads=pose_cfg.threads, score_threshold=pose_cfg.score_threshold,
         nms_iou=pose_cfg.nms_iou, max_persons=pose_cfg.max_persons)

@@ -14,8 +14,14 @@ from pathlib import Path
 from appliance.config import package_root
 from appliance.errors import ModelError
 
-REQUIRED_KEYS = ("name", "file", "sha256", "licence", "source", "keypoint_order",
+REQUIRED_KEYS = ("name", "file", "sha256", "licence", "source", "architecture", "keypoint_order",
                  "input_name", "input_layout", "output_name", "output_layout")
+
+#: What code reads a model: the pose stage picks its estimator by this, the object stage and
+#: the fight classifier check it, so a model can never be handed to the wrong decoder.
+ARCHITECTURES = ("yolo-pose", "movenet-multipose", "yolox", "logistic-regression-json")
+#: Architectures the pose stage can run ([pose] model).
+POSE_ARCHITECTURES = ("yolo-pose", "movenet-multipose")
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,19 @@ class ModelEntry:
     input_layout: str
     output_name: str
     output_layout: str
+    architecture: str = "yolo-pose"
     quantized_from: str = ""   # name of the fp32 model an INT8 variant was derived from
+    input_width: int = 0       # the input width the model was made for (0: not stated)
+    #: Monotone piecewise-linear maps ([raw, calibrated] knots, raw ascending) putting a pose
+    #: model's person / keypoint scores on the scale the thresholds were tuned on (YOLO11n-pose).
+    score_calibration: tuple[tuple[float, float], ...] = ()
+    keypoint_calibration: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def agpl(self) -> bool:
+        """Whether shipping this model carries AGPL obligations (a police force or integrator
+        may not be able to accept them: `provision check` warns)."""
+        return "AGPL" in self.licence.upper()
 
 
 def default_models_dir() -> Path:
@@ -52,17 +70,47 @@ def load_manifest(models_dir: str | Path | None = None) -> dict[str, ModelEntry]
         missing = [k for k in REQUIRED_KEYS if not isinstance(raw.get(k), str) or not raw.get(k)]
         if missing:
             raise ModelError(f"model manifest {path}: model[{i}] lacks {', '.join(missing)}")
-        if raw["keypoint_order"] != "coco17":
+        if raw["keypoint_order"] not in ("coco17", "none"):
             raise ModelError(f"model manifest {path}: model {raw['name']!r} has keypoint_order "
-                             f"{raw['keypoint_order']!r}; only 'coco17' is supported")
+                             f"{raw['keypoint_order']!r}; only 'coco17' (or 'none' for a detector "
+                             "without keypoints) is supported")
+        if raw["architecture"] not in ARCHITECTURES:
+            raise ModelError(f"model manifest {path}: model {raw['name']!r} has architecture "
+                             f"{raw['architecture']!r}; known: {', '.join(ARCHITECTURES)}")
+        if raw["architecture"] in POSE_ARCHITECTURES and raw["keypoint_order"] != "coco17":
+            raise ModelError(f"model manifest {path}: pose model {raw['name']!r} must give "
+                             "keypoint_order 'coco17' (the behaviour stage reads that order only)")
+        width = raw.get("input_width", 0)
+        if not isinstance(width, int) or isinstance(width, bool) or width < 0 or width % 32:
+            raise ModelError(f"model manifest {path}: model {raw['name']!r} has input_width "
+                             f"{width!r}; must be a multiple of 32")
+        curves = {key: _calibration(raw.get(key, []), f"model manifest {path}: model {raw['name']!r}: {key}")
+                  for key in ("score_calibration", "keypoint_calibration")}
         entries[raw["name"]] = ModelEntry(
             name=raw["name"], path=models_dir / raw["file"], sha256=raw["sha256"].lower(),
             licence=raw["licence"], source=raw["source"], keypoint_order=raw["keypoint_order"],
             input_name=raw["input_name"], input_layout=raw["input_layout"],
             output_name=raw["output_name"], output_layout=raw["output_layout"],
-            quantized_from=raw.get("quantized_from", ""),
+            architecture=raw["architecture"], quantized_from=raw.get("quantized_from", ""),
+            input_width=width, **curves,
         )
     return entries
+
+
+def _calibration(value, where: str) -> tuple[tuple[float, float], ...]:
+    """Validates a list of [raw, calibrated] knots: numbers in 0..1, raw strictly ascending,
+    calibrated non-decreasing (a calibration must not reorder scores)."""
+    ok = isinstance(value, list) and all(
+        isinstance(k, list) and len(k) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in k)
+        for k in value)
+    if ok and value:
+        xs, ys = [k[0] for k in value], [k[1] for k in value]
+        ok = len(value) >= 2 and all(a < b for a, b in zip(xs, xs[1:])) and all(a <= b for a, b in zip(ys, ys[1:]))
+    if not ok:
+        raise ModelError(f"{where} must be a list of at least two [raw, calibrated] pairs in 0..1, raw "
+                         "ascending and calibrated non-decreasing (fix: re-run scripts/calibrate_pose_scores.py)")
+    return tuple((float(a), float(b)) for a, b in value)
 
 
 def file_sha256(path: Path) -> str:
@@ -73,7 +121,8 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def verified_model(name: str, models_dir: str | Path | None = None) -> tuple[ModelEntry, bytes]:
+def verified_model(name: str, models_dir: str | Path | None = None, *,
+                   purpose: str = "pose.model") -> tuple[ModelEntry, bytes]:
     """Returns the manifest entry and the model bytes, after checking the sha256.
 
     The bytes are hashed and handed to onnxruntime from the same buffer, so the file cannot
@@ -83,7 +132,7 @@ def verified_model(name: str, models_dir: str | Path | None = None) -> tuple[Mod
     if name not in entries:
         known = ", ".join(sorted(entries)) or "none"
         raise ModelError(f"model {name!r} is not in the manifest (known: {known}); "
-                         "fix: set pose.model to a listed name")
+                         f"fix: set {purpose} to a listed name")
     entry = entries[name]
     try:
         blob = entry.path.read_bytes()
