@@ -1,7 +1,7 @@
 """Fits the score calibration that puts a second pose model's scores on YOLO11n-pose's scale.
 
     .venv/bin/python scripts/calibrate_pose_scores.py ../shared/data [--model movenet-multipose-lightning]
-        [--cache DIR] [--fps 2]
+        [--cache DIR] [--fps 2] [--limit N]
 
 Tracking (high_score / low_score), the fight classifier and the behaviour detectors
 (keypoint_min_conf) were all tuned on YOLO11n-pose's person and keypoint scores. MoveNet's
@@ -77,13 +77,13 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-6)
 
 
-def detections(root: Path, model: str, fps: float, cache: Path | None) -> list[tuple]:
+def detections(root: Path, model: str, fps: float, cache: Path | None, limit: int | None) -> list[tuple]:
     """[(video, frame t, yolo Detections, other Detections)], cached per video when asked."""
     cfg_yolo = default_config(pose={"model": "yolo11n-pose", "score_threshold": 0.05})
     cfg_other = default_config(pose={"model": model, "score_threshold": 0.01})
     est_yolo, est_other = estimator_from_config(cfg_yolo.pose), estimator_from_config(cfg_other.pose)
     est_other.calibrated = False
-    plan = plan_for(root)
+    plan = plan_for(root, limit)
     videos = [*plan.normal, *plan.fight, *plan.nofight, *plan.fall_videos]
     out = []
     for video in videos:
@@ -114,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="movenet-multipose-lightning")
     ap.add_argument("--fps", type=float, default=2.0)
     ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--limit", type=int, default=None, help="at most N videos per folder")
     args = ap.parse_args(argv)
-    rows = detections(args.root, args.model, args.fps, args.cache)
+    rows = detections(args.root, args.model, args.fps, args.cache, args.limit)
     person_x, person_y, kp_x, kp_y = [], [], [], []
     for _, _, yb, ys, yk, ob, os_, ok in rows:
         if len(ob) == 0:
