@@ -14,11 +14,11 @@ import time
 
 import numpy as np
 
+from appliance.box.config import ObjectsConfig, default_config
 from appliance.box.objects import ObjectDetector, ObjectStage
-from appliance.config import ObjectsConfig, default_config
-from appliance.pose import estimator_from_config
-from appliance.tracking import Tracker
-from appliance.types import Detections
+from appliance.box.pose import estimator_from_config
+from appliance.box.tracking import Tracker
+from appliance.contracts.types import Detections
 from bench.pose import VIDEOS, real_frames
 
 
@@ -37,7 +37,7 @@ def _detector_rows() -> list[tuple[str, float, str]]:
 
 
 def _stage_rows() -> list[tuple[str, float, str]]:
-    from appliance.capture import FileSource
+    from appliance.box.capture import FileSource
 
     cfg = default_config()
     est = estimator_from_config(cfg.pose)

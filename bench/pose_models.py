@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.behaviour.evaluate import video_frames
-from appliance.config import PoseConfig, TrackingConfig
-from appliance.pose import estimator_from_config
+from appliance.box.behaviour.evaluate import video_frames
+from appliance.box.config import PoseConfig, TrackingConfig
+from appliance.box.pose import estimator_from_config
 from bench.pose import agreement
 from bench.tracking import Counts, _load_gt, _sequence_detections, _shared_mot, _track, evaluate
 

@@ -32,9 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from appliance.behaviour.evaluate import plan_for, video_frames  # noqa: E402
-from appliance.config import default_config  # noqa: E402
-from appliance.pose import estimator_from_config  # noqa: E402
+from appliance.box.behaviour.evaluate import plan_for, video_frames
+from appliance.box.config import default_config
+from appliance.box.pose import estimator_from_config
 
 KNOTS = np.round(np.linspace(0.0, 1.0, 21), 2)
 

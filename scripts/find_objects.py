@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from appliance.behaviour.evaluate import VIDEO_SUFFIXES, video_frames  # noqa: E402
-from appliance.box.objects import ObjectDetector  # noqa: E402
+from appliance.box.behaviour.evaluate import VIDEO_SUFFIXES, video_frames
+from appliance.box.objects import ObjectDetector
 
 
 def main(argv: list[str] | None = None) -> int:

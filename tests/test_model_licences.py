@@ -8,10 +8,10 @@ from pathlib import Path
 
 import tomli_w
 
+from appliance.box.pose import load_manifest
+from appliance.box.provision.check import format_table, run_checks
+from appliance.box.provision.enrolment import init_device
 from appliance.cli import main
-from appliance.pose import load_manifest
-from appliance.provision.check import format_table, run_checks
-from appliance.provision.enrolment import init_device
 from tests.conftest import ROOT, WALK_CLIP
 
 

@@ -17,15 +17,15 @@ import cv2
 import numpy as np
 import pytest
 
-from appliance.behaviour import BehaviourAnalyzer
+from appliance.box.behaviour import BehaviourAnalyzer
+from appliance.box.config import ConfigError, ObjectsConfig, default_config, package_root, parse_config
 from appliance.box.objects import COCO_CLASSES, ObjectDetector, ObjectStage
 from appliance.box.objects.stage import box_point_distance
-from appliance.config import ConfigError, ObjectsConfig, default_config, package_root, parse_config
-from appliance.errors import ModelError
-from appliance.policy import PolicyGate, load_profile, parse_profile
-from appliance.pose import estimator_from_config
-from appliance.tracking import Tracker
-from appliance.types import KP, Detections, HandScan, HeldObject, Pattern, TrackedFrame, TrackedPerson
+from appliance.box.policy import PolicyGate, load_profile, parse_profile
+from appliance.box.pose import estimator_from_config
+from appliance.box.tracking import Tracker
+from appliance.common.errors import ModelError
+from appliance.contracts.types import KP, Detections, HandScan, HeldObject, Pattern, TrackedFrame, TrackedPerson
 
 ROOT = package_root()
 FIXTURE = Path(__file__).parent / "fixtures" / "objects" / "arm_wrestling_bottle.npz"

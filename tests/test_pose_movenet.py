@@ -14,11 +14,11 @@ import sys
 import numpy as np
 import pytest
 
-from appliance.config import default_config
-from appliance.errors import ModelError
-from appliance.pose import estimator_from_config, load_manifest
-from appliance.pose.movenet import MoveNetEstimator
-from appliance.types import KP, Detections
+from appliance.box.config import default_config
+from appliance.box.pose import estimator_from_config, load_manifest
+from appliance.box.pose.movenet import MoveNetEstimator
+from appliance.common.errors import ModelError
+from appliance.contracts.types import KP, Detections
 from tests.conftest import DEMO_CLIP, ROOT
 from tests.test_pose import read_frame
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from appliance.box.objects.detector import ObjectDetector
-from appliance.types import KP, HandScan, HeldObject, TrackedFrame, TrackedPerson
+from appliance.contracts.types import KP, HandScan, HeldObject, TrackedFrame, TrackedPerson
 
 WRISTS = (("left", KP["left_wrist"]), ("right", KP["right_wrist"]))
 #: A wrist keypoint below this confidence is not used (the behaviour stage's keypoint_min_conf).
