@@ -14,8 +14,11 @@ mapped through a monotone piecewise-linear curve fitted here:
 * each of the other model's persons is matched to YOLO's (IoU >= 0.5, greedy by IoU);
 * person score: isotonic regression of the matched YOLO score (0 when unmatched: a person YOLO
   does not see should not start a track) on the raw score;
-* keypoint score: isotonic regression of YOLO's confidence for the same joint of the matched
-  person on the raw keypoint score.
+* keypoint score: quantile matching over the joints of matched persons: a raw score that
+  MoveNet exceeds on a share q of joints maps to the score YOLO exceeds on the same share q. The
+  detectors use keypoint scores as thresholds (keypoint_min_conf 0.3, posture 0.15), so what
+  must match is how many joints pass them, not the mean (an isotonic fit of YOLO's score on
+  MoveNet's squeezes every joint towards YOLO's mean, 0.5, and lets nearly every joint pass).
 
 Prints the curves as TOML for the model's manifest entry (``score_calibration``,
 ``keypoint_calibration``: lists of [raw, calibrated] knots).
@@ -62,6 +65,17 @@ def knots(x: np.ndarray, y: np.ndarray) -> list[list[float]]:
         sel = np.abs(xs - k) <= 0.025
         value = float(fit[sel].mean()) if sel.any() else (float(np.interp(k, xs, fit)) if len(xs) else k)
         last = max(last, value)
+        out.append([float(k), round(last, 3)])
+    out[0][1] = 0.0
+    return out
+
+
+def quantile_knots(x: np.ndarray, y: np.ndarray) -> list[list[float]]:
+    """Maps x's distribution onto y's at KNOTS: cal(k) = quantile_y(share of x <= k)."""
+    out, last = [], 0.0
+    for k in KNOTS:
+        value = float(np.quantile(y, float(np.mean(x <= k)))) if len(x) else k
+        last = max(last, min(value, 1.0))
         out.append([float(k), round(last, 3)])
     out[0][1] = 0.0
     return out
@@ -142,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {len(rows)} frames, {len(px)} {args.model} persons ({int((py > 0).sum())} matched to YOLO), "
           f"{len(kx)} keypoints", file=sys.stderr)
     print(f"score_calibration = {knots(px, py)}")
-    print(f"keypoint_calibration = {knots(kx, ky)}")
+    print(f"keypoint_calibration = {quantile_knots(kx, ky)}")
     return 0
 
 
