@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
-from appliance.box.pose.manifest import ModelEntry, verified_model
+from appliance.box.pose.manifest import ModelEntry, verified_session
 
 PAD_VALUE = 114
 STRIDES = (8, 16, 32)
@@ -71,13 +70,9 @@ class ObjectDetector:
     def __init__(self, model: str = "yolox-nano", *, models_dir: str | None = None, threads: int = 2,
                  nms_iou: float = 0.45):
         self.entry: ModelEntry
-        self.entry, blob = verified_model(model, models_dir, purpose="objects.model")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.entry, self.session = verified_session(model, models_dir, purpose="objects.model",
+                                                    threads=threads,
+                                                    architecture=("yolox",))
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_size = int(inp.shape[2])

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
-from appliance.box.pose.manifest import ModelEntry, verified_model
+from appliance.box.pose.manifest import ModelEntry, verified_session
 from appliance.common.errors import ModelError
 from appliance.contracts.types import NUM_KEYPOINTS, Detections, Frame
 
@@ -52,14 +51,8 @@ class PoseEstimator:
                  input_width: int = 640, threads: int = 2, score_threshold: float = 0.35,
                  nms_iou: float = 0.5, max_persons: int = 50):
         self.entry: ModelEntry
-        self.entry, blob = verified_model(model, models_dir)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.entry, self.session = verified_session(model, models_dir, threads=threads,
+                                                    architecture=("yolo-pose",))
         self.input_name = self.session.get_inputs()[0].name
         self.input_width = input_width
         self.score_threshold = score_threshold

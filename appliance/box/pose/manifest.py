@@ -147,3 +147,25 @@ def verified_model(name: str, models_dir: str | Path | None = None, *,
             "refusing to load it (fix: restore the original file, or re-export it and update "
             "models/manifest.toml through review)")
     return entry, blob
+
+
+def verified_session(name: str, models_dir: str | Path | None = None, *, threads: int = 2,
+                     purpose: str = "pose.model", architecture: tuple[str, ...] = ()):
+    """The manifest entry and an onnxruntime CPU session on the hash-checked bytes.
+
+    One place for how every ONNX model of the box is opened (sequential, ``threads`` intra-op
+    threads, full graph optimisation). ``architecture``: the architectures the caller can
+    decode; another one is refused naming ``purpose`` (a detector is no pose model)."""
+    import onnxruntime as ort
+
+    entry, blob = verified_model(name, models_dir, purpose=purpose)
+    if architecture and entry.architecture not in architecture:
+        raise ModelError(f"{purpose} = {name!r} is a {entry.architecture} model; this needs "
+                         f"{' or '.join(architecture)} (fix: set {purpose} to such a model)")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return entry, ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])

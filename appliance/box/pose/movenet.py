@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
 from appliance.box.pose.estimator import Letterbox, letterbox_geometry
-from appliance.box.pose.manifest import ModelEntry, verified_model
+from appliance.box.pose.manifest import ModelEntry, verified_session
 from appliance.contracts.types import NUM_KEYPOINTS, Detections, Frame
 
 #: MoveNet MultiPose returns at most this many persons per frame.
@@ -41,14 +40,8 @@ class MoveNetEstimator:
                  input_width: int = 256, threads: int = 2, score_threshold: float = 0.2,
                  max_persons: int = MAX_PERSONS):
         self.entry: ModelEntry
-        self.entry, blob = verified_model(model, models_dir)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.entry, self.session = verified_session(model, models_dir, threads=threads,
+                                                    architecture=("movenet-multipose",))
         self.input_name = self.session.get_inputs()[0].name
         self.input_width = input_width
         self.score_threshold = score_threshold
