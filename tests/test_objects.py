@@ -174,9 +174,11 @@ def test_objects_config_is_validated_with_fixes():
     with pytest.raises(ConfigError) as info:
         parse_config({"objects": {"classes": ["knife", "sword"], "min_frames": 0, "max_crops": "2", "colour": 1}})
     msg = str(info.value)
-    assert "objects.classes: 'sword' not known (fix: use some of 'knife'" in msg
+    assert "objects.classes[1] = 'sword': must be one of 'knife', 'baseball bat'" in msg
     assert "objects.min_frames = 0: must be >= 1" in msg and "objects.max_crops = '2': must be an integer" in msg
     assert "objects.colour: unknown key" in msg
+    with pytest.raises(ConfigError, match=r"objects.classes = \[\]: names no class"):
+        parse_config({"objects": {"classes": []}})
     cfg = parse_config({"objects": {"enabled": True, "classes": ["knife"]}})
     assert cfg.objects.enabled and cfg.objects.classes == ("knife",)
 

@@ -117,19 +117,6 @@ def build(cls: type, table: Any, where: str, problems: list[str], *, skip: froze
         return None  # a required key was missing; already reported
 
 
-def _string_list(value: Any, key: str, fix: str, meta: Any, problems: list[str]) -> tuple[str, ...] | None:
-    choices = meta.get("choices")
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        problems.append(f"{key} = {value!r}: must be a non-empty array of strings (fix: {fix})")
-        return None
-    bad = [v for v in value if choices is not None and v not in choices]
-    if bad:
-        problems.append(f"{key}: {', '.join(map(repr, bad))} not known (fix: use some of "
-                        f"{', '.join(map(repr, choices))})")
-        return None
-    return tuple(dict.fromkeys(value))
-
-
 def _convert(tp: Any, value: Any, key: str, fix: str, meta: Any, problems: list[str]) -> Any:
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):  # X | None
@@ -139,10 +126,14 @@ def _convert(tp: Any, value: Any, key: str, fix: str, meta: Any, problems: list[
         return build(tp, value, key, problems)
     if tp == Polygon:
         return _check_polygon(value, key, problems, fix)
-    if origin is tuple and typing.get_args(tp)[-1] is Ellipsis:  # tuple[Region, ...]
+    if origin is tuple and typing.get_args(tp)[-1] is Ellipsis:  # tuple[Region, ...] or tuple[str, ...]
         item_tp = typing.get_args(tp)[0]
-        if item_tp is str:   # tuple[str, ...]: an array of strings, each one of the choices
-            return _string_list(value, key, fix, meta, problems)
+        if not dataclasses.is_dataclass(item_tp):
+            if not isinstance(value, list):
+                problems.append(f"{key} = {value!r}: must be an array, e.g. [\"a\", \"b\"] (fix: {fix})")
+                return None
+            items = [_convert(item_tp, v, f"{key}[{i}]", fix, meta, problems) for i, v in enumerate(value)]
+            return tuple(items) if all(i is not None for i in items) else None
         if not isinstance(value, list):
             problems.append(f"{key}: must be an array of tables, e.g. [[{key}]] (fix: {fix})")
             return None
