@@ -206,3 +206,23 @@ def test_box_point_distance():
     box = np.array([10, 10, 20, 20], np.float32)
     assert box_point_distance(box, np.array([15, 15])) == 0.0
     assert box_point_distance(box, np.array([23, 24])) == pytest.approx(5.0)
+
+
+def test_pipeline_counts_a_weapon_under_bw_polg_but_records_nothing():
+    """The whole box pipeline (masks → ring → pose → tracking → object stage → behaviour → gate)
+    on the real frames: the weapon decision is made and refused by the profile, no clip."""
+    from appliance.box.runtime import Pipeline, analyse_video
+
+    cfg = default_config(objects={"enabled": True, "classes": ["bottle"], "min_score": 0.2, "min_frames": 2,
+                                  "rescan_s": 0.1, "max_crops": 3})
+    pipeline = Pipeline(cfg)
+    results, decisions, clips = [], [], []
+    stats = analyse_video(pipeline, ((i, t, t, img) for i, t, img in fixture_frames()),
+                          on_result=results.append, on_clip=clips.append,
+                          on_final=lambda final: decisions.extend(final))
+    decisions += [d for r in results for d in r.decisions]
+    assert all(r.scan is not None for r in results) and stats.objects_s > 0
+    weapon = [d for d in decisions if d.event.pattern is Pattern.WEAPON]
+    assert weapon and not any(d.permitted for d in weapon)
+    assert weapon[0].rule == "patterns.weapon.permitted" and weapon[0].profile.version == "2026.2"
+    assert clips == [] and pipeline.pending == []
