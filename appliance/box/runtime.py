@@ -85,7 +85,8 @@ class Pipeline:
 
     def __init__(self, cfg: AppConfig, *, profile: str | None = None,
                  estimator: PoseEstimator | None = None,
-                 on_decision: Callable[[Decision], None] | None = None):
+                 on_decision: Callable[[Decision], None] | None = None,
+                 on_trigger: Callable[[Trigger, dict[str, Any]], None] | None = None):
         self.cfg = cfg
         self.ring = RingBuffer(cfg.ring.seconds, cfg.ring.max_fps)
         self.pose = estimator or estimator_from_config(cfg.pose)
@@ -101,12 +102,16 @@ class Pipeline:
         self._gate: PolicyGate | None = None
         self._frame_size: tuple[int, int] | None = None
         self.on_decision = on_decision
+        # Called at once when a permitted trigger fires (before its clip exists) with the
+        # involved tracks' skeletons so far: the daemon sends the alarm message from it.
+        self.on_trigger = on_trigger
         self.stats = PipelineStats()
         self.pending: list[Trigger] = []
         # Skeletons kept for clip metadata: as long as the ring, so any clip window is covered.
         self._tracked_history: collections.deque[TrackedFrame] = collections.deque(
             maxlen=max(2, math.ceil(cfg.ring.seconds * cfg.analysis.fps) + 2))
         self.analysis_period = 1.0 / cfg.analysis.fps
+        self._wall_offset = 0.0   # wall - stream time of the newest analysed frame
 
     # -- geometry-dependent parts are built on the first frame -------------------------
 
@@ -118,12 +123,22 @@ class Pipeline:
         self._masks = MaskSet.from_regions(self.cfg.privacy_masks, width, height)
         self._gate = PolicyGate(self.profile, ZoneSet.from_regions(self.cfg.zones, width, height))
 
+    # Masks and gate depend on the frame size, so they exist from the first frame on; nothing
+    # below runs before a frame was ingested.
+    def _mask_set(self) -> MaskSet:
+        assert self._masks is not None, "no frame ingested yet"
+        return self._masks
+
+    def _policy_gate(self) -> PolicyGate:
+        assert self._gate is not None, "no frame ingested yet"
+        return self._gate
+
     # -- capture side -------------------------------------------------------------------
 
     def ingest(self, index: int, t: float, wall: float, image: np.ndarray) -> np.ndarray:
         """Masks a (downscaled) frame and stores it in the ring. Returns the masked image."""
         self._on_frame_size(image.shape[1], image.shape[0])
-        masked = self._masks.apply(image)
+        masked = self._mask_set().apply(image)
         self.ring.push(masked, index, t, wall)
         st = self.stats
         st.frames += 1
@@ -141,6 +156,7 @@ class Pipeline:
         t1 = time.perf_counter()
         tracked = self.tracker.update(dets)
         self._tracked_history.append(tracked)
+        self._wall_offset = frame.wall - frame.t
         t2 = time.perf_counter()
         scan = self.objects.update(frame.image, tracked, self.behaviour.focus_tracks()) if self.objects else None
         st = self.stats
@@ -160,14 +176,17 @@ class Pipeline:
         return tuple(self._decide(e, last) for e in self.behaviour.flush())
 
     def _decide(self, event: Event, tracked: TrackedFrame | None) -> Decision:
-        decision = self._gate.decide(event, self._positions(tracked))
+        gate = self._policy_gate()
+        decision = gate.decide(event, self._positions(tracked))
         st = self.stats
         st.events += 1
         if decision.permitted:
             st.permitted += 1
-            trigger = self._gate.trigger_for(decision)
+            trigger = gate.trigger_for(decision)
             if trigger is not None:
                 self.pending.append(trigger)
+                if self.on_trigger is not None:
+                    self.on_trigger(trigger, self.alarm_skeletons(trigger))
         else:
             st.not_permitted += 1
         if self.on_decision:
@@ -200,7 +219,7 @@ class Pipeline:
                     log.warning("trigger %s: no frames left in the ring for its window", trigger.event.pattern)
                     continue
                 clips.append(build_clip(trigger, frames, self._tracks_json(trigger), self.pose.model_sha256,
-                                        self._masks, self.cfg.ring.max_fps))
+                                        self._mask_set(), self.cfg.ring.max_fps))
             self.stats.clips += 1
         return clips
 
@@ -216,6 +235,22 @@ class Pipeline:
                         "keypoints": np.round(p.keypoints, 2).tolist(),
                     })
         return {"keypoint_order": "coco17", "event_tracks": list(trigger.event.track_ids), "tracks": tracks}
+
+    def alarm_skeletons(self, trigger: Trigger) -> dict[str, Any]:
+        """The involved tracks' skeletons from the clip window's start until now (no bystanders).
+
+        ``{"frame_size": (w, h), "frames": [(t, [(track, box[4], keypoints[17][3]), ...]), ...],
+        "wall_offset": wall - t}``
+        """
+        involved = set(trigger.event.track_ids)
+        frames = []
+        for tf in self._tracked_history:
+            if tf.t >= trigger.window_start_t:
+                persons = [(p.track_id, p.box.tolist(), p.keypoints.tolist())
+                           for p in tf.persons if p.track_id in involved]
+                if persons:
+                    frames.append((tf.t, persons))
+        return {"frame_size": self._frame_size or (0, 0), "frames": frames, "wall_offset": self._wall_offset}
 
     def drop_pixels(self) -> None:
         """Shutdown: forget pending triggers' frames and zero the ring."""

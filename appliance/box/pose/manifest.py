@@ -12,18 +12,15 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.box.config import package_root
 from appliance.common.errors import ModelError
-
-REQUIRED_KEYS = ("name", "file", "sha256", "licence", "source", "architecture", "keypoint_order",
-                 "input_name", "input_layout", "output_name", "output_layout")
+from appliance.common.resources import data_dir
+from appliance.common.schema import build, opt
 
 #: What code reads a model: the pose stage picks its estimator by this, the object stage and
 #: the fight classifier check it, so a model can never be handed to the wrong decoder.
 ARCHITECTURES = ("yolo-pose", "movenet-multipose", "yolox", "logistic-regression-json")
 #: Architectures the pose stage can run ([pose] model).
 POSE_ARCHITECTURES = ("yolo-pose", "movenet-multipose")
-
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -42,8 +39,8 @@ class ModelEntry:
     input_width: int = 0       # the input width the model was made for (0: not stated)
     #: Monotone piecewise-linear maps ([raw, calibrated] knots, raw ascending) putting a pose
     #: model's person / keypoint scores on the scale the thresholds were tuned on (YOLO11n-pose).
-    score_calibration: tuple[tuple[float, float], ...] = ()
-    keypoint_calibration: tuple[tuple[float, float], ...] = ()
+    score_calibration: tuple[tuple[float, ...], ...] = ()
+    keypoint_calibration: tuple[tuple[float, ...], ...] = ()
 
     @property
     def agpl(self) -> bool:
@@ -52,8 +49,42 @@ class ModelEntry:
         return "AGPL" in self.licence.upper()
 
 
+# The file as written, validated by appliance.common.schema (unknown keys refused, each problem
+# naming its key and the fix).
+@dataclass(frozen=True, kw_only=True)
+class ManifestModel:
+    name: str = opt(nonempty=True, fix="the name configs use, e.g. name = \"yolo11n-pose\"")
+    file: str = opt(nonempty=True, fix="the file beside manifest.toml, e.g. file = \"yolo11n-pose.onnx\"")
+    sha256: str = opt(nonempty=True, fix="the file's SHA-256 (sha256sum), 64 hex digits")
+    licence: str = opt(nonempty=True, fix="the licence of the weights, e.g. licence = \"AGPL-3.0\"")
+    source: str = opt(nonempty=True, fix="where the weights come from and how the file was made")
+    task: str = opt("", fix="what the model does, e.g. task = \"multi-person 2D pose\"")
+    architecture: str = opt(choices=ARCHITECTURES,
+                            fix="which decoder reads the file, e.g. architecture = \"yolo-pose\"")
+    keypoint_order: str = opt(nonempty=True, choices=("coco17", "none"),
+                              fix="keypoint_order = \"coco17\" (the only order the appliance reads; "
+                                  "\"none\" for a detector without keypoints)")
+    input_width: int = opt(0, lo=0, hi=4096, fix="the input width the model was made for, a multiple of 32, "
+                                                 "e.g. input_width = 640")
+    input_name: str = opt(nonempty=True, fix="the graph's input tensor name, e.g. \"images\"")
+    input_layout: str = opt(nonempty=True, fix="shape, type and meaning of the input")
+    output_name: str = opt(nonempty=True, fix="the graph's output tensor name, e.g. \"output0\"")
+    output_layout: str = opt(nonempty=True, fix="shape, type and meaning of the output")
+    quantized_from: str = opt("", fix="the name of the fp32 model an INT8 variant was made from")
+    score_calibration: tuple[tuple[float, ...], ...] = opt(
+        (), lo=0.0, hi=1.0, fix="[raw, calibrated] pairs in 0..1 (scripts/calibrate_pose_scores.py)")
+    keypoint_calibration: tuple[tuple[float, ...], ...] = opt(
+        (), lo=0.0, hi=1.0, fix="[raw, calibrated] pairs in 0..1 (scripts/calibrate_pose_scores.py)")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    manifest_version: int = opt(1, choices=(1,), fix="manifest_version = 1")
+    model: tuple[ManifestModel, ...] = opt((), fix="one [[model]] table per file")
+
+
 def default_models_dir() -> Path:
-    return package_root() / "models"
+    return data_dir("models")
 
 
 def load_manifest(models_dir: str | Path | None = None) -> dict[str, ModelEntry]:
@@ -62,56 +93,43 @@ def load_manifest(models_dir: str | Path | None = None) -> dict[str, ModelEntry]
     path = models_dir / "manifest.toml"
     try:
         data = tomllib.loads(path.read_text("utf-8"))
-    except OSError as exc:
-        raise ModelError(f"cannot read model manifest {path}: {exc.strerror or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"cannot read model manifest {path}: {getattr(exc, 'strerror', None) or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ModelError(f"model manifest {path} is not valid TOML: {exc}") from None
-    entries: dict[str, ModelEntry] = {}
-    for i, raw in enumerate(data.get("model", [])):
-        missing = [k for k in REQUIRED_KEYS if not isinstance(raw.get(k), str) or not raw.get(k)]
-        if missing:
-            raise ModelError(f"model manifest {path}: model[{i}] lacks {', '.join(missing)}")
-        if raw["keypoint_order"] not in ("coco17", "none"):
-            raise ModelError(f"model manifest {path}: model {raw['name']!r} has keypoint_order "
-                             f"{raw['keypoint_order']!r}; only 'coco17' (or 'none' for a detector "
-                             "without keypoints) is supported")
-        if raw["architecture"] not in ARCHITECTURES:
-            raise ModelError(f"model manifest {path}: model {raw['name']!r} has architecture "
-                             f"{raw['architecture']!r}; known: {', '.join(ARCHITECTURES)}")
-        if raw["architecture"] in POSE_ARCHITECTURES and raw["keypoint_order"] != "coco17":
-            raise ModelError(f"model manifest {path}: pose model {raw['name']!r} must give "
-                             "keypoint_order 'coco17' (the behaviour stage reads that order only)")
-        width = raw.get("input_width", 0)
-        if not isinstance(width, int) or isinstance(width, bool) or width < 0 or width % 32:
-            raise ModelError(f"model manifest {path}: model {raw['name']!r} has input_width "
-                             f"{width!r}; must be a multiple of 32")
-        curves = {key: _calibration(raw.get(key, []), f"model manifest {path}: model {raw['name']!r}: {key}")
-                  for key in ("score_calibration", "keypoint_calibration")}
-        entries[raw["name"]] = ModelEntry(
-            name=raw["name"], path=models_dir / raw["file"], sha256=raw["sha256"].lower(),
-            licence=raw["licence"], source=raw["source"], keypoint_order=raw["keypoint_order"],
-            input_name=raw["input_name"], input_layout=raw["input_layout"],
-            output_name=raw["output_name"], output_layout=raw["output_layout"],
-            architecture=raw["architecture"], quantized_from=raw.get("quantized_from", ""),
-            input_width=width, **curves,
-        )
-    return entries
+    problems: list[str] = []
+    manifest = build(Manifest, data, "", problems)
+    if manifest is not None:
+        for i, m in enumerate(manifest.model):
+            _check_meaning(m, f"model[{i}]", problems)
+    if problems or manifest is None:
+        raise ModelError(f"model manifest {path}: " + "; ".join(problems))
+    return {m.name: ModelEntry(
+        name=m.name, path=models_dir / m.file, sha256=m.sha256.lower(), licence=m.licence, source=m.source,
+        keypoint_order=m.keypoint_order, input_name=m.input_name, input_layout=m.input_layout,
+        output_name=m.output_name, output_layout=m.output_layout, architecture=m.architecture,
+        quantized_from=m.quantized_from, input_width=m.input_width,
+        score_calibration=m.score_calibration, keypoint_calibration=m.keypoint_calibration,
+    ) for m in manifest.model}
 
 
-def _calibration(value, where: str) -> tuple[tuple[float, float], ...]:
-    """Validates a list of [raw, calibrated] knots: numbers in 0..1, raw strictly ascending,
-    calibrated non-decreasing (a calibration must not reorder scores)."""
-    ok = isinstance(value, list) and all(
-        isinstance(k, list) and len(k) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in k)
-        for k in value)
-    if ok and value:
-        xs, ys = [k[0] for k in value], [k[1] for k in value]
-        ok = len(value) >= 2 and all(a < b for a, b in itertools.pairwise(xs)) and all(a <= b for a, b in itertools.pairwise(ys))
-    if not ok:
-        raise ModelError(f"{where} must be a list of at least two [raw, calibrated] pairs in 0..1, raw "
-                         "ascending and calibrated non-decreasing (fix: re-run scripts/calibrate_pose_scores.py)")
-    return tuple((float(a), float(b)) for a, b in value)
+def _check_meaning(m: ManifestModel, where: str, problems: list[str]) -> None:
+    """What the key-by-key schema cannot say: pose models give COCO-17, widths are multiples of
+    32, a calibration is a monotone list of pairs (it must not reorder scores)."""
+    if m.architecture in POSE_ARCHITECTURES and m.keypoint_order != "coco17":
+        problems.append(f"{where}.keypoint_order = {m.keypoint_order!r}: a pose model must give 'coco17' "
+                        "(fix: keypoint_order = \"coco17\"; the behaviour stage reads that order only)")
+    if m.input_width % 32:
+        problems.append(f"{where}.input_width = {m.input_width}: must be a multiple of 32 (fix: e.g. 640)")
+    for key in ("score_calibration", "keypoint_calibration"):
+        knots = getattr(m, key)
+        if not knots:
+            continue
+        xs, ys = [k[0] for k in knots], [k[-1] for k in knots]
+        if (len(knots) < 2 or any(len(k) != 2 for k in knots) or any(a >= b for a, b in itertools.pairwise(xs))
+                or any(a > b for a, b in itertools.pairwise(ys))):
+            problems.append(f"{where}.{key}: must be at least two [raw, calibrated] pairs, raw ascending and "
+                            "calibrated non-decreasing (fix: re-run scripts/calibrate_pose_scores.py)")
 
 
 def file_sha256(path: Path) -> str:
