@@ -462,6 +462,7 @@ def evaluate(root: Path, app_cfg: AppConfig, cfg: BehaviourConfig | None = None,
               ("fall", plan.fall_videos, report.fall_videos), ("normal", plan.normal, report.normal))
     for label, paths, out in groups:
         for path in paths:
+            assert pipeline is not None     # there are videos
             try:
                 events, n_frames, span = analyse_clip(pipeline, path, cfg)
             except InputError as exc:

@@ -56,9 +56,9 @@ class WeaponCounter:
                 del self._streaks[key]
         out = []
         for key, (score, hand) in best.items():
-            streak = self._streaks.get(key)
-            if streak is None:
-                streak = self._streaks[key] = _Streak(t, t)
+            if key not in self._streaks:
+                self._streaks[key] = _Streak(t, t)
+            streak = self._streaks[key]
             streak.last_t = t
             streak.scores.append(score)
             streak.hands.append(hand)

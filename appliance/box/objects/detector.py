@@ -129,6 +129,6 @@ class ObjectDetector:
         cls = ids[best[keep]]
         sc = scores[keep]
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
-        idx = cv2.dnn.NMSBoxesBatched(xywh.tolist(), sc.tolist(), cls.tolist(), min_score, self.nms_iou)
-        idx = np.asarray(idx, np.int64).reshape(-1)
+        kept = cv2.dnn.NMSBoxesBatched(xywh.tolist(), sc.tolist(), cls.tolist(), min_score, self.nms_iou)
+        idx = np.asarray(kept, np.int64).reshape(-1)
         return ObjectDetections(boxes[idx].astype(np.float32), sc[idx].astype(np.float32), cls[idx])

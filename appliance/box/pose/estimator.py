@@ -9,6 +9,7 @@ are merged by OpenCV's NMS.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -16,6 +17,9 @@ import numpy as np
 from appliance.box.pose.manifest import ModelEntry, verified_session
 from appliance.common.errors import ModelError
 from appliance.contracts.types import NUM_KEYPOINTS, Detections, Frame
+
+if TYPE_CHECKING:
+    from appliance.box.pose.movenet import MoveNetEstimator
 
 PAD_VALUE = 114  # the grey Ultralytics pads with; the model was trained on it
 STRIDE = 32
@@ -112,7 +116,7 @@ class PoseEstimator:
         return self.decode(raw, lb)
 
 
-def estimator_from_config(pose_cfg) -> PoseEstimator:
+def estimator_from_config(pose_cfg) -> PoseEstimator | MoveNetEstimator:
     """Builds the estimator the manifest entry of ``pose.model`` calls for (YOLO-pose or
     MoveNet), from a validated :class:`appliance.config.PoseConfig`. Both return the same
     :class:`~appliance.types.Detections`."""

@@ -109,7 +109,7 @@ class MoveNetEstimator:
         return self.decode(self.infer_raw(blob), lb, calibrated=False)
 
 
-def _curve(knots: tuple[tuple[float, float], ...]) -> tuple[np.ndarray, np.ndarray] | None:
+def _curve(knots: tuple[tuple[float, ...], ...]) -> tuple[np.ndarray, np.ndarray] | None:
     if not knots:
         return None
     arr = np.asarray(knots, np.float32)
