@@ -157,7 +157,27 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(kx)} keypoints", file=sys.stderr)
     print(f"score_calibration = {knots(px, py)}")
     print(f"keypoint_calibration = {quantile_knots(kx, ky)}")
+    print_agreement(rows)
     return 0
+
+
+def print_agreement(rows: list[tuple]) -> None:
+    """Pose agreement per folder on the same frames: mean OKS of the other model's persons
+    against YOLO fp32's confident ones (score >= 0.5), and the share of those it finds (IoU >= 0.5;
+    the other model's persons above raw 0.2, i.e. about the pose threshold after calibration)."""
+    from appliance.contracts.types import Detections
+    from bench.pose import agreement
+
+    groups: dict[str, tuple[list, list]] = {}
+    for video, t, yb, ys, yk, ob, os_, ok in rows:
+        group = next((g for g in ("mot", "normal", "scfd-dev", "falls") if f"/{g}/" in video), "other")
+        ref, cand = groups.setdefault(group, ([], []))
+        ref.append(Detections(0, t, yb[ys >= 0.5], ys[ys >= 0.5], yk[ys >= 0.5]))
+        cand.append(Detections(0, t, ob[os_ >= 0.2], os_[os_ >= 0.2], ok[os_ >= 0.2]))
+    for group, (ref, cand) in sorted(groups.items()):
+        oks, found = agreement(ref, cand)
+        print(f"# agreement on {group}: {len(ref)} frames, {sum(len(r) for r in ref)} YOLO persons: "
+              f"mean OKS {oks:.3f}, found {found:.3f}")
 
 
 if __name__ == "__main__":
