@@ -351,10 +351,9 @@ def format_table(results: list[CheckResult]) -> str:
     width = max(len(r.name) for r in results)
     lines = [f"{'check':<{width}}  result  detail"]
     for r in results:
-        lines.append(f"{r.name:<{width}}  {'PASS' if r.ok else 'FAIL':<6}  {r.detail}")
-        if r.warning:
-            lines.append(f"{'':<{width}}  {'WARN':<6}  {r.warning}")
+        # A warning stays on its row (one line per check), after the result it qualifies.
+        warning = f"; WARNING: {r.warning}" if r.warning else ""
+        lines.append(f"{r.name:<{width}}  {'PASS' if r.ok else 'FAIL':<6}  {r.detail}{warning}")
     failed = sum(not r.ok for r in results)
-    warned = sum(bool(r.warning) for r in results)
-    lines.append(f"{len(results) - failed} passed, {failed} failed" + (f", {warned} warning(s)" if warned else ""))
+    lines.append(f"{len(results) - failed} passed, {failed} failed")
     return "\n".join(lines)
