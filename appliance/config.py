@@ -378,6 +378,12 @@ def _convert(tp: Any, value: Any, key: str, fix: str, meta: dict, problems: list
 
 
 def _cross_checks(cfg: AppConfig, problems: list[str]) -> None:
+    from appliance.seal.envelope import DEVICE_ID_RE
+
+    if not DEVICE_ID_RE.fullmatch(cfg.device.id):
+        problems.append(f"device.id = {cfg.device.id!r}: must match {DEVICE_ID_RE.pattern} (it names the "
+                        "device's directory at the station; fix: letters, digits, '.', '_' or '-', starting "
+                        "with a letter or digit, e.g. 'mannheim-paradeplatz-03')")
     if cfg.tracking.low_score >= cfg.tracking.high_score:
         problems.append(
             f"tracking.low_score = {cfg.tracking.low_score}: must be below tracking.high_score = "

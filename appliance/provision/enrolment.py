@@ -81,7 +81,7 @@ class InitResult:
 def _check_device_id(device_id: str) -> None:
     if not DEVICE_ID_RE.fullmatch(device_id or "") or device_id == "dev-unprovisioned":
         raise InputError(f"device id {device_id!r} is not usable (fix: letters, digits, '.', '_' or '-', "
-                         "at most 64, e.g. 'mannheim-paradeplatz-03')")
+                         "starting with a letter or digit, at most 64, e.g. 'mannheim-paradeplatz-03')")
 
 
 def init_device(config_path: str | Path, *, device_id: str | None = None, state_dir: str | None = None,

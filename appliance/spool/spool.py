@@ -32,10 +32,11 @@ from typing import Any
 
 from appliance.durable import atomic_write, fsync_dir
 from appliance.errors import ApplianceError
+from appliance.seal.envelope import DEVICE_ID_RE
 
 STALE_TMP_S = 600.0  # a put() takes well under a second; older temp files are wreckage
-_NAME_RE = re.compile(r"(\d{16})\.([A-Za-z0-9._-]{1,64})\.env")
-_DEVICE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_NAME_RE = re.compile(r"(\d{16})\.(" + DEVICE_ID_RE.pattern + r")\.env")
+_DEVICE_RE = DEVICE_ID_RE
 
 
 class SpoolFullError(ApplianceError):

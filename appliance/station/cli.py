@@ -58,6 +58,10 @@ def register(sub) -> None:
     p.add_argument("--ready-file", type=Path, help="write the bound endpoint here once listening")
     p.add_argument("--max-envelope-bytes", type=int, default=64 * 1024 * 1024,
                    help="largest envelope accepted (default 64 MiB)")
+    p.add_argument("--peer-rate", type=float, default=100.0, metavar="PER_SECOND",
+                   help="requests per second one device may send on average (burst: twice that); more "
+                        "are dropped unread and a device that keeps flooding, or does not read its "
+                        "replies, is cut off for 10 s (default 100; an honest uplink sends one at a time)")
     p.add_argument("--no-audit", action="store_true", help="do not write <dir>/audit.jsonl (tests only)")
     p.set_defaults(func=cmd_serve)
 
@@ -136,7 +140,7 @@ def cmd_serve(args) -> int:
     configure_logging("appliance-station", level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
     audit = None if args.no_audit else _station_audit(args.dir)
     server = StationServer(args.dir, args.bind, audit=audit, max_envelope_bytes=args.max_envelope_bytes,
-                           ready_file=args.ready_file, notifier=ServiceNotifier())
+                           ready_file=args.ready_file, notifier=ServiceNotifier(), peer_rate=args.peer_rate)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
     try:
