@@ -25,8 +25,9 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from appliance.audit.checkpoints import MalformedCheckpoint, check_signature, parse_checkpoint
 from appliance.audit.canonical import key_id
+from appliance.audit.checkpoints import MalformedCheckpoint, check_signature, parse_checkpoint
+from appliance.errors import InputError
 from appliance.seal.envelope import (
     DEFAULT_MAX_ENVELOPE_BYTES,
     DEVICE_ID_RE,
@@ -40,7 +41,6 @@ from appliance.seal.keys import (
     load_signing_key,
 )
 from appliance.station.keys import StationKeyPaths
-from appliance.errors import InputError
 from appliance.station.peers import DEFAULT_RATE, PeerGuard
 from appliance.station.registry import AllowListProvider, DeviceRecord, DeviceRegistry
 from appliance.station.store import ClipStore

@@ -21,6 +21,7 @@ from typing import Any
 from appliance.durable import atomic_write, fsync_dir
 from appliance.errors import InputError
 from appliance.seal.envelope import (
+    CLIP_ID_RE,
     EnvelopeError,
     ParsedEnvelope,
     canonical_json,
@@ -154,6 +155,9 @@ class ClipStore:
         return 0 if row is None else int(row[0])
 
     def get(self, clip_id: str) -> StoredClip:
+        if not isinstance(clip_id, str) or not CLIP_ID_RE.fullmatch(clip_id):
+            raise InputError(f"clip id {clip_id!r} must be 16 lowercase hex digits (fix: copy it from "
+                             "'appliance station list')")
         row = self._conn.execute("SELECT * FROM clips WHERE clip_id=?", (clip_id,)).fetchone()
         if row is None:
             raise InputError(f"no stored clip {clip_id!r} (see 'appliance station list')")
