@@ -24,15 +24,20 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path, mode: int = 0o640) -> N
 
     Readers see either the old file or the whole new one, never a torn write. The default mode
     0640 lets the uplink unit (another user in the shared group) read spooled envelopes.
+    A failure (e.g. ``ENOSPC``, disk full) removes the temporary file before it propagates.
     """
     tmp = tmp_dir / f".{path.name}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)

@@ -118,11 +118,15 @@ def _audit(cfg: AppConfig, entry: dict) -> None:
     """Also into the device audit log when it is there and writable (best effort, logged)."""
     from appliance.audit.log import AuditLog
     from appliance.errors import ApplianceError
+    from appliance.seal.keys import load_signing_key_if_readable
 
     if not cfg.audit_log.parent.is_dir():
         return
     try:
-        with AuditLog(cfg.audit_log, device=cfg.device.id) as audit:
+        # With the device key when this user can read it (the technician can): a writer without
+        # it may append to the log but never create it (a keyless genesis would make the log
+        # verify as TAMPERED). Without it and without a log, the provision log alone holds it.
+        with AuditLog(cfg.audit_log, device=cfg.device.id, signer=load_signing_key_if_readable(cfg.seal.signing_key)) as audit:
             audit.append("provision.preview", **entry)
     except (ApplianceError, OSError, ValueError) as exc:  # the provision log already holds it
         log.warning("preview not written to the audit log: %s", exc)

@@ -85,8 +85,36 @@ def build_uplink(cfg, *, audit: Any = None):
                   checkpoint_source=AuditCheckpointFeed(audit) if audit is not None else None, audit=audit)
 
 
+def _open_audit_log(cfg, stop, *, wait: bool = True) -> Any:
+    """The device audit log, once the key holder has created it.
+
+    No signer: this process appends records and the pixel process (key holder) checkpoints
+    them. It must never create the log itself: a genesis without the key would make the
+    log verify as TAMPERED ("signed by unknown key", issue 12), so it waits for the pixel
+    process to start (None if stopped meanwhile). ``--once`` (a technician, who may read the
+    device key) signs with the key when it can, and otherwise does not wait."""
+    from appliance.audit.log import AuditLog, NoGenesisYet
+    from appliance.seal.keys import load_signing_key_if_readable
+
+    signer = None if wait else load_signing_key_if_readable(cfg.seal.signing_key)
+    waited = 0
+    while True:
+        try:
+            return AuditLog(cfg.audit_log, origin="appliance", device=cfg.device.id, signer=signer,
+                            checkpoint_every=cfg.audit.checkpoint_every,
+                            segment_max_bytes=cfg.audit.segment_max_bytes)
+        except NoGenesisYet as exc:
+            if not wait:
+                log.error("%s", exc)
+                return None
+            if waited % 30 == 0:
+                log.warning("waiting for the pixel process to create the audit log %s", cfg.audit_log)
+            waited += 1
+            if stop.wait(1.0):
+                return None
+
+
 def cmd_uplink(args) -> int:
-    from appliance.audit.log import AuditLog
     from appliance.config import load_config
     from appliance.service import (
         ServiceNotifier,
@@ -97,14 +125,18 @@ def cmd_uplink(args) -> int:
 
     cfg = load_config(args.config)
     configure_logging("appliance-uplink")
-    # No signer: this process appends records; the pixel process (key holder) checkpoints them.
-    audit = AuditLog(cfg.audit_log, origin="appliance", device=cfg.device.id,
-                     checkpoint_every=cfg.audit.checkpoint_every,
-                     segment_max_bytes=cfg.audit.segment_max_bytes)
-    uplink = build_uplink(cfg, audit=audit)
     stop = install_signal_handlers()
+    audit = _open_audit_log(cfg, stop, wait=not args.once)
+    if audit is None:
+        return 0 if stop.is_set() else 1
+    uplink = build_uplink(cfg, audit=audit)
     try:
         if args.once:
+            try:  # learn the station's limits and our sequence floor first
+                uplink.send_heartbeat()
+            except UplinkTimeout as exc:
+                log.error("%s", exc)
+                return 1
             for entry in uplink.spool.pending():
                 try:
                     uplink.send_entry(entry)
