@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance import durable
-from appliance.daemon import ClipSealer
-from appliance.spool import Spool, SpoolFullError
+from appliance.common import durable
+from appliance.box.daemon import ClipSealer
+from appliance.box.spool import Spool, SpoolFullError
 from tests.test_spool import Recorder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,8 +63,8 @@ def test_the_daemon_sealer_counts_a_disk_full_refusal_and_keeps_going(tmp_path, 
     """The pixel process's clip sink: refused (counted for appliance.stop), no exception."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from appliance.seal.keys import generate_hpke_key
-    from appliance.seal.synthetic import synthetic_clip
+    from appliance.contracts.keys import generate_hpke_key
+    from appliance.contracts.synthetic import synthetic_clip
 
     audit = Recorder()
     sealer = ClipSealer.__new__(ClipSealer)  # the sink alone, without a provisioned config
@@ -89,7 +89,7 @@ def test_a_real_small_tmpfs_fills_up(tmp_path):
     mnt.mkdir()
     script = f"""
 import json, sys
-from appliance.spool import Spool, SpoolFullError
+from appliance.box.spool import Spool, SpoolFullError
 class R:
     records = []
     def append(self, kind, **f): self.records.append(kind)

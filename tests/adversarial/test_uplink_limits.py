@@ -8,14 +8,14 @@ import time
 
 import pytest
 
-from appliance.audit.log import AuditLog, NoGenesisYet
-from appliance.audit.verify import verify_log
-from appliance.config import parse_config
-from appliance.seal.synthetic import synthetic_clip
-from appliance.spool import Spool
+from appliance.contracts.audit.log import AuditLog, NoGenesisYet
+from appliance.contracts.audit.verify import verify_log
+from appliance.box.config import parse_config
+from appliance.contracts.synthetic import synthetic_clip
+from appliance.box.spool import Spool
 from appliance.station.store import ClipStore
-from appliance.uplink import protocol as p
-from appliance.uplink.client import Uplink
+from appliance.contracts import protocol as p
+from appliance.box.uplink.client import Uplink
 from tests.test_spool import Recorder
 from tests.test_uplink_station import make_client, running_station, seal_for
 
@@ -119,8 +119,8 @@ def test_a_writer_without_the_key_never_becomes_the_genesis(tmp_path):
 
 
 def test_provision_preview_signs_the_genesis_when_it_can_read_the_key(tmp_path):
-    from appliance.provision.preview import _audit
-    from appliance.seal.keys import generate_signing_key
+    from appliance.box.provision.preview import _audit
+    from appliance.contracts.keys import generate_signing_key
 
     generate_signing_key(tmp_path / "signing.key", public_path=tmp_path / "signing.pub")
     cfg = parse_config({"device": {"id": "dev-a", "state_dir": str(tmp_path)}, "camera": {"source": "x.mp4"},
