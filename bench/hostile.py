@@ -47,12 +47,12 @@ def flood(tmp: Path, *, flood: int = 20000, probes: int = 30, probe_gap_s: float
           linger_s: float = 2.0, audit: bool = False, peer_rate: float | None = None) -> dict[str, Any]:
     import zmq
 
+    from appliance.box.uplink.client import ClientConfig, UplinkClient, UplinkTimeout, probe
+    from appliance.contracts import protocol as p
+    from appliance.contracts.curve import load_curve_public
     from appliance.contracts.keys import load_signing_public_key
     from appliance.station.enrol import create_device_keys, enrol_device
     from appliance.station.keys import StationKeyPaths, generate_station_keys
-    from appliance.contracts import protocol as p
-    from appliance.box.uplink.client import ClientConfig, UplinkClient, UplinkTimeout, probe
-    from appliance.contracts.curve import load_curve_public
 
     station_dir = tmp / "station"
     generate_station_keys(station_dir)

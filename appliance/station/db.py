@@ -95,7 +95,9 @@ def connect(station_dir: str | Path, *, synchronous: str = "FULL") -> sqlite3.Co
     """
     require_owner(station_dir)
     path = db_path(station_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():  # 0600 from the start: SQLite gives its -wal and -shm files the same mode
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     conn = sqlite3.connect(path, timeout=30, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")

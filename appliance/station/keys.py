@@ -76,6 +76,10 @@ def generate_station_keys(station_dir: str | Path, *, kem: str = DEFAULT_KEM,
         if existing:
             raise InputError(f"station keys already exist ({existing[0]}); refusing to replace them: losing "
                              f"the HPKE private key makes every stored clip unreadable (use --force to really do it)")
+    station = Path(station_dir)
+    if not station.exists():  # outside systemd (StateDirectoryMode=0700) nobody else tightens it
+        station.mkdir(parents=True, mode=0o700)
+        station.chmod(0o700)  # mkdir's mode is masked by the umask
     paths.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     hpke_pub = generate_hpke_key(paths.hpke_private, paths.hpke_public, kem=kem, overwrite=force)
     sign_pub = generate_signing_key(paths.signing_private, public_path=paths.signing_public, overwrite=force)
@@ -95,6 +99,14 @@ def station_fingerprints(station_dir: str | Path) -> dict[str, str]:
         "signing (Ed25519)": public_key_fingerprint(load_signing_public_key(paths.signing_public)),
         "curve": curve_fingerprint(load_curve_public(paths.curve_public)),
     }
+
+
+def station_log_public_key(station_dir: str | Path):
+    """The key that signs the station's own audit log's checkpoints (None if not found)."""
+    from appliance.contracts.keys import load_signing_public_key
+
+    path = StationKeyPaths.of(station_dir).signing_public
+    return load_signing_public_key(path) if path.exists() else None
 
 
 def open_station_audit_log(station_dir: str | Path):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.common import durable
 from appliance.box.daemon import ClipSealer
 from appliance.box.spool import Spool, SpoolFullError
+from appliance.common import durable
 from tests.test_spool import Recorder
 
 REPO = Path(__file__).resolve().parents[2]

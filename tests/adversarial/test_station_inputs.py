@@ -13,16 +13,16 @@ import pytest
 import zmq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from appliance.contracts.audit.checkpoints import sign_checkpoint
+from appliance.box.uplink.client import UplinkTimeout, probe
 from appliance.cli import main
 from appliance.common.errors import InputError
+from appliance.contracts import protocol as p
+from appliance.contracts.audit.checkpoints import sign_checkpoint
 from appliance.contracts.envelope import EnvelopeError, parse_envelope
 from appliance.contracts.synthetic import synthetic_clip
 from appliance.station import server as server_module
 from appliance.station.enrol import create_device_keys
 from appliance.station.store import checkpoints_for
-from appliance.contracts import protocol as p
-from appliance.box.uplink.client import UplinkTimeout, probe
 from tests.test_uplink_station import make_client, running_station, seal_for
 
 
@@ -231,8 +231,8 @@ def test_revoke_closes_the_open_session_and_is_audited(world, capsys):
     assert rec["fields"]["reason"] == "box stolen, case 1187" and rec["fields"]["operator"] == "kim"
     # revoked is final: enable refuses, re-enrolling the same keys refuses
     assert main(["station", "devices", "enable", "dev-a", *d, "--reason", "found it"]) == 2
-    from appliance.station.registry import DeviceRegistry
     from appliance.contracts.curve import load_curve_public
+    from appliance.station.registry import DeviceRegistry
 
     registry = DeviceRegistry(station_dir)
     try:

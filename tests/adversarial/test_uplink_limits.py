@@ -8,14 +8,14 @@ import time
 
 import pytest
 
+from appliance.box.config import parse_config
+from appliance.box.spool import Spool
+from appliance.box.uplink.client import Uplink
+from appliance.contracts import protocol as p
 from appliance.contracts.audit.log import AuditLog, NoGenesisYet
 from appliance.contracts.audit.verify import verify_log
-from appliance.box.config import parse_config
 from appliance.contracts.synthetic import synthetic_clip
-from appliance.box.spool import Spool
 from appliance.station.store import ClipStore
-from appliance.contracts import protocol as p
-from appliance.box.uplink.client import Uplink
 from tests.test_spool import Recorder
 from tests.test_uplink_station import make_client, running_station, seal_for
 

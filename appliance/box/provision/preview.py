@@ -116,14 +116,9 @@ def write_preview(config_path: str | Path, out: str | Path, *, timeout_s: float 
 
 def _audit(cfg: AppConfig, entry: dict) -> None:
     """Also into the device audit log when it is there and writable (best effort, logged)."""
-<<<<<<< HEAD:appliance/provision/preview.py
-    from appliance.contracts.audit.log import AuditLog
     from appliance.common.errors import ApplianceError
+    from appliance.contracts.audit.log import AuditLog
     from appliance.contracts.keys import load_signing_key_if_readable
-=======
-    from appliance.common.errors import ApplianceError
-    from appliance.contracts.audit.log import AuditLog
->>>>>>> main:appliance/box/provision/preview.py
 
     if not cfg.audit_log.parent.is_dir():
         return

@@ -33,14 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-<<<<<<< HEAD:appliance/spool/spool.py
 from appliance.common.durable import atomic_write, fsync_dir
 from appliance.common.errors import ApplianceError
 from appliance.contracts.envelope import DEVICE_ID_RE
-=======
-from appliance.common.durable import atomic_write, fsync_dir
-from appliance.common.errors import ApplianceError
->>>>>>> main:appliance/box/spool/spool.py
 
 log = logging.getLogger("appliance.spool")
 

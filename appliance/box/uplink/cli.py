@@ -115,19 +115,13 @@ def _open_audit_log(cfg, stop, *, wait: bool = True) -> Any:
 
 
 def cmd_uplink(args) -> int:
-<<<<<<< HEAD:appliance/uplink/cli.py
-    from appliance.box.config import load_config
-    from appliance.service import (
-=======
     from appliance.box.config import load_config
     from appliance.box.uplink.client import UplinkTimeout
     from appliance.common.service import (
->>>>>>> main:appliance/box/uplink/cli.py
         ServiceNotifier,
         configure_logging,
         install_signal_handlers,
     )
-    from appliance.contracts.audit.log import AuditLog
 
     cfg = load_config(args.config)
     configure_logging("appliance-uplink")

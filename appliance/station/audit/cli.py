@@ -57,6 +57,9 @@ def register(sub) -> None:
     r.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     r.add_argument("--key", type=Path, action="append", default=[], help="trusted public key(s) for the "
                    "integrity column (PEM)")
+    r.add_argument("--station", type=Path, help="check each log as 'audit verify --station' does: a device "
+                   "log with its registered key and the checkpoints this station holds, the station's log "
+                   "with the station's key")
     r.add_argument("--config", type=Path, help="appliance/station config for retention periods")
     r.add_argument("--grace", type=float, default=None, help="seconds past a deadline still on time "
                    "(default: audit.retention_grace_s, 1800)")
@@ -187,7 +190,7 @@ def cmd_report(args) -> int:
         raise InputError("--grace must be >= 0 seconds")
     report = build_report(args.logs, parse_time(args.start), parse_time(args.end), keys=_keys(args.key),
                           grace_s=grace, default_retention_hours=policy.default_hours,
-                          retention_hours=dict(policy.per_profile))
+                          retention_hours=dict(policy.per_profile), station_dir=args.station)
     text = RENDERERS[args.format](report)
     if args.output is None:
         sys.stdout.write(text)

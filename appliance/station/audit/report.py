@@ -49,11 +49,12 @@ def _lines(path: Path) -> Iterable[bytes]:
 
 
 # In the window, these are listed one by one; everything else there is only counted.
-_LISTED = frozenset({"trigger.permitted", "retention.delete", "hold.set", "hold.release", *ACCESS_ACTIONS})
+_LISTED = frozenset({"trigger.permitted", "retention.delete", "hold.set", "hold.release", "station.export_result",
+                     *ACCESS_ACTIONS})
 # Before the window, the retention check needs a clip's lifecycle (stored, held, deleted).
 _LIFECYCLE = frozenset({"station.stored", "retention.delete", "hold.set", "hold.release"})
 _KNOWN = frozenset({"trigger.permitted", "detection.not_permitted", "frames.hourly", "retention.delete",
-                    "hold.set", "hold.release", *ACCESS_ACTIONS})
+                    "hold.set", "hold.release", "station.export_result", *ACCESS_ACTIONS})
 
 
 @dataclass
@@ -158,8 +159,13 @@ def _profile_id(fields: dict[str, Any]) -> str:
 def build_report(logs: Sequence[str | Path], start: float, end: float, *,
                  keys: Sequence[Ed25519PublicKey] = (), grace_s: float = DEFAULT_GRACE_S,
                  default_retention_hours: float = DEFAULT_RETENTION_HOURS,
-                 retention_hours: dict[str, float] | None = None, now: float | None = None) -> dict[str, Any]:
-    """Records of processing for ``[start, end)`` (Unix seconds) over ``logs``."""
+                 retention_hours: dict[str, float] | None = None, now: float | None = None,
+                 station_dir: str | Path | None = None) -> dict[str, Any]:
+    """Records of processing for ``[start, end)`` (Unix seconds) over ``logs``.
+
+    ``station_dir``: verify each appliance log as ``audit verify --station`` does (the device's
+    registered key and the checkpoints the station holds for it) and the station's own log with
+    the station's key, instead of trusting only ``keys`` (or the key a genesis names)."""
     if end <= start:
         raise InputError(f"--to {utc_iso(end)} must be after --from {utc_iso(start)}")
     now = time.time() if now is None else now
@@ -169,7 +175,11 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
     tally = _Tally()
     for path in map(Path, logs):
         recs, device, origin = _load(path, start, end, tally)
-        result = verify_log(path, keys)
+        if station_dir is not None:
+            log_keys, station_cps = _station_trust(Path(station_dir), origin, device)
+            result = verify_log(path, log_keys or keys, station_cps)
+        else:
+            result = verify_log(path, keys)
         log_rows.append({"path": str(path), "origin": origin, "device": device, "records": result.records,
                          "intact": result.ok, "first_problem": str(result.first) if result.first else None,
                          "key_source": result.key_source})
@@ -189,7 +199,8 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
 
     accesses = [{"time": utc_iso(r.t), "action": ACCESS_ACTIONS[r.kind], "clip_id": r.fields.get("clip_id"),
                  "operator": r.fields.get("operator"), "reason": r.fields.get("reason"),
-                 "device": _device(r.fields)} for r in in_window if r.kind in ACCESS_ACTIONS]
+                 "device": _device(r.fields), "outcome": _outcome(r, in_window)}
+                for r in in_window if r.kind in ACCESS_ACTIONS]
     holds = [{"time": utc_iso(r.t), "action": r.kind.split(".")[1], "clip_id": r.fields.get("clip_id"),
               "by": r.fields.get("by"), "reason": r.fields.get("reason"), "until": r.fields.get("until")}
              for r in in_window if r.kind in ("hold.set", "hold.release")]
@@ -224,7 +235,9 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
             "stored": tally.stored,
             "decrypted": sum(a["action"] == "decrypt" for a in accesses),
             "viewed": sum(a["action"] == "view" for a in accesses),
-            "exported": sum(a["action"] == "export" for a in accesses),
+            "exported": sum(a["action"] == "export" and a["outcome"] in ("intact", "altered") for a in accesses),
+            "export_failed": sum(a["action"] == "export" and a["outcome"] not in ("intact", "altered")
+                                 for a in accesses),
             "deleted": len(deletions),
         },
         "accesses": accesses,
@@ -235,6 +248,37 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
         "other_records": dict(sorted(tally.other.items())),
     }
     return report
+
+
+def _station_trust(station_dir: Path, origin: str, device: str) -> tuple[list[Ed25519PublicKey], list[Any] | None]:
+    """(trusted keys, station-held checkpoints) for one log, from the station directory."""
+    from appliance.station.keys import station_log_public_key
+    from appliance.station.registry import DeviceRegistry
+    from appliance.station.store import checkpoints_for
+
+    if origin == "station":
+        key = station_log_public_key(station_dir)
+        return ([key] if key is not None else []), None
+    registry = DeviceRegistry(station_dir)
+    try:
+        key = registry.signing_public_any(device)
+    finally:
+        registry.close()
+    return ([key] if key is not None else []), [c["checkpoint"] for c in checkpoints_for(station_dir, device)]
+
+
+def _outcome(access: _Rec, recs: list[_Rec]) -> str:
+    """What came of an export: the verdict of its ``station.export_result`` (``intact``,
+    ``altered``), ``failed: <reason>`` (nothing was decrypted), or ``no result recorded``."""
+    if access.kind != "station.export":
+        return ""
+    sha = access.fields.get("envelope_sha256")
+    for r in recs:
+        if (r.kind == "station.export_result" and r.t >= access.t and r.fields.get("envelope_sha256") == sha
+                and r.fields.get("operator") == access.fields.get("operator")):
+            verdict = str(r.fields.get("verdict", "?"))
+            return f"failed: {r.fields.get('error', '?')}" if verdict == "failed" else verdict
+    return "no result recorded"
 
 
 def _retention(recs: Iterable[_Rec], start: float, end: float, now: float, grace_s: float,
@@ -356,7 +400,8 @@ def render_csv(report: dict[str, Any]) -> str:
     for name, n in report["clips"].items():
         w.writerow(["clips", name, n, ""])
     for a in report["accesses"]:
-        w.writerow(["access", a["clip_id"], a["action"], f"{a['time']} operator={a['operator']} reason={a['reason']}"])
+        w.writerow(["access", a["clip_id"], a["action"],
+                    f"{a['time']} operator={a['operator']} reason={a['reason']} outcome={a['outcome']}"])
     for h in report["holds"]:
         w.writerow(["hold", h["clip_id"], h["action"], f"{h['time']} by={h['by']} until={h['until']} reason={h['reason']}"])
     for d in report["deletions"]:
@@ -436,8 +481,9 @@ def render_html(report: dict[str, Any]) -> str:
         counts(report["not_permitted"]["by_pattern"], "pattern"),
         "<h2>Clips</h2>", counts(report["clips"], "clips"),
         "<h2>Accesses (decrypt, view, export)</h2>",
-        table(["time", "action", "clip", "operator", "reason"],
-              [(a["time"], a["action"], a["clip_id"], a["operator"], a["reason"]) for a in report["accesses"]]),
+        table(["time", "action", "clip", "operator", "reason", "outcome"],
+              [(a["time"], a["action"], a["clip_id"], a["operator"], a["reason"], a["outcome"])
+               for a in report["accesses"]]),
         "<h2>Legal holds</h2>",
         table(["time", "action", "clip", "by", "until", "reason"],
               [(h["time"], h["action"], h["clip_id"], h["by"], h["until"], h["reason"]) for h in report["holds"]]),
