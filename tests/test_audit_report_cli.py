@@ -165,7 +165,7 @@ def test_html_and_csv(tmp_path):
     assert sorted(r[1] for r in rows if r[0] == "retention_violation") == ["c3" * 8, "c4" * 8]
     report["accesses"][0]["clip_id"] = "=HYPERLINK(\"http://x\")"     # a hostile value from a log
     rows = list(csv.reader(io.StringIO(render_csv(report))))
-    assert [r[1] for r in rows if r[0] == "access"][0] == "'=HYPERLINK(\"http://x\")"
+    assert next(r[1] for r in rows if r[0] == "access") == "'=HYPERLINK(\"http://x\")"
 
 
 def test_report_marks_a_tampered_log(tmp_path):

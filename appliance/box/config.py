@@ -43,6 +43,9 @@ class CameraConfig:
     reconnect_max_s: float = opt(30.0, lo=0.1, hi=3600, fix="longest reconnect delay in seconds, e.g. 30")
     loop: bool = opt(False, fix="true to replay a video file forever (demo/soak only)")
     realtime: bool = opt(False, fix="true to pace a video file at its own frame rate, as a live camera would")
+    password_file: str = opt("", fix="path of the 0600 file holding the camera password (the URL names the user "
+                                     "only); 'appliance provision init --camera rtsp://USER:PASSWORD@HOST/...' "
+                                     "writes <state_dir>/pixel/camera-password")
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,13 @@ class AppConfig:
 def _cross_checks(cfg: AppConfig, problems: list[str]) -> None:
     from appliance.contracts.envelope import DEVICE_ID_RE
 
+    if cfg.camera is not None and ("://" in cfg.camera.source
+                                   and ":" in cfg.camera.source.split("://", 1)[1].split("@", 1)[0]
+                                   and "@" in cfg.camera.source.split("://", 1)[1].split("/", 1)[0]):
+        problems.append("camera.source holds a password: the config is readable by other processes and kept in "
+                        "appliance.toml.bak, so it must stay free of secrets (fix: 'appliance provision init "
+                        "--camera URL' moves the password into camera.password_file, or write it into a 0600 file, "
+                        "name it there and drop it from the URL)")
     if not DEVICE_ID_RE.fullmatch(cfg.device.id):
         problems.append(f"device.id = {cfg.device.id!r}: must match {DEVICE_ID_RE.pattern} (it names the "
                         "device's directory at the station; fix: letters, digits, '.', '_' or '-', starting "

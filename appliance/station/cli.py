@@ -61,10 +61,10 @@ def register(sub) -> None:
     p.add_argument("--ready-file", type=Path, help="write the bound endpoint here once listening")
     p.add_argument("--max-envelope-bytes", type=int, default=64 * 1024 * 1024,
                    help="largest envelope accepted (default 64 MiB)")
-    p.add_argument("--peer-rate", type=float, default=100.0, metavar="PER_SECOND",
+    p.add_argument("--peer-rate", type=float, default=200.0, metavar="PER_SECOND",
                    help="requests per second one device may send on average (burst: twice that); more "
                         "are dropped unread and a device that keeps flooding, or does not read its "
-                        "replies, is cut off for 10 s (default 100; an honest uplink sends one at a time)")
+                        "replies, is cut off for 10 s (default 200; an honest uplink sends one at a time)")
     p.add_argument("--no-audit", action="store_true", help="do not write <dir>/audit.jsonl (tests only)")
     p.set_defaults(func=cmd_serve)
 
@@ -87,6 +87,21 @@ def register(sub) -> None:
     _dir_arg(p)
     _access_args(p)
     p.set_defaults(func=cmd_decrypt)
+
+    writer = ssub.add_parser("audit-writer", help="the separate process that alone holds the station's audit "
+                                                  "log and its key (appliance-station-audit.service)")
+    wsub = writer.add_subparsers(dest="writer_command", metavar="WRITER_COMMAND", required=True)
+    p = wsub.add_parser("serve", help="serve the station's audit log on a Unix socket (run as its own user)")
+    p.add_argument("--audit-dir", type=Path, default=Path("/var/lib/appliance-station-audit"),
+                   help="holds audit.jsonl and the key (created 0700 / 0600 on first start)")
+    p.add_argument("--socket", default=None, help="Unix socket path (default /run/appliance-station-audit/audit.sock)")
+    p.add_argument("--allow-user", action="append", default=[], metavar="USER",
+                   help="a user whose processes may append (repeat; root and the writer's own user always may)")
+    p.set_defaults(func=cmd_audit_writer_serve)
+    p = wsub.add_parser("enable", help="send this station directory's audit records to the writer from now on")
+    _dir_arg(p)
+    p.add_argument("--socket", default=None, help="the writer's socket (default /run/appliance-station-audit/audit.sock)")
+    p.set_defaults(func=cmd_audit_writer_enable)
 
     devices = ssub.add_parser("devices", help="the registry of enrolled devices")
     dsub = devices.add_subparsers(dest="devices_command", metavar="DEVICES_COMMAND", required=True)
@@ -232,6 +247,33 @@ def cmd_decrypt(args) -> int:
                                                  operator=args.operator, reason=args.reason, audit=audit))
     finally:
         audit.close()
+
+
+def cmd_audit_writer_serve(args) -> int:
+    from appliance.common.service import ServiceNotifier, configure_logging
+    from appliance.station.audit_writer import DEFAULT_SOCKET, AuditWriter
+
+    configure_logging("appliance-station-audit")
+    writer = AuditWriter(args.audit_dir, args.socket or DEFAULT_SOCKET, allowed_users=args.allow_user)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: writer.stop())
+    writer.serve_forever(ServiceNotifier())
+    return 0
+
+
+def cmd_audit_writer_enable(args) -> int:
+    from appliance.station.audit_writer import DEFAULT_SOCKET, AuditWriterClient, enable
+
+    socket_path = args.socket or DEFAULT_SOCKET
+    with AuditWriterClient(socket_path) as client:   # refuse to point at a writer that is not there
+        client.append("station.audit_writer_enabled", station_dir=str(Path(args.dir).resolve()))
+    path = enable(args.dir, socket_path)
+    local = Path(args.dir) / "audit.jsonl"
+    print(f"{path}: station audit records now go to the writer at {socket_path}")
+    if local.exists():
+        print(f"the earlier local log {local} is kept as it is: verify it with the station signing key "
+              "and archive it", file=sys.stderr)
+    return 0
 
 
 def cmd_devices_status(args) -> int:

@@ -89,6 +89,10 @@ def prepare_out_dir(out_dir: str | Path, name: str) -> tuple[Path, Path, Path]:
     if existing:
         raise InputError(f"{existing[0]} already exists (an earlier export); refusing to overwrite it "
                          "(fix: choose another OUT_DIR or remove the earlier export first)")
+    try:
+        out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise InputError(f"cannot create {out}: {exc.strerror or exc} (fix: give a directory you may write)") from None
     return paths
 
 
@@ -123,7 +127,6 @@ def decrypt_envelope_to(data: bytes, out_dir: str | Path, name: str, *, station_
     finally:
         registry.close()
     assert device is not None  # open_envelope raised unknown_device otherwise
-    webm.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     _write_private(webm, opened.video)
     _write_private(meta, (json.dumps(opened.metadata, indent=2, sort_keys=True) + "\n").encode())
     frames = frame_check(webm, list(opened.metadata.get("frame_sha256", [])))

@@ -15,6 +15,7 @@ from typing import Any
 
 import tomli_w
 
+from appliance.box.capture.credentials import redact_passwords
 from appliance.box.config import AppConfig, ConfigError, parse_config
 from appliance.contracts.layout import DeviceLayout
 
@@ -71,6 +72,7 @@ def write_config_document(path: Path, doc: dict[str, Any]) -> AppConfig:
     if path.exists():
         with contextlib.suppress(OSError):
             bak = path.with_name(path.name + ".bak")
-            bak.write_bytes(path.read_bytes())
+            # An old config may still hold a camera password in its URL: never copy it on.
+            bak.write_text(redact_passwords(path.read_text("utf-8")), "utf-8")
     os.replace(tmp, path)
     return cfg

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from appliance.box.capture.source import classify_source, downscale, redact
+from appliance.box.capture.source import camera_target, classify_source, downscale, redact
 from appliance.box.config import AppConfig, CameraConfig, load_config
 from appliance.box.policy.masks import MaskSet
 from appliance.box.provision.files import layout_for, record
@@ -40,7 +40,7 @@ class CameraSample:
 def grab_camera(camera: CameraConfig, max_width: int, count: int = 1, timeout_s: float = 10.0) -> CameraSample:
     """Opens the camera once and decodes ``count`` frames (downscaled like the ring); bounded."""
     kind = classify_source(camera.source)
-    target: str | int = int(camera.source) if camera.source.isdigit() else camera.source
+    target: str | int = int(camera.source) if camera.source.isdigit() else camera_target(camera)
     if kind == "file" and not Path(camera.source).is_file():
         raise InputError(f"camera.source {camera.source!r}: no such file")
     params: list[int] = []
