@@ -126,7 +126,7 @@ def run() -> list[tuple[str, float, str]]:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as d:
-        r = flood(Path(d))
+        r = flood(Path(d), audit=True)   # as in production: every served message is audited (fsync)
     if not r["station_alive"]:
         raise RuntimeError(f"station died under the flood (exit {r['station_returncode']})")
     return [

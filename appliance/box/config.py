@@ -241,7 +241,7 @@ class AppConfig:
 
 
 def _cross_checks(cfg: AppConfig, problems: list[str]) -> None:
-    from appliance.contracts.envelope import DEVICE_ID_RE
+    from appliance.contracts.identifiers import DEVICE_ID_RE
 
     if cfg.camera is not None and ("://" in cfg.camera.source
                                    and ":" in cfg.camera.source.split("://", 1)[1].split("@", 1)[0]

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from appliance.common.errors import ApplianceError
+from appliance.contracts.identifiers import DEVICE_ID_RE
 from appliance.contracts.keys import KEMS, HpkePrivateKey, HpkePublicKey
 from appliance.contracts.types import Clip
 
@@ -49,11 +50,6 @@ KEY_INFO = b"appliance-envelope-v1 key"
 SIG_CONTEXT = b"appliance-envelope-v1 sig\x00"
 KDF, AEAD = "HKDF_SHA256", "AES_256_GCM"
 WRAPPED_KEY_BYTES = {"MLKEM768_X25519": 1120 + 32 + TAG_BYTES, "X25519": 32 + 32 + TAG_BYTES}
-#: Device ids name directories at the station and files in the spool: they start with a letter
-#: or digit, so ".", ".." and hidden names can never be one (docs/envelope.md).
-DEVICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-#: A stored clip's id: the first 16 hex digits of its envelope's SHA-256.
-CLIP_ID_RE = re.compile(r"[0-9a-f]{16}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _FIXED = struct.Struct(">4sHI")  # magic, version, header length
 

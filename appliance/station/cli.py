@@ -277,7 +277,7 @@ def cmd_audit_writer_enable(args) -> int:
 
 
 def cmd_devices_status(args) -> int:
-    from appliance.contracts.envelope import DEVICE_ID_RE
+    from appliance.contracts.identifiers import DEVICE_ID_RE
     from appliance.station.registry import DeviceRegistry
 
     if not DEVICE_ID_RE.fullmatch(args.device_id):

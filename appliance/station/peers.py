@@ -31,8 +31,10 @@ DEFAULT_RATE = 200.0     # the station ingests ~120 1-MB clips/s (`python -m ben
 DEFAULT_BURST = 400.0
 #: How long a cut-off identity stays muted.
 DEFAULT_MUTE_S = 10.0
-#: Requests dropped over the bucket before the peer is cut off as flooding.
+#: Requests dropped over the bucket within FLOOD_WINDOW_S before the peer is cut off as flooding
+#: (an honest uplink, one request in flight, never has one dropped).
 FLOOD_DROPS = 200
+FLOOD_WINDOW_S = 2.0
 #: Identities remembered (oldest forgotten first): bounds the guard's own memory.
 MAX_PEERS = 4096
 
@@ -43,6 +45,7 @@ class PeerState:
     updated: float
     muted_until: float = 0.0
     dropped: int = 0
+    window_start: float = 0.0
     connections: dict[int, tuple] = field(default_factory=dict)  # fd -> peer address when seen
 
 
@@ -89,8 +92,9 @@ class PeerGuard:
         state.updated = now
         if state.tokens >= 1.0:
             state.tokens -= 1.0
-            state.dropped = 0
             return None
+        if now - state.window_start > FLOOD_WINDOW_S:
+            state.window_start, state.dropped = now, 0
         state.dropped += 1
         self.dropped += 1
         return "flooding" if state.dropped >= FLOOD_DROPS else "over_rate"

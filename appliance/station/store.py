@@ -21,12 +21,12 @@ from typing import Any
 from appliance.common.durable import atomic_write, fsync_dir
 from appliance.common.errors import InputError
 from appliance.contracts.envelope import (
-    CLIP_ID_RE,
     EnvelopeError,
     ParsedEnvelope,
     canonical_json,
     parse_envelope,
 )
+from appliance.contracts.identifiers import CLIP_ID_RE
 from appliance.station import db
 
 MAX_CHECKPOINTS_PER_HEARTBEAT = 1000

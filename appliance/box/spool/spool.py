@@ -35,7 +35,7 @@ from typing import Any
 
 from appliance.common.durable import atomic_write, fsync_dir
 from appliance.common.errors import ApplianceError
-from appliance.contracts.envelope import DEVICE_ID_RE
+from appliance.contracts.identifiers import DEVICE_ID_RE
 
 log = logging.getLogger("appliance.spool")
 
