@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from appliance.common.errors import InputError
 from appliance.contracts.envelope import DEVICE_ID_RE
 from appliance.contracts.keys import fingerprint_bytes, raw_public, signing_public_from_bytes
-from appliance.station import db
+from appliance.station.storage import StorageSettings, open_database, resolve_settings
+from appliance.station.storage.database import Database
 
 #: The ``devices.enabled`` column: 1 enabled, 0 disabled (may be enabled again), -1 revoked
 #: (its keys are no longer trusted: only a re-enrolment with new keys brings it back).
@@ -61,14 +62,21 @@ def _curve_z85(curve_public: bytes | str) -> bytes:
 
 
 class DeviceRegistry:
-    """Enrolled devices in ``<station dir>/station.db``. Cheap to construct; one per thread."""
+    """Enrolled devices in the station database (:mod:`appliance.station.storage`).
 
-    def __init__(self, station_dir: str | Path):
+    Cheap to construct on SQLite (one per thread); pass ``database`` to share an open one
+    (a PostgreSQL pool serves every thread of a receiver).
+    """
+
+    def __init__(self, station_dir: str | Path, *, database: Database | None = None,
+                 settings: StorageSettings | None = None):
         self.station_dir = Path(station_dir)
-        self._conn = db.connect(self.station_dir)
+        self._own = database is None
+        self._db = database or open_database(self.station_dir, settings or resolve_settings(self.station_dir))
 
     def close(self) -> None:
-        self._conn.close()
+        if self._own:
+            self._db.close()
 
     def add_device(self, device_id: str, signing_public: Ed25519PublicKey | bytes,
                    curve_public: bytes | str, *, description: str = "",
@@ -93,7 +101,7 @@ class DeviceRegistry:
                 existing.signing_public_raw == raw or existing.curve_public == curve):
             raise InputError(f"device {device_id!r} was revoked: its old keys are never trusted again (fix: "
                              "'appliance provision init --force' on the box for new keys, then enrol it again)")
-        self._conn.execute(
+        self._db.execute(
             "INSERT INTO devices(device_id, signing_public, curve_public, description, added_unix_ms, enabled) "
             "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT(device_id) DO UPDATE SET signing_public=excluded.signing_public,"
             " curve_public=excluded.curve_public, description=excluded.description, enabled=1",
@@ -117,7 +125,7 @@ class DeviceRegistry:
         if existing.status == "revoked" and status != "revoked":
             raise InputError(f"device {device_id!r} is revoked: its keys are never trusted again (fix: "
                              "'appliance provision init --force' on the box, then enrol it again)")
-        self._conn.execute("UPDATE devices SET enabled=? WHERE device_id=?", (STATUS_VALUES[status], device_id))
+        self._db.execute("UPDATE devices SET enabled=? WHERE device_id=?", (STATUS_VALUES[status], device_id))
         record = self.get(device_id, include_disabled=True)
         assert record is not None
         return record
@@ -129,20 +137,20 @@ class DeviceRegistry:
                             _STATUS_NAMES.get(row["enabled"], "disabled"))
 
     def get(self, device_id: str, *, include_disabled: bool = False) -> DeviceRecord | None:
-        row = self._conn.execute("SELECT * FROM devices WHERE device_id=?", (device_id,)).fetchone()
+        row = self._db.execute("SELECT * FROM devices WHERE device_id=?", (device_id,)).fetchone()
         if row is None or (row["enabled"] != 1 and not include_disabled):
             return None
         return self._record(row)
 
     def by_curve_key(self, curve_public: bytes | str, *, include_disabled: bool = False) -> DeviceRecord | None:
         key = curve_public.decode("ascii") if isinstance(curve_public, bytes) else curve_public
-        row = self._conn.execute("SELECT * FROM devices WHERE curve_public=?", (key,)).fetchone()
+        row = self._db.execute("SELECT * FROM devices WHERE curve_public=?", (key,)).fetchone()
         if row is None or (row["enabled"] != 1 and not include_disabled):
             return None
         return self._record(row)
 
     def list_devices(self) -> list[DeviceRecord]:
-        return [self._record(r) for r in self._conn.execute("SELECT * FROM devices ORDER BY device_id")]
+        return [self._record(r) for r in self._db.execute("SELECT * FROM devices ORDER BY device_id")]
 
     def signing_public(self, device_id: str) -> Ed25519PublicKey | None:
         """For :func:`appliance.box.seal.verify_envelope`: enabled devices only."""
@@ -158,14 +166,16 @@ class DeviceRegistry:
 class AllowListProvider:
     """ZAP credentials callback for ``zmq.auth``: enabled devices' CURVE keys only.
 
-    Runs in the authenticator's thread, so it opens its own short-lived connection per call.
+    Runs in the authenticator's thread: on SQLite it opens its own short-lived connection per
+    call; a thread-safe ``database`` (the receiver's PostgreSQL pool) is shared instead.
     """
 
-    def __init__(self, station_dir: str | Path):
+    def __init__(self, station_dir: str | Path, database: Database | None = None):
         self.station_dir = Path(station_dir)
+        self.database = database if database is not None and database.thread_safe else None
 
     def callback(self, domain: str, key: bytes) -> bool:
-        registry = DeviceRegistry(self.station_dir)
+        registry = DeviceRegistry(self.station_dir, database=self.database)
         try:
             return registry.by_curve_key(key) is not None
         finally:
