@@ -20,8 +20,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from appliance.common.errors import InputError
+from appliance.contracts.canonical import canonical_json
 from appliance.contracts.curve import curve_fingerprint
-from appliance.contracts.envelope import DEVICE_ID_RE, canonical_json
+from appliance.contracts.envelope import DEVICE_ID_RE
 from appliance.contracts.keys import HpkePublicKey, fingerprint_bytes, hpke_public_from_bytes
 
 REQUEST_FORMAT, BUNDLE_FORMAT, FORMAT_VERSION = "appliance-enrolment-request", "appliance-station-bundle", 1

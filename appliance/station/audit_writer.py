@@ -121,7 +121,7 @@ class _Handler(socketserver.StreamRequestHandler):
             if len(line) > MAX_REQUEST_BYTES or not line.endswith(b"\n"):
                 self._reply({"ok": False, "type": "AuditError", "error": "request too large"})
                 return
-            self._reply(self.server.handle_request(line, uid))
+            self._reply(self.server.answer(line, uid))
 
     def _reply(self, body: dict[str, Any]) -> None:
         self.wfile.write(json.dumps(body, sort_keys=True).encode() + b"\n")
@@ -138,7 +138,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.allowed_uids = allowed_uids
         super().__init__(path, _Handler)
 
-    def handle_request(self, line: bytes, uid: int) -> dict[str, Any]:
+    def answer(self, line: bytes, uid: int) -> dict[str, Any]:
         try:
             req = json.loads(line)
             op = req.get("op") if isinstance(req, dict) else None

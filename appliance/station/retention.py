@@ -267,6 +267,7 @@ class RetentionJob:
         held: list[tuple[RetainedClip, Hold]] = []
         errors: list[str] = []
         kept = 0
+        failures: tuple[type[BaseException], ...] = (OSError, ApplianceError, *storage_errors())
         for clip in sorted(self.store.list_clips(), key=lambda c: (c.received_at, c.clip_id)):
             expires = self.policy.expires_at(clip)
             if now < expires:
@@ -280,7 +281,7 @@ class RetentionJob:
                 continue
             try:
                 files = self.store.delete_clip(clip.clip_id)
-            except (OSError, ApplianceError, *storage_errors()) as exc:
+            except failures as exc:
                 errors.append(f"{clip.clip_id}: {exc}")
                 log.error("retention: could not delete %s: %s", clip.clip_id, exc)
                 continue

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from appliance.common.errors import InputError
+from appliance.contracts.canonical import canonical_json
 from appliance.contracts.envelope import (
     EnvelopeError,
     ParsedEnvelope,
-    canonical_json,
     parse_envelope,
 )
 from appliance.contracts.identifiers import CLIP_ID_RE
@@ -184,7 +184,7 @@ class ClipStore:
         return self._clip(row)
 
     def list_clips(self, device_id: str | None = None, *, older_than_unix_ms: int | None = None) -> list[StoredClip]:
-        sql, args = "SELECT * FROM clips WHERE 1=1", []
+        sql, args = "SELECT * FROM clips WHERE 1=1", list[str | int]()
         if device_id is not None:
             sql += " AND device_id=?"
             args.append(device_id)

@@ -30,8 +30,9 @@ from appliance.box.provision.files import (
     record,
     write_config_document,
 )
-from appliance.box.provision.network import _redact, camera_kind
+from appliance.box.provision.network import camera_kind
 from appliance.common.errors import InputError
+from appliance.common.urls import redact_url
 from appliance.contracts.curve import (
     curve_fingerprint,
     generate_curve_keypair,
@@ -195,7 +196,7 @@ def build_request(cfg: AppConfig) -> bytes:
     body = {
         "device_id": cfg.device.id,
         "description": cfg.device.description,
-        "camera": {"kind": camera_kind(source) if source else "none", "source": _redact(source)},
+        "camera": {"kind": camera_kind(source) if source else "none", "source": redact_url(source, keep_username=True)},
         "signing_public": b64(raw_public(key.public_key())),
         "curve_public": curve_public.decode("ascii"),
         "fingerprints": {"signing": public_key_fingerprint(key), "curve": curve_fingerprint(curve_public)},
