@@ -153,8 +153,8 @@ def test_server_status_line_and_notifier_calls(tmp_path, monkeypatch):
     assert not thread.is_alive()
     assert notifier.calls[0] == ("ready", f"listening on {server.endpoint}")
     assert ("ping",) in notifier.calls and notifier.calls[-1] == ("stopping", "station stopping")
-    assert server.status_line() == (f"listening on {server.endpoint}; stored 0, duplicate 0, heartbeat 0, "
-                                    "probe 1, rejected 0")
+    assert server.status_line() == (f"listening on {server.endpoint}; alarms 0, stored 0, duplicate 0, "
+                                    "heartbeat 0, probe 1, rejected 0")
     statuses = [c[1] for c in notifier.calls if c[0] == "status"]
     assert len(statuses) == len(set(statuses))   # only sent when the counts changed
 

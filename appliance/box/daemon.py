@@ -35,12 +35,13 @@ from appliance.common.service import (
     install_signal_handlers,
 )
 from appliance.common.urls import redact_url
+from appliance.contracts.alarm import alarm_id, build_alarm, seal_alarm, skeleton_frame
 from appliance.contracts.audit.log import AuditLog
 from appliance.contracts.envelope import seal_clip
 from appliance.contracts.health import write_signed_health
 from appliance.contracts.keys import load_hpke_public_key, load_signing_key
 from appliance.contracts.layout import DeviceLayout
-from appliance.contracts.types import Clip, Decision
+from appliance.contracts.types import Clip, Decision, Trigger
 
 log = logging.getLogger("appliance.daemon")
 
@@ -57,7 +58,13 @@ def key_paths(cfg: AppConfig) -> tuple[Path, Path]:
 
 
 class ClipSealer:
-    """The daemon's clip sink: seal to the station, sign, spool; audit the permitted trigger."""
+    """The daemon's alarm and clip sink.
+
+    On a permitted trigger (:meth:`alarm`): reserve the sequence number, sign an alarm message
+    (skeletons, no pixels; docs/alarm-message.md) and put it in the spool's priority lane at
+    once. When the clip's post-roll is in the ring (:meth:`__call__`): seal it under the SAME
+    sequence, so the alarm and its clip share one id, ``<device>#<sequence>``.
+    """
 
     def __init__(self, cfg: AppConfig, spool: Spool, audit: AuditLog):
         signing_path, station_path = key_paths(cfg)
@@ -69,16 +76,51 @@ class ClipSealer:
         self.audit = audit
         self.sealed = 0
         self.refused = 0
+        self.alarms = 0
+        self.model_sha256 = ""
+        # id(trigger) -> reserved sequence; the trigger object lives in the pipeline until its clip.
+        self._reserved: dict[int, int] = {}
+
+    def alarm(self, trigger: Trigger, skeletons: dict) -> str:
+        """Sends the alarm message for a permitted trigger; returns its alarm id."""
+        decision = trigger.decision
+        event = decision.event
+        sequence = self.spool.next_sequence(self.device_id)
+        self._reserved[id(trigger)] = sequence
+        offset = skeletons.get("wall_offset", 0.0)
+        frames = [skeleton_frame(round(t * 1000), round((t + offset) * 1000), persons)
+                  for t, persons in skeletons["frames"]]
+        body = build_alarm(
+            device_id=self.device_id, sequence=sequence, created_unix_ms=int(time.time() * 1000),
+            pattern=event.pattern.value, confidence=float(event.confidence), explanation=event.explanation,
+            rule=decision.rule, reason=decision.reason,
+            profile={"id": decision.profile.id, "version": decision.profile.version,
+                     "sha256": decision.profile.sha256},
+            event_window_ms=(round(event.start_t * 1000), round(event.end_t * 1000)),
+            event_wall_unix_ms=(round((event.start_t + offset) * 1000), round((event.end_t + offset) * 1000)),
+            tracks=event.track_ids, model_sha256=self.model_sha256,
+            clip_window_ms=(round(trigger.window_start_t * 1000), round(trigger.window_end_t * 1000)),
+            frame_size=tuple(skeletons["frame_size"]), frames=frames)
+        message = seal_alarm(body, self.signing_key)
+        aid = alarm_id(self.device_id, sequence)
+        self.spool.put_alarm(message, device_id=self.device_id, sequence=sequence)
+        self.alarms += 1
+        self.audit.append("alarm.sent", alarm_id=aid, pattern=event.pattern.value, tracks=list(event.track_ids),
+                          confidence=round(float(event.confidence), 3), profile=decision.profile.id,
+                          rule=decision.rule, skeleton_frames=len(frames),
+                          alarm_sha256=hashlib.sha256(message).hexdigest())
+        log.info("alarm %s (%s) spooled for the station at once; its clip follows", aid, event.pattern.value)
+        return aid
 
     def __call__(self, clip: Clip) -> None:
         decision = clip.trigger.decision
         event = decision.event
         try:
-            sequence = self.spool.next_sequence(self.device_id)
+            sequence = self._reserved.pop(id(clip.trigger), None) or self.spool.next_sequence(self.device_id)
             envelope = seal_clip(clip, device_id=self.device_id, sequence=sequence, signing_key=self.signing_key,
                                  station_public_key=self.station_key, kem=self.kem)
             digest = hashlib.sha256(envelope).hexdigest()
-            clip_id = f"{self.device_id}#{sequence}"
+            clip_id = alarm_id(self.device_id, sequence)
             self.spool.put(envelope, device_id=self.device_id, sequence=sequence)
         except SpoolFullError as exc:
             # Never silent: the refusal is audited by the spool, logged, and reported as health.
@@ -91,9 +133,10 @@ class ClipSealer:
                           event=[round(event.start_t, 3), round(event.end_t, 3)], tracks=list(event.track_ids),
                           confidence=round(float(event.confidence), 3), profile=decision.profile.id,
                           profile_version=decision.profile.version, profile_sha256=decision.profile.sha256,
-                          rule=decision.rule, clip_id=clip_id, envelope_sha256=digest,
+                          rule=decision.rule, alarm_id=clip_id, clip_id=clip_id, envelope_sha256=digest,
                           model_sha256=clip.model_sha256, frames=len(clip.frame_times))
-        log.info("sealed %s (%s, %d frames) into the spool", clip_id, event.pattern.value, len(clip.frame_times))
+        log.info("sealed the clip of alarm %s (%s, %d frames) into the spool", clip_id, event.pattern.value,
+                 len(clip.frame_times))
 
 
 def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: float | None = None,
@@ -116,7 +159,14 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
                          profile=d.profile.id, rule=d.rule)
 
     notifier.extend_timeout(60)   # model load + first frame can take a while on a cold box
-    pipeline = Pipeline(cfg, on_decision=on_decision)
+    def on_trigger(trigger: Trigger, skeletons: dict) -> None:
+        try:
+            sealer.alarm(trigger, skeletons)
+        except Exception:  # the clip still follows under a fresh sequence
+            log.exception("sending the alarm message failed")
+
+    pipeline = Pipeline(cfg, on_decision=on_decision, on_trigger=on_trigger)
+    sealer.model_sha256 = pipeline.pose.model_sha256
     audit.append("appliance.start", version=__version__, config=config_path or "",
                  config_sha256=_sha256_file(config_path), profile=pipeline.profile.ref.id,
                  profile_version=pipeline.profile.ref.version, profile_sha256=pipeline.profile.ref.sha256,

@@ -155,6 +155,21 @@ def register(sub) -> None:
                                                          "revoke": "revoked"}[action])
     _register_provisioning_device_commands(dsub)
 
+    p = ssub.add_parser("training-export", help="the operators' verdicts as a skeleton-only training set "
+                                                "(JSON Lines; never pixels)")
+    _dir_arg(p)
+    p.add_argument("--console-dir", type=Path, default=os.environ.get("APPLIANCE_CONSOLE_DIR",
+                                                                      "/var/lib/appliance-console"),
+                   help="the console's directory (verdicts); default /var/lib/appliance-console")
+    p.add_argument("--since", required=True, metavar="TIME",
+                   help="verdicts given since this ISO-8601 time, e.g. 2026-11-01 or 2026-11-26T08:00:00Z")
+    p.add_argument("--out", default="-", help="output file (default: stdout)")
+    p.set_defaults(func=cmd_training_export)
+
+    from appliance.station.console.cli import register as register_console
+
+    register_console(ssub)
+
 
 def _register_provisioning_device_commands(dsub) -> None:
     """`devices add`: the station half of enrolment (appliance/station/devices.py)."""
@@ -200,6 +215,24 @@ def cmd_serve(args) -> int:
     finally:
         if audit is not None:
             audit.close()
+    return 0
+
+
+def cmd_training_export(args) -> int:
+    from appliance.contracts.audit.canonical import parse_time
+    from appliance.station.console.service import open_console_audit_log
+    from appliance.station.training_export import write_training_export
+
+    since_ms = int(parse_time(args.since) * 1000)
+    audit = open_console_audit_log(args.console_dir)
+    try:
+        counts = write_training_export(args.dir, args.console_dir, args.out, since_unix_ms=since_ms, audit=audit,
+                                       user=os.environ.get("SUDO_USER") or os.environ.get("USER") or "cli")
+    finally:
+        audit.close()
+    total = sum(counts.values())
+    print(f"{total} verdict(s) exported ({', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'none'}); "
+          f"skeletons and features only, no pixels", file=sys.stderr)
     return 0
 
 

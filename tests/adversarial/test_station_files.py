@@ -36,13 +36,14 @@ def station(tmp_path, capsys):
 
 
 def test_keygen_outside_systemd_leaves_the_directory_and_database_private(station):
-    """Before: the station directory was 0755 and station.db 0644."""
+    """Before: the station directory was 0755 and station.db 0644 (world-readable). Now the
+    directory is 0700 and the database never readable by others (0640: the console, in the
+    station's group, reads it under systemd, where tmpfiles makes the directory 0750)."""
     station_dir, _ = station
     assert _mode(station_dir) == 0o700
-    assert _mode(station_dir / "station.db") == 0o600
-    for sidecar in ("station.db-wal", "station.db-shm"):
-        if (station_dir / sidecar).exists():
-            assert _mode(station_dir / sidecar) & 0o077 == 0
+    for name in ("station.db", "station.db-wal", "station.db-shm"):
+        if (station_dir / name).exists():
+            assert _mode(station_dir / name) & 0o037 == 0, name
 
 
 def test_exports_are_private_and_never_overwritten(station, tmp_path, capsys):

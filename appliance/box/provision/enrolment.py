@@ -262,6 +262,8 @@ def import_bundle(config_path: str | Path, data: bytes, typed_fingerprint: str, 
         "uplink": {"endpoint": bundle.endpoint, "station_curve_public": str(layout.station_curve_public)},
         "policy": {"profile": profile},
     }
+    # Several station receivers: the uplink fails over in this order (empty: uplink.endpoint alone).
+    updates["station"] = {"endpoints": list(bundle.receivers) if len(bundle.receivers) > 1 else []}
     if "station_signing_public" in UplinkConfig.__dataclass_fields__:
         updates["uplink"]["station_signing_public"] = str(layout.station_signing_public)
     doc = apply_updates(read_config_document(config_path), updates)
@@ -275,7 +277,7 @@ def import_bundle(config_path: str | Path, data: bytes, typed_fingerprint: str, 
             write_dropins,
         )
 
-        planned = [station_dropin(bundle.endpoint)]
+        planned = [station_dropin(bundle.receivers)]
         if cfg.camera is not None:
             planned.insert(0, camera_dropin(cfg.camera.source))
     layout.make_dirs()
@@ -290,6 +292,7 @@ def import_bundle(config_path: str | Path, data: bytes, typed_fingerprint: str, 
         dropins = tuple(write_dropins(planned, Path(unit_dir)))
     layout.hand_over()
     record(layout, "import", station_fingerprint=bundle.fingerprint, endpoint=bundle.endpoint,
+           endpoints=list(bundle.receivers),
            profile=profile, dropins=[str(p) for p in dropins])
     return ImportResult(new_cfg, bundle.fingerprint, profile, changed, dropins)
 

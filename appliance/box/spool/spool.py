@@ -3,6 +3,8 @@
 Layout of the spool directory (one device per box)::
 
     <dir>/<sequence:016d>.<device_id>.env   pending envelopes, sent in sequence order
+    <dir>/<sequence:016d>.<device_id>.alarm pending alarm messages (docs/alarm-message.md): the
+                                            priority lane, sent before any envelope
     <dir>/tmp/                              half-written files (removed at start-up)
     <dir>/rejected/                         envelopes the station refused permanently (kept)
     <dir>/quarantine/                       envelopes larger than the station accepts (kept)
@@ -39,10 +41,11 @@ from appliance.contracts.identifiers import DEVICE_ID_RE
 
 log = logging.getLogger("appliance.spool")
 
-STALE_TMP_S = 600.0
+STALE_TMP_S = 600.0  # a put() takes well under a second; older temp files are wreckage
 #: A write that fails with one of these is a full disk: the clip is refused, not lost silently.
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # a put() takes well under a second; older temp files are wreckage
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _NAME_RE = re.compile(r"(\d{16})\.(" + DEVICE_ID_RE.pattern + r")\.env")
+_ALARM_RE = re.compile(r"(\d{16})\.(" + DEVICE_ID_RE.pattern + r")\.alarm")
 _DEVICE_RE = DEVICE_ID_RE
 
 
@@ -109,7 +112,7 @@ class Spool:
         now = time.time()
         for p in self._tmp.glob(".*.tmp"):
             try:
-                pid = int(p.name.rsplit(".", 2)[-2])
+                pid = int(p.name.split(".")[-3])   # .<name>.<pid>.<serial>.tmp (common/durable.py)
                 stale = now - p.stat().st_mtime > STALE_TMP_S
             except (ValueError, FileNotFoundError):
                 continue
@@ -198,10 +201,10 @@ class Spool:
     # -- envelopes --------------------------------------------------------------------
 
     @staticmethod
-    def _scan(directory: Path) -> list[SpoolEntry]:
+    def _scan(directory: Path, pattern: re.Pattern[str] = _NAME_RE) -> list[SpoolEntry]:
         entries = []
         for p in directory.iterdir():
-            m = _NAME_RE.fullmatch(p.name)
+            m = pattern.fullmatch(p.name)
             if not m:
                 continue
             try:
@@ -217,7 +220,30 @@ class Spool:
         return self._scan(self.dir)
 
     def rejected(self) -> list[SpoolEntry]:
-        return self._scan(self._rejected)
+        return self._scan(self._rejected) + self._scan(self._rejected, _ALARM_RE)
+
+    def pending_alarms(self) -> list[SpoolEntry]:
+        """Alarm messages waiting for the station's ack (the priority lane), oldest first."""
+        return self._scan(self.dir, _ALARM_RE)
+
+    def put_alarm(self, message: bytes, *, device_id: str, sequence: int) -> SpoolEntry:
+        """Stores a signed alarm message for ``device_id#sequence`` (the sequence its clip will carry).
+
+        Alarm messages are small (skeletons only) and are never refused for space: an alarm
+        must reach the black monitor even when the spool is full of clips.
+        """
+        if not _DEVICE_RE.fullmatch(device_id):
+            raise ApplianceError(f"device id {device_id!r} must match {_DEVICE_RE.pattern}")
+        path = self.dir / f"{sequence:016d}.{device_id}.alarm"
+        with self._locked():
+            if path.exists() or (self._rejected / path.name).exists():
+                raise ApplianceError(f"{path.name}: alarm {device_id}#{sequence} is already spooled")
+            try:
+                atomic_write(path, message, self._tmp)
+            except OSError as exc:
+                self._refuse_disk_full(exc, device_id, sequence, len(message))
+        self._audit("spool.insert", device_id=device_id, sequence=sequence, bytes=len(message), lane="alarm")
+        return SpoolEntry(path, device_id, sequence, len(message))
 
     def quarantined(self) -> list[SpoolEntry]:
         return self._scan(self._quarantine)
