@@ -73,6 +73,7 @@ def test_the_daemon_sealer_counts_a_disk_full_refusal_and_keeps_going(tmp_path, 
     sealer.kem, sealer.device_id, sealer.audit = None, "dev-1", audit
     sealer.spool = Spool(tmp_path / "spool", 100 * 1024 * 1024, audit=audit)
     sealer.sealed = sealer.refused = 0
+    sealer._reserved = {}
     clip = synthetic_clip(frames=2, width=32, height=24)
     monkeypatch.setattr(durable.os, "write", _enospc_after(0))
     sealer(clip)

@@ -132,3 +132,26 @@ def test_provision_preview_signs_the_genesis_when_it_can_read_the_key(tmp_path):
     (tmp_path / "b").mkdir()
     _audit(cfg2, {"out": "preview.png"})
     assert not (tmp_path / "b" / "audit.jsonl").exists()
+
+
+def test_the_uplink_keeps_its_records_until_the_key_holder_created_the_log(tmp_path):
+    """The uplink starts before the pixel process: it heartbeats at once, and its audit records
+    wait (in order, with their time) instead of it writing a keyless genesis."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from appliance.box.uplink.cli import LateAuditLog
+
+    path = tmp_path / "audit.jsonl"
+    late = LateAuditLog(lambda: AuditLog(path, device="dev-a"))
+    late.append("spool.ack", sequence=1)
+    assert late.checkpoints_since(-1) == [] and not path.exists()
+    key = Ed25519PrivateKey.generate()
+    holder = AuditLog(path, signer=key, device="dev-a")
+    late.append("spool.ack", sequence=2)
+    late.close()
+    holder.close()
+    import json
+
+    acks = [json.loads(x)["fields"] for x in path.read_text().splitlines() if '"spool.ack"' in x]
+    assert [a["sequence"] for a in acks] == [1, 2] and "happened" in acks[0]
+    assert verify_log(path, [key.public_key()]).ok

@@ -86,33 +86,79 @@ def build_uplink(cfg, *, audit: Any = None):
                   checkpoint_source=AuditCheckpointFeed(audit) if audit is not None else None, audit=audit)
 
 
-def _open_audit_log(cfg, stop, *, wait: bool = True) -> Any:
-    """The device audit log, once the key holder has created it.
+class LateAuditLog:
+    """The device audit log for the uplink, which holds no signing key.
 
-    No signer: this process appends records and the pixel process (key holder) checkpoints
-    them. It must never create the log itself: a genesis without the key would make the
-    log verify as TAMPERED ("signed by unknown key", issue 12), so it waits for the pixel
-    process to start (None if stopped meanwhile). ``--once`` (a technician, who may read the
-    device key) signs with the key when it can, and otherwise does not wait."""
+    It must never create the log: a genesis without the key makes every later checkpoint
+    verify as "signed by unknown key" (a false TAMPERED, issue 12). So it opens the log once
+    the key holder (the pixel process) has created it; records appended before that wait in
+    memory, in order, with the time they happened, and are written on the next append after
+    the log exists. The uplink itself (heartbeats, an empty spool) does not wait.
+    """
+
+    MAX_WAITING = 10_000
+
+    def __init__(self, opener: Any):
+        self._opener = opener
+        self._log: Any = None
+        self._waiting: list[tuple[str, dict[str, Any]]] = []
+
+    def _ready(self) -> bool:
+        from appliance.contracts.audit.log import NoGenesisYet
+
+        if self._log is None:
+            try:
+                self._log = self._opener()
+            except NoGenesisYet:
+                return False
+            for kind, fields in self._waiting:
+                self._log.append(kind, **fields)
+            self._waiting.clear()
+        return True
+
+    def append(self, kind: str, **fields: Any) -> dict[str, Any]:
+        if self._ready():
+            return self._log.append(kind, **fields)
+        from appliance.contracts.audit.canonical import utc_iso
+
+        if not self._waiting:
+            log.warning("no audit log yet (the pixel process creates it): keeping audit records until it exists")
+        if len(self._waiting) >= self.MAX_WAITING:
+            from appliance.contracts.audit.log import AuditError
+            raise AuditError(f"{self.MAX_WAITING} audit records wait for a log the pixel process never created")
+        self._waiting.append((kind, {**fields, "happened": utc_iso(time.time())}))
+        return {"kind": kind, "waiting": True}
+
+    def checkpoints_since(self, after_n: int = -1, limit: int | None = None) -> list[Any]:
+        return self._log.checkpoints_since(after_n, limit=limit) if self._ready() else []
+
+    def close(self) -> None:
+        if self._log is not None or self._ready():
+            self._log.close()
+        elif self._waiting:
+            log.error("%d audit record(s) not written: the pixel process never created the audit log %s",
+                      len(self._waiting), getattr(self._opener, "path", ""))
+
+
+def _open_audit_log(cfg, *, once: bool = False) -> Any:
+    """The device audit log: for the daemon a :class:`LateAuditLog`; for ``--once`` (a
+    technician, who may read the device key) the log itself, signed with the key when it can
+    be read, or None (nothing sent) when neither the log nor the key is there."""
     from appliance.contracts.audit.log import AuditLog, NoGenesisYet
     from appliance.contracts.keys import load_signing_key_if_readable
 
-    signer = None if wait else load_signing_key_if_readable(cfg.seal.signing_key)
-    waited = 0
-    while True:
-        try:
-            return AuditLog(cfg.audit_log, origin="appliance", device=cfg.device.id, signer=signer,
-                            checkpoint_every=cfg.audit.checkpoint_every,
-                            segment_max_bytes=cfg.audit.segment_max_bytes)
-        except NoGenesisYet as exc:
-            if not wait:
-                log.error("%s", exc)
-                return None
-            if waited % 30 == 0:
-                log.warning("waiting for the pixel process to create the audit log %s", cfg.audit_log)
-            waited += 1
-            if stop.wait(1.0):
-                return None
+    def opener(signer: Any = None) -> AuditLog:
+        return AuditLog(cfg.audit_log, origin="appliance", device=cfg.device.id, signer=signer,
+                        checkpoint_every=cfg.audit.checkpoint_every,
+                        segment_max_bytes=cfg.audit.segment_max_bytes)
+
+    if not once:
+        return LateAuditLog(opener)
+    try:
+        return opener(load_signing_key_if_readable(cfg.seal.signing_key))
+    except NoGenesisYet as exc:
+        log.error("%s", exc)
+        return None
 
 
 def cmd_uplink(args) -> int:
@@ -127,9 +173,9 @@ def cmd_uplink(args) -> int:
     cfg = load_config(args.config)
     configure_logging("appliance-uplink")
     stop = install_signal_handlers()
-    audit = _open_audit_log(cfg, stop, wait=not args.once)
+    audit = _open_audit_log(cfg, once=args.once)
     if audit is None:
-        return 0 if stop.is_set() else 1
+        return 1
     uplink = build_uplink(cfg, audit=audit)
     try:
         if args.once:
