@@ -44,6 +44,20 @@ def letterbox_geometry(frame_w: int, frame_h: int, input_width: int) -> Letterbo
     return Letterbox(scale, (input_w - new_w) // 2, (input_h - new_h) // 2, input_w, input_h)
 
 
+def letterbox(image: np.ndarray, input_width: int, pad_value: int) -> tuple[np.ndarray, Letterbox]:
+    """uint8[H, W, 3] → uint8[h, w, 3] resized keeping the aspect ratio and padded with
+    ``pad_value`` to multiples of 32 (centred), and the geometry. Both pose models use it."""
+    h, w = image.shape[:2]
+    lb = letterbox_geometry(w, h, input_width)
+    new_w, new_h = round(w * lb.scale), round(h * lb.scale)
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) \
+        if (new_w, new_h) != (w, h) else image
+    padded = cv2.copyMakeBorder(
+        resized, lb.pad_y, lb.input_h - new_h - lb.pad_y, lb.pad_x, lb.input_w - new_w - lb.pad_x,
+        cv2.BORDER_CONSTANT, value=(pad_value, pad_value, pad_value))
+    return padded, lb
+
+
 class PoseEstimator:
     """Runs the manifest-verified pose model on frames.
 
@@ -69,14 +83,7 @@ class PoseEstimator:
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """uint8[H, W, 3] BGR → float32[1, 3, h, w] RGB 0..1 letterboxed, and the geometry."""
-        h, w = image.shape[:2]
-        lb = letterbox_geometry(w, h, self.input_width)
-        new_w, new_h = round(w * lb.scale), round(h * lb.scale)
-        resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) \
-            if (new_w, new_h) != (w, h) else image
-        padded = cv2.copyMakeBorder(
-            resized, lb.pad_y, lb.input_h - new_h - lb.pad_y, lb.pad_x, lb.input_w - new_w - lb.pad_x,
-            cv2.BORDER_CONSTANT, value=(PAD_VALUE, PAD_VALUE, PAD_VALUE))
+        padded, lb = letterbox(image, self.input_width, PAD_VALUE)
         blob = cv2.dnn.blobFromImage(padded, scalefactor=1 / 255.0, swapRB=True)
         return blob, lb
 

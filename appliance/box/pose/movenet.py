@@ -21,7 +21,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from appliance.box.pose.estimator import Letterbox, letterbox_geometry
+from appliance.box.pose.estimator import Letterbox, letterbox
 from appliance.box.pose.manifest import ModelEntry, verified_session
 from appliance.contracts.types import NUM_KEYPOINTS, Detections, Frame
 
@@ -55,14 +55,8 @@ class MoveNetEstimator:
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """uint8[H, W, 3] BGR → uint8[1, h, w, 3] RGB letterboxed (black padding), and the geometry."""
-        h, w = image.shape[:2]
-        lb = letterbox_geometry(w, h, self.input_width)
-        new_w, new_h = round(w * lb.scale), round(h * lb.scale)
-        resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) \
-            if (new_w, new_h) != (w, h) else image
-        canvas = np.zeros((lb.input_h, lb.input_w, 3), np.uint8)
-        canvas[lb.pad_y:lb.pad_y + new_h, lb.pad_x:lb.pad_x + new_w] = resized
-        return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)[None], lb
+        padded, lb = letterbox(image, self.input_width, 0)
+        return cv2.cvtColor(padded, cv2.COLOR_BGR2RGB)[None], lb
 
     def infer_raw(self, blob: np.ndarray) -> np.ndarray:
         """The model's raw output float32[6, 56] for one input."""
