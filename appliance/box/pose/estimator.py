@@ -9,13 +9,17 @@ are merged by OpenCV's NMS.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
-from appliance.box.pose.manifest import ModelEntry, verified_model
+from appliance.box.pose.manifest import ModelEntry, verified_session
+from appliance.common.errors import ModelError
 from appliance.contracts.types import NUM_KEYPOINTS, Detections, Frame
+
+if TYPE_CHECKING:
+    from appliance.box.pose.movenet import MoveNetEstimator
 
 PAD_VALUE = 114  # the grey Ultralytics pads with; the model was trained on it
 STRIDE = 32
@@ -51,14 +55,8 @@ class PoseEstimator:
                  input_width: int = 640, threads: int = 2, score_threshold: float = 0.35,
                  nms_iou: float = 0.5, max_persons: int = 50):
         self.entry: ModelEntry
-        self.entry, blob = verified_model(model, models_dir)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.entry, self.session = verified_session(model, models_dir, threads=threads,
+                                                    architecture=("yolo-pose",))
         self.input_name = self.session.get_inputs()[0].name
         self.input_width = input_width
         self.score_threshold = score_threshold
@@ -118,9 +116,26 @@ class PoseEstimator:
         return self.decode(raw, lb)
 
 
-def estimator_from_config(pose_cfg) -> PoseEstimator:
-    """Builds the estimator from a validated :class:`appliance.box.config.PoseConfig`."""
+def estimator_from_config(pose_cfg) -> PoseEstimator | MoveNetEstimator:
+    """Builds the estimator the manifest entry of ``pose.model`` calls for (YOLO-pose or
+    MoveNet), from a validated :class:`appliance.config.PoseConfig`. Both return the same
+    :class:`~appliance.types.Detections`."""
+    from appliance.box.pose.manifest import POSE_ARCHITECTURES, load_manifest
+
+    models_dir = pose_cfg.models_dir or None
+    entry = load_manifest(models_dir).get(pose_cfg.model)
+    if entry is not None and entry.architecture not in POSE_ARCHITECTURES:
+        pose_models = [e.name for e in load_manifest(models_dir).values() if e.architecture in POSE_ARCHITECTURES]
+        raise ModelError(f"pose.model = {pose_cfg.model!r} is a {entry.architecture} model, not a pose model "
+                         f"(fix: one of {', '.join(pose_models)})")
+    input_width = pose_cfg.input_width or (entry.input_width if entry is not None else 0) or 640
+    if entry is not None and entry.architecture == "movenet-multipose":
+        from appliance.box.pose.movenet import MoveNetEstimator
+
+        return MoveNetEstimator(pose_cfg.model, models_dir=models_dir, input_width=input_width,
+                                threads=pose_cfg.threads, score_threshold=pose_cfg.score_threshold,
+                                max_persons=pose_cfg.max_persons)
     return PoseEstimator(
-        pose_cfg.model, models_dir=pose_cfg.models_dir or None, input_width=pose_cfg.input_width,
+        pose_cfg.model, models_dir=models_dir, input_width=input_width,
         threads=pose_cfg.threads, score_threshold=pose_cfg.score_threshold,
         nms_iou=pose_cfg.nms_iou, max_persons=pose_cfg.max_persons)
