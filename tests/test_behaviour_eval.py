@@ -122,6 +122,10 @@ def test_eval_runs_the_real_pipeline_on_a_small_folder(tmp_path, capsys):
     assert fa["profile"] == "bw-polg-44-4" and fa["clips"] == 1 and fa["permitted_violent_triggers"] == 0
     assert fa["false_alarms_per_camera_hour"] == 0.0 and 0.0 < fa["camera_hours"] < 0.01
     assert report["operating_point"]["threshold"] > 0
+    weapon = report["weapon"]
+    assert weapon["ordinary_hours"] == pytest.approx(3.0 / 3600, rel=0.1)
+    assert weapon["ordinary_false_alarms"] == 0 and weapon["false_alarms_per_hour"] == 0.0
+    assert weapon["crops_per_analysed_frame"] > 0 and weapon["ms_per_crop"] > 0
     # Nothing was written next to the data.
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["demo.mp4", "fight", "nofight", "walk.mp4"]
 
@@ -130,11 +134,16 @@ def test_eval_runs_the_real_pipeline_on_a_small_folder(tmp_path, capsys):
     assert args.func(args) == 0
     text = capsys.readouterr().out
     assert "balanced accuracy" in text and "per camera-hour" in text
+    # The weapon pattern is measured too: the 3 s walk is ordinary footage, its hands were looked at.
+    assert "false alarms = 0.0 per camera-hour" in text
     rows = (tmp_path.parent / "det.csv").read_text().splitlines()
     assert rows[0] == "threshold,fight_recall,false_alarms_per_camera_hour,default" and len(rows) > 10
     assert sum(int(r.split(",")[-1]) for r in rows[1:]) == 1      # the default operating point, marked
     import cv2
     assert cv2.imread(str(tmp_path.parent / "det.png")) is not None
+    args = _cli(["eval", str(tmp_path), "--json", "--quiet", "--no-objects"])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["weapon"] is None
 
 
 def test_an_unreadable_clip_is_listed_and_the_rest_still_measured(tmp_path, capsys):

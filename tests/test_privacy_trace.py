@@ -79,8 +79,8 @@ def add_scripted_push(pipeline, at_t=1.0):
     """Adds one push event for the two first persons actually tracked at ``at_t``."""
     real_update = pipeline.behaviour.update
     state = {"fired": False}
-    def update(tracked, evidence=()):
-        events = list(real_update(tracked, evidence))
+    def update(tracked, evidence=(), scan=None):
+        events = list(real_update(tracked, evidence, scan))
         if not state["fired"] and tracked.t >= at_t and tracked.persons:
             ids = tuple(sorted(p.track_id for p in tracked.persons))[:2]
             events.append(Event(Pattern.PUSH, tracked.t - 0.4, tracked.t, ids, 0.95, {"scripted": 1.0}))

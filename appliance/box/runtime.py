@@ -3,11 +3,11 @@
     source ──(index, t, wall, image)──► downscale (capture) ──► privacy masks (policy.MaskSet)
         ──► RingBuffer (RAM only; clip frame rate)
         ──► at the analysis rate, newest frame only:
-              PoseEstimator ─Detections─► Tracker ─TrackedFrame─► CandidateGate (stage 1)
+              PoseEstimator ─Detections─► Tracker ─TrackedFrame─┬─► CandidateGate (stage 1)
               ─► only while a candidate is open: Stage2 (motion energy from this and the previous
-                 analysed ring frame, zoomed re-pose of the candidate's crop) ─RegionEvidence─►
-              BehaviourAnalyzer ─Event─► PolicyGate ─Decision─► (permitted) Trigger, waiting for
-              its post-roll
+                 analysed ring frame, zoomed re-pose of the candidate's crop) ─RegionEvidence─┐
+                          ([objects] enabled) ObjectStage ─HandScan─┴─► BehaviourAnalyzer ─Event─►
+              PolicyGate ─Decision─► (permitted) Trigger, waiting for its post-roll
         ──► once the ring holds the post-roll: build_clip ─Clip─► clip sink
             (the daemon's sink seals into the spool: see appliance/box/daemon.py)
 
@@ -41,7 +41,7 @@ from appliance.box.config import AppConfig
 from appliance.box.policy import MaskSet, PolicyGate, ZoneSet, load_profile
 from appliance.box.pose import PoseEstimator, estimator_from_config
 from appliance.box.tracking import Tracker
-from appliance.contracts.types import Clip, Decision, Event, Frame, TrackedFrame, Trigger
+from appliance.contracts.types import Clip, Decision, Event, Frame, HandScan, TrackedFrame, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class PipelineStats:
     first_t: float | None = None
     last_t: float = 0.0
     inference_s: float = 0.0     # time spent inside pose inference
+    objects_s: float = 0.0       # time spent in the object stage (person crops through YOLOX)
     analysis_s: float = 0.0      # time spent in the whole analysis step (pose+track+behaviour+gate)
     stage2_frames: int = 0       # analysed frames with an open candidate (stage 2 ran)
     stage2_s: float = 0.0        # time spent in stage 2 (motion energy + zoomed re-pose)
@@ -81,6 +82,7 @@ class AnalysisResult:
     frame: Frame
     tracked: TrackedFrame
     decisions: tuple[Decision, ...]
+    scan: HandScan | None = None     # the object stage's result, when [objects] is enabled
 
 
 class Pipeline:
@@ -95,10 +97,15 @@ class Pipeline:
         self.ring = RingBuffer(cfg.ring.seconds, cfg.ring.max_fps)
         self.pose = estimator or estimator_from_config(cfg.pose)
         self.tracker = Tracker(cfg.tracking)
-        self.behaviour = BehaviourAnalyzer(cfg.behaviour)
+        self.behaviour = BehaviourAnalyzer(cfg.behaviour, objects=cfg.objects)
         self.candidates = CandidateGate()
         self.stage2 = Stage2(self.pose, max_regions=cfg.behaviour.stage2_max_regions, zoom=cfg.behaviour.stage2_zoom)
         self._prev_analysed_t: float | None = None
+        self.objects = None
+        if cfg.objects.enabled:
+            from appliance.box.objects import ObjectStage
+
+            self.objects = ObjectStage(cfg.objects, models_dir=cfg.pose.models_dir or None)
         self.profile = load_profile(profile or cfg.policy.profile, cfg.policy.profiles_dir or None)
         self._masks: MaskSet | None = None
         self._gate: PolicyGate | None = None
@@ -168,14 +175,17 @@ class Pipeline:
             st.stage2_frames += 1
             st.stage2_s += time.perf_counter() - t2
         self._prev_analysed_t = frame.t
-        events = self.behaviour.update(tracked, evidence)
+        t3 = time.perf_counter()
+        scan = self.objects.update(frame.image, tracked, self.behaviour.focus_tracks()) if self.objects else None
+        st.objects_s += time.perf_counter() - t3
+        events = self.behaviour.update(tracked, evidence, scan)
         decisions = tuple(self._decide(e, tracked) for e in events)
         st.analysed_frames += 1
         st.persons_max = max(st.persons_max, len(tracked.persons))
         st.track_ids.update(p.track_id for p in tracked.persons)
         st.inference_s += t1 - t0
         st.analysis_s += time.perf_counter() - t0
-        return AnalysisResult(frame, tracked, decisions)
+        return AnalysisResult(frame, tracked, decisions, scan)
 
     def _previous_analysed_image(self) -> np.ndarray | None:
         """The ring's copy of the previous analysed frame (motion energy's reference), if held."""

@@ -89,12 +89,21 @@ class SkeletonPipeline:
     costs no pose inference. Off by default.
     """
 
-    def __init__(self, app_cfg: AppConfig, cache_dir: Path | None = None):
+    def __init__(self, app_cfg: AppConfig, cache_dir: Path | None = None, *, with_objects: bool = False):
         from appliance.box.behaviour.stage2 import Stage2
         from appliance.box.pose import estimator_from_config
 
         self.cfg = app_cfg
         self.estimator = estimator_from_config(app_cfg.pose)
+        # The object stage (weapon pattern) runs when ``with_objects``, on the budget and crops of
+        # ``[objects]``; offline it scans without the behaviour stage's focus (no feedback loop).
+        self.objects = None
+        if with_objects:
+            from appliance.box.objects import ObjectStage
+
+            self.objects = ObjectStage(app_cfg.objects, models_dir=app_cfg.pose.models_dir or None)
+        self.object_crops = 0          # detector runs, for the cost line of the report
+        self.object_seconds = 0.0
         b = app_cfg.behaviour
         self.stage2 = Stage2(self.estimator, max_regions=b.stage2_max_regions, zoom=b.stage2_zoom)
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -107,6 +116,8 @@ class SkeletonPipeline:
         b = self.cfg.behaviour
         key = repr((CACHE_VERSION, str(path.resolve()), path.stat().st_mtime_ns, self.cfg.pose, self.cfg.tracking,
                     self.cfg.ring.max_width, self.cfg.analysis.fps, b.stage2_max_regions, b.stage2_zoom))
+        if self.objects is not None:   # the scans are cached too
+            key += repr(self.cfg.objects)
         return self.cache_dir / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pkl"
 
     def analysed_frames(self, path: Path) -> list[AnalysedFrame]:
@@ -149,7 +160,13 @@ class SkeletonPipeline:
             tracked = tracker.update(dets)
             evidence = self.stage2.measure(image, prev_image, gate.update(tracked), tracked)
             prev_image = image
-            yield AnalysedFrame(tracked, evidence)
+            scan = None
+            if self.objects is not None:
+                started = time.perf_counter()
+                scan = self.objects.update(image, tracked, set())
+                self.object_seconds += time.perf_counter() - started
+                self.object_crops += len(scan.scanned)
+            yield AnalysedFrame(tracked, evidence, scan)
 
 
 def run_analyzer(frames: Iterable[TrackedFrame | AnalysedFrame], cfg: BehaviourConfig | None = None) -> list[Event]:
@@ -183,6 +200,10 @@ class ClipResult:
     @property
     def violent(self) -> bool:
         return any(e.pattern.violent for e in self.events)
+
+    @property
+    def weapons(self) -> list[Event]:
+        return [e for e in self.events if e.pattern is Pattern.WEAPON]
 
     def patterns(self) -> list[str]:
         return sorted({e.pattern.value for e in self.events})
@@ -228,6 +249,36 @@ class EvalReport:
     permitted: Callable[[Event], bool] | None = None
     #: Clips that could not be decoded: (name, label, reason). Left out of every figure, listed.
     unreadable: list[tuple[str, str, str]] = field(default_factory=list)
+    #: Object stage cost: detector runs and their seconds (None: the stage did not run).
+    object_crops: int | None = None
+    object_seconds: float = 0.0
+
+    def weapon_summary(self) -> dict[str, Any] | None:
+        """Weapon events: per hour on the ordinary footage (where nobody holds a knife or bat:
+        every one is a false alarm), and where else they fired."""
+        if self.object_crops is None:
+            return None
+        ordinary = self.ordinary_clips()
+        hours = sum(c.seconds for c in ordinary) / 3600.0
+        false = [e for c in ordinary for e in c.weapons]
+
+        def listing(clips: list[ClipResult]) -> dict[str, list[str]]:
+            return {c.name: [f"{e.explanation.get('object')} {e.explanation.get('score')} "
+                             f"{e.explanation.get('hand')} hand, {e.explanation.get('frames')} frames"
+                             for e in c.weapons] for c in clips if c.weapons}
+
+        analysed = sum(c.frames for c in self.fight + self.nofight + self.fall_videos + self.ordinary)
+        return {
+            "ordinary_hours": round(hours, 4),
+            "ordinary_false_alarms": len(false),
+            "false_alarms_per_hour": round(len(false) / hours, 2) if hours else math.nan,
+            "objects_in_false_alarms": dict(Counter(str(e.explanation.get("object")) for e in false)),
+            "in_ordinary": listing(ordinary),
+            "in_fight_clips": listing(self.fight),
+            "in_fall_videos": listing(self.fall_videos),
+            "crops_per_analysed_frame": round(self.object_crops / analysed, 3) if analysed else math.nan,
+            "ms_per_crop": round(1e3 * self.object_seconds / self.object_crops, 1) if self.object_crops else math.nan,
+        }
 
     def _permitted_violent(self, clip: ClipResult) -> list[Event]:
         ok = self.permitted or (lambda e: True)
@@ -267,7 +318,7 @@ class EvalReport:
             "permitted_violent_triggers": len(firings),
             "false_alarms_per_camera_hour": round(len(firings) / hours, 2) if hours else math.nan,
             "violent_events_any_profile": sum(1 for c in clips for e in c.events if e.pattern.violent),
-            "fall_or_lying_events": sum(1 for c in clips for e in c.events if not e.pattern.violent),
+            "fall_or_lying_events": sum(1 for c in clips for e in c.events if e.pattern in (Pattern.FALL, Pattern.LYING)),
             "firings": firings,
             "per_clip": {c.name: c.patterns() for c in self.ordinary},
         }
@@ -304,6 +355,7 @@ class EvalReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "weapon": self.weapon_summary(),
             "fight": self.fight_summary(),
             "false_alarms": self.false_alarm_summary(),
             "falls": self.falls_summary(),
@@ -408,6 +460,19 @@ def format_report(report: EvalReport) -> str:
             f"{fl['violent_events_any_profile']})",
         ] + [f"    {f['clip']} t={f['t_s']} s {f['pattern']}: {f['explanation']}" for f in fl["firings"]] \
           + [f"    {name}: {pats or '-'}" for name, pats in fl["per_clip"].items()]
+    ws = report.weapon_summary()
+    if ws:
+        lines += [
+            f"weapon (object near a wrist in >= objects.min_frames consecutive scans; "
+            f"{ws['crops_per_analysed_frame']} crops per analysed frame, {ws['ms_per_crop']} ms per crop)",
+            f"  ordinary footage ({ws['ordinary_hours'] * 3600:.0f} s): "
+            f"{ws['ordinary_false_alarms']} false alarms = {ws['false_alarms_per_hour']} per camera-hour "
+            f"{ws['objects_in_false_alarms'] or ''}",
+        ]
+        for title, key in (("ordinary", "in_ordinary"), ("fight clips", "in_fight_clips"),
+                           ("fall videos", "in_fall_videos")):
+            for name, found in ws[key].items():
+                lines.append(f"    {title}: {name}: {'; '.join(found)}")
     if report.unreadable:
         lines.append(f"UNREADABLE, left out of every figure above ({len(report.unreadable)} clips):")
         lines += [f"    {lab}: {name}: {why}" for name, lab, why in report.unreadable]
@@ -572,12 +637,12 @@ def _clip_name(path: Path) -> str:
 
 
 def clip_result(name: str, label: str, frames: list[AnalysedFrame], cfg: BehaviourConfig,
-                period: float) -> ClipResult:
-    analyzer = BehaviourAnalyzer(cfg)
+                period: float, objects=None) -> ClipResult:
+    analyzer = BehaviourAnalyzer(cfg, objects=objects)
     events: list[Event] = []
     trace: list[tuple[float, float]] = []
     for af in frames:
-        events += analyzer.update(af.tracked, af.evidence)
+        events += analyzer.update(af.tracked, af.evidence, getattr(af, "scan", None))
         trace.append((af.tracked.t, analyzer.fight_probability))
     events += analyzer.flush()
     return ClipResult(name, label, tuple(events), len(frames), len(frames) * period, tuple(trace))
@@ -585,7 +650,8 @@ def clip_result(name: str, label: str, frames: list[AnalysedFrame], cfg: Behavio
 
 def evaluate(root: Path, app_cfg: AppConfig, cfg: BehaviourConfig | None = None, *, limit: int | None = None,
              progress: Callable[[str], None] | None = None, cache_dir: Path | None = None,
-             profile: str | None = None) -> EvalReport:
+             profile: str | None = None, with_objects: bool = True) -> EvalReport:
+    """``with_objects``: also run the object stage and report the weapon pattern."""
     from appliance.box.policy import PolicyGate, ZoneSet, load_profile
 
     cfg = cfg or getattr(app_cfg, "behaviour", None) or BehaviourConfig()
@@ -598,8 +664,8 @@ def evaluate(root: Path, app_cfg: AppConfig, cfg: BehaviourConfig | None = None,
     if probe.fight_model is not None:
         report.operating_point = (probe.fight_model.threshold, probe.fight_model.consecutive_windows,
                                   cfg.episode_gap_s, cfg.repeat_s)
-    pipeline = SkeletonPipeline(app_cfg, cache_dir) if (plan.fight or plan.nofight or plan.fall_videos
-                                                        or plan.ordinary) else None
+    pipeline = SkeletonPipeline(app_cfg, cache_dir, with_objects=with_objects) if (
+        plan.fight or plan.nofight or plan.fall_videos or plan.ordinary) else None
     period = 1.0 / app_cfg.analysis.fps
     groups = (("fight", plan.fight, report.fight), ("nofight", plan.nofight, report.nofight),
               ("fall", plan.fall_videos, report.fall_videos), ("ordinary", plan.ordinary, report.ordinary))
@@ -614,10 +680,12 @@ def evaluate(root: Path, app_cfg: AppConfig, cfg: BehaviourConfig | None = None,
                 if progress:
                     progress(f"{label:8s} {_clip_name(path)}: UNREADABLE ({exc})")
                 continue
-            result = clip_result(_clip_name(path), label, frames, cfg, period)
+            result = clip_result(_clip_name(path), label, frames, cfg, period, app_cfg.objects)
             out.append(result)
             if progress:
                 progress(f"{label:8s} {result.name}: {', '.join(result.patterns()) or '-'}")
+    if pipeline is not None and pipeline.objects is not None:
+        report.object_crops, report.object_seconds = pipeline.object_crops, pipeline.object_seconds
     if plan.urfd_csv is not None:
         report.urfd = evaluate_urfd(plan.urfd_csv, cfg, app_cfg.analysis.fps)
     report.seconds = time.monotonic() - start

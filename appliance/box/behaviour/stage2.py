@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from appliance.box.behaviour import features as F
-from appliance.contracts.types import Detections, TrackedFrame
+from appliance.contracts.types import Detections, HandScan, TrackedFrame
 
 #: Two persons interact when their hips are within this many torso lengths (mean of the two).
 CANDIDATE_REACH = 2.5
@@ -107,6 +107,7 @@ class AnalysedFrame:
 
     tracked: TrackedFrame
     evidence: tuple[RegionEvidence, ...] = ()
+    scan: HandScan | None = None    # the object stage's result (weapon pattern), when it ran
 
 
 def _union(boxes: list[np.ndarray]) -> np.ndarray:
