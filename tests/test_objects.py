@@ -63,7 +63,7 @@ def run_chain(detector, tracked_frames, objects: ObjectsConfig):
     for image, tracked in tracked_frames:
         scan = stage.update(image, tracked, analyzer.focus_tracks())
         scans.append(scan)
-        events += analyzer.update(tracked, scan)
+        events += analyzer.update(tracked, scan=scan)
     return scans, events
 
 
@@ -141,7 +141,7 @@ def test_streak_rules():
         return HandScan(0, t, scanned, objs)
 
     def step(t, scanned, holding):
-        return [e for e in analyzer.update(replace(empty, t=t), scan(t, scanned, holding))
+        return [e for e in analyzer.update(replace(empty, t=t), scan=scan(t, scanned, holding))
                 if e.pattern is Pattern.WEAPON]
 
     assert step(0.0, (7,), 1) == [] and 7 in analyzer.focus_tracks()
@@ -159,7 +159,7 @@ def test_streak_rules():
 def test_bw_polg_counts_weapon_but_never_records_it_and_a_weapon_profile_may():
     event_scan = HandScan(0, 0.0, (7,), (HeldObject(7, "knife", 0.9, "left", 0.0, np.zeros(4, np.float32)),))
     analyzer = BehaviourAnalyzer(objects=ObjectsConfig(min_frames=1))
-    event = analyzer.update(TrackedFrame(0, 0.0, (), (640, 480)), event_scan)[0]
+    event = analyzer.update(TrackedFrame(0, 0.0, (), (640, 480)), scan=event_scan)[0]
     decision = PolicyGate(load_profile("bw-polg-44-4")).decide(event)
     assert not decision.permitted and decision.rule == "patterns.weapon.permitted"
     assert PolicyGate(load_profile("helpless-person")).decide(event).rule == "not-listed"
