@@ -25,6 +25,7 @@ from pathlib import Path
 
 from appliance import __version__
 from appliance.audit.log import AuditLog
+from appliance.box.tamper import ModeReference, ReferenceError, TamperEvent, TamperReference, load_reference
 from appliance.capture import open_source, redact
 from appliance.config import AppConfig
 from appliance.errors import ApplianceError
@@ -114,8 +115,18 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
                          start=round(d.event.start_t, 3), end=round(d.event.end_t, 3),
                          profile=d.profile.id, rule=d.rule)
 
+    def on_tamper(event: TamperEvent) -> None:
+        # Not a clip trigger: the kind, times and a few figures, never pixels.
+        audit.append("camera.tamper", **event.fields())
+        (log.warning if event.state == "raised" else log.info)("camera tamper %s: %s", event.state, event.kind.value)
+
+    def on_tamper_reference(mode: str, ref: ModeReference) -> None:
+        audit.append("camera.tamper_reference", mode=mode, source=ref.source, corners=len(ref.corners),
+                     cells=ref.static_cells)
+
     notifier.extend_timeout(60)   # model load + first frame can take a while on a cold box
-    pipeline = Pipeline(cfg, on_decision=on_decision)
+    pipeline = Pipeline(cfg, on_decision=on_decision, tamper_reference=_tamper_reference(cfg, audit),
+                        on_tamper=on_tamper, on_tamper_reference=on_tamper_reference)
     audit.append("appliance.start", version=__version__, config=config_path or "",
                  config_sha256=_sha256_file(config_path), profile=pipeline.profile.ref.id,
                  profile_version=pipeline.profile.ref.version, profile_sha256=pipeline.profile.ref.sha256,
@@ -184,7 +195,8 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
                     "last_frame_wall": source.health.last_frame_wall, "uptime_s": round(now - started, 1),
                     "frames": pipeline.stats.frames, "analysed_frames": pipeline.stats.analysed_frames,
                     "clips_sealed": sealer.sealed, "clips_refused_spool_full": sealer.refused,
-                    "written_wall": time.time()}, device_id=cfg.device.id, signing_key=sealer.signing_key)
+                    "written_wall": time.time(), **_tamper_health(pipeline)},
+                    device_id=cfg.device.id, signing_key=sealer.signing_key)
                 # Anchor a quiet tail too: checkpoints reach the station with the heartbeats.
                 audit.maybe_checkpoint()
             notifier.ping()
@@ -214,6 +226,30 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
         audit.close()
         log.info("stopped: %d frames, %d analysed, %d clips sealed", st.frames, st.analysed_frames, sealer.sealed)
     return 0
+
+
+def _tamper_reference(cfg: AppConfig, audit: AuditLog) -> TamperReference | None:
+    """The provisioned reference; without one (or with a broken one, left as it is for the
+    technician) every lighting mode's reference is learnt at run time."""
+    if not cfg.tamper.enabled:
+        return None
+    try:
+        reference = load_reference(cfg.tamper_reference)
+    except ReferenceError as exc:
+        log.error("%s; learning the reference at run time instead", exc)
+        audit.append("camera.tamper_reference", mode="all", source="unreadable", detail=str(exc)[:300])
+        return None
+    if reference is None:
+        log.warning("no tamper reference at %s (fix: appliance provision check); learning it at run time",
+                    cfg.tamper_reference)
+    else:
+        log.info("tamper reference: %s", reference.describe())
+    return reference
+
+
+def _tamper_health(pipeline: Pipeline) -> dict:
+    """The health statement's optional ``tamper`` field (docs/wire-protocol.md)."""
+    return {"tamper": pipeline.tamper.status()} if pipeline.tamper is not None else {}
 
 
 def _sha256_file(path: str | None) -> str:

@@ -5,6 +5,8 @@
         ──► at the analysis rate, newest frame only:
               PoseEstimator ─Detections─► Tracker ─TrackedFrame─► BehaviourAnalyzer ─Event─►
               PolicyGate ─Decision─► (permitted) Trigger, waiting for its post-roll
+              and every 1/tamper.fps s the same frame (person boxes masked out) ──►
+              TamperDetector ─TamperEvent─► on_tamper (audit, health; never a clip trigger)
         ──► once the ring holds the post-roll: build_clip ─Clip─► clip sink
             (the daemon's sink seals into the spool: see appliance/daemon.py)
 
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from appliance.behaviour import BehaviourAnalyzer
+from appliance.box.tamper import ModeReference, TamperDetector, TamperEvent, TamperReference
 from appliance.capture import RingBuffer
 from appliance.clip import build_clip
 from appliance.config import AppConfig
@@ -57,6 +60,9 @@ class PipelineStats:
     last_t: float = 0.0
     inference_s: float = 0.0     # time spent inside pose inference
     analysis_s: float = 0.0      # time spent in the whole analysis step (pose+track+behaviour+gate)
+    tamper_samples: int = 0      # frames the tamper stage looked at
+    tamper_s: float = 0.0        # time spent in the tamper stage
+    tamper_raised: int = 0
 
     @property
     def triggered(self) -> bool:
@@ -74,6 +80,7 @@ class AnalysisResult:
     frame: Frame
     tracked: TrackedFrame
     decisions: tuple[Decision, ...]
+    tamper_events: tuple[TamperEvent, ...] = ()
 
 
 class Pipeline:
@@ -82,7 +89,10 @@ class Pipeline:
 
     def __init__(self, cfg: AppConfig, *, profile: str | None = None,
                  estimator: PoseEstimator | None = None,
-                 on_decision: Callable[[Decision], None] | None = None):
+                 on_decision: Callable[[Decision], None] | None = None,
+                 tamper_reference: TamperReference | None = None,
+                 on_tamper: Callable[[TamperEvent], None] | None = None,
+                 on_tamper_reference: Callable[[str, ModeReference], None] | None = None):
         self.cfg = cfg
         self.ring = RingBuffer(cfg.ring.seconds, cfg.ring.max_fps)
         self.pose = estimator or estimator_from_config(cfg.pose)
@@ -99,6 +109,10 @@ class Pipeline:
         self._tracked_history: collections.deque[TrackedFrame] = collections.deque(
             maxlen=max(2, math.ceil(cfg.ring.seconds * cfg.analysis.fps) + 2))
         self.analysis_period = 1.0 / cfg.analysis.fps
+        # Without a provisioned reference the detector learns each lighting mode's own.
+        self.tamper = (TamperDetector(cfg.tamper, tamper_reference, on_reference=on_tamper_reference)
+                       if cfg.tamper.enabled else None)
+        self.on_tamper = on_tamper
 
     # -- geometry-dependent parts are built on the first frame -------------------------
 
@@ -135,13 +149,30 @@ class Pipeline:
         self._tracked_history.append(tracked)
         events = self.behaviour.update(tracked)
         decisions = tuple(self._decide(e, tracked) for e in events)
+        tamper_events = self._check_tamper(frame, tracked)
         st = self.stats
         st.analysed_frames += 1
         st.persons_max = max(st.persons_max, len(tracked.persons))
         st.track_ids.update(p.track_id for p in tracked.persons)
         st.inference_s += t1 - t0
         st.analysis_s += time.perf_counter() - t0
-        return AnalysisResult(frame, tracked, decisions)
+        return AnalysisResult(frame, tracked, decisions, tamper_events)
+
+    def _check_tamper(self, frame: Frame, tracked: TrackedFrame) -> tuple[TamperEvent, ...]:
+        """At tamper.fps, the analysed ring frame with its persons' boxes masked out."""
+        if self.tamper is None or not self.tamper.due(frame.t):
+            return ()
+        t0 = time.perf_counter()
+        boxes = np.array([p.box for p in tracked.persons], np.float32).reshape(-1, 4)
+        events = tuple(self.tamper.update(frame.image, frame.t, frame.wall, boxes))
+        st = self.stats
+        st.tamper_samples += 1
+        st.tamper_s += time.perf_counter() - t0
+        st.tamper_raised += sum(e.state == "raised" for e in events)
+        if self.on_tamper:
+            for event in events:
+                self.on_tamper(event)
+        return events
 
     def finish(self) -> tuple[Decision, ...]:
         """End of stream: lets the behaviour stage close open episodes."""
