@@ -4,6 +4,7 @@ Each command group lives with the stage it belongs to and registers its own sub-
 
     analyze, run                appliance/runtime_cli.py  (the pixel pipeline)
     eval                        appliance/behaviour/cli.py
+    tamper eval                 appliance/box/tamper/cli.py
     profiles ...                appliance/policy/cli.py
     uplink                      appliance/uplink/cli.py   (the network process)
     station ...                 appliance/station/cli.py
@@ -28,6 +29,7 @@ from appliance.errors import ApplianceError
 COMMAND_MODULES = (
     "appliance.runtime_cli",
     "appliance.behaviour.cli",
+    "appliance.box.tamper.cli",
     "appliance.policy.cli",
     "appliance.uplink.cli",
     "appliance.station.cli",

@@ -118,8 +118,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             if emit_json:
                 jprint({"type": "tamper", **e.fields()})
             else:
-                print(f"  tamper   {e.kind.value:<9} {e.state:<7} at {e.t:6.2f} s (condition {'since' if e.state == 'raised' else 'gone since'} "
-                      f"{e.since_t:.2f} s, {e.mode} reference): no clip, audited and reported in the health statement")
+                began = "since" if e.state == "raised" else "gone since"
+                print(f"  tamper   {e.kind.value:<9} {e.state:<7} at {e.t:6.2f} s (condition {began} "
+                      f"{e.since_t:.2f} s, {e.mode} reference): no clip; audited and in the health statement")
         progress.update(pipeline.stats.frames)
 
     def _report_decision(d: Decision) -> None:

@@ -41,7 +41,7 @@ from appliance.station.registry import AllowListProvider, DeviceRecord, DeviceRe
 from appliance.station.store import ClipStore
 from appliance.uplink import protocol as p
 from appliance.uplink.curve import load_curve_keypair
-from appliance.uplink.health import HealthStatementError, verify_health
+from appliance.uplink.health import HealthStatementError, signed_pixel_tamper, verify_health
 
 log = logging.getLogger("appliance.station")
 
@@ -261,11 +261,27 @@ class StationServer:
             except HealthStatementError as exc:
                 raise Rejected("bad_signature", f"pixel health from {device_id}: {exc}", device_id) from None
             recorded.update(pixel=statement["health"], pixel_unix_ms=statement["unix_ms"], pixel_signed=True)
+        self._audit_tamper_change(store, device_id, recorded)
         store.record_seen(device_id, "heartbeat", recorded)
         new = store.add_checkpoints(device_id, checkpoints)
         self._count("heartbeat")
         self._audit("station.heartbeat", device_id=device_id, checkpoints_new=new)
         return True, {"type": "ack", "for": "heartbeat", "status": "recorded", "device_id": device_id}
+
+    def _audit_tamper_change(self, store: ClipStore, device_id: str, recorded: dict[str, Any]) -> None:
+        """``station.device_tamper`` when a device's signed camera tamper state changes."""
+        new = signed_pixel_tamper(recorded)
+        if new is None:
+            return
+        seen = store.last_seen(device_id)
+        old = signed_pixel_tamper(seen.health) if seen else None
+        old_kinds = old.kinds if old else ()
+        if new.kinds == old_kinds:
+            return
+        self._audit("station.device_tamper", device_id=device_id, state="tampered" if new.tampered else "ok",
+                    kinds=list(new.kinds), previous=list(old_kinds),
+                    since={k: round(v, 3) for k, v in sorted(new.since.items())}, mode=new.mode)
+        (log.warning if new.tampered else log.info)("device %s camera tamper: %s", device_id, new.describe())
 
     def _handle_envelope(self, req: p.Request, user_id: str, peer: str, registry: DeviceRegistry,
                          store: ClipStore) -> tuple[bool, dict[str, Any]]:

@@ -244,6 +244,10 @@ class TamperDetector:
 
     def _track_mode(self, m: FrameMeasures) -> str:
         seen = mode_of(m, self.cfg.night_max_chroma)
+        if m.contrast < self.cfg.min_contrast and self.mode is not None:
+            # A flat image (covered, blinded) is colourless whatever the light: no vote.
+            self._mode_votes = 0
+            return self.mode
         if self.mode is None:
             self.mode = seen
         elif seen != self.mode:

@@ -45,7 +45,7 @@ def _black(f: np.ndarray, _: np.ndarray) -> np.ndarray:
 def _partial(share: float) -> Transform:
     def apply(f: np.ndarray, _: np.ndarray) -> np.ndarray:
         out = f.copy()
-        w = int(round(f.shape[1] * share))
+        w = round(f.shape[1] * share)
         # A dark cloth or hand over the lens: nearly flat, a little sensor noise.
         rng = np.random.default_rng(int(f[0, 0, 0]))
         out[:, :w] = np.clip(35 + rng.normal(0, 1.5, (f.shape[0], w, 1)), 0, 255).astype(np.uint8)
@@ -57,7 +57,7 @@ def _blur(sigma: float) -> Transform:
     def apply(f: np.ndarray, _: np.ndarray) -> np.ndarray:
         # Optical blur happens before the sensor: its noise is added after (sigma 1.5 levels).
         blurred = cv2.GaussianBlur(f, (0, 0), sigma).astype(np.float32)
-        noise = np.random.default_rng(int(f[0, 0, 0])).normal(0, 1.5, f.shape[:2] + (1,))
+        noise = np.random.default_rng(int(f[0, 0, 0])).normal(0, 1.5, (*f.shape[:2], 1))
         return np.clip(blurred + noise, 0, 255).astype(np.uint8)
     return apply
 
