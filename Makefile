@@ -39,8 +39,11 @@ models: setup
 	$(PY) scripts/quantize_pose.py
 	sha256sum models/*.onnx
 
+# Style (ruff), the one-way dependencies between common, contracts, box and station
+# (import-linter, contracts in setup.cfg [importlinter]).
 lint: setup
 	$(VENV)/bin/ruff check appliance tests bench
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -2,15 +2,15 @@
 
 Each command group lives with the stage it belongs to and registers its own sub-parser:
 
-    analyze, run                appliance/runtime_cli.py  (the pixel pipeline)
-    eval                        appliance/behaviour/cli.py
+    analyze, run                appliance/box/runtime_cli.py  (the pixel pipeline)
+    eval                        appliance/box/behaviour/cli.py
     tamper eval                 appliance/box/tamper/cli.py
-    profiles ...                appliance/policy/cli.py
-    uplink                      appliance/uplink/cli.py   (the network process)
+    profiles ...                appliance/box/policy/cli.py
+    uplink                      appliance/box/uplink/cli.py   (the network process)
     station ...                 appliance/station/cli.py
-    provision ...               appliance/provision/cli.py
-    audit ...                   appliance/audit/cli.py
-    models ...                  appliance/pose/cli.py
+    provision ...               appliance/box/provision/cli.py
+    audit ...                   appliance/station/audit/cli.py
+    models ...                  appliance/box/pose/cli.py
 
 A command sets ``func(args) -> int``. Errors meant for people are :class:`ApplianceError`
 and are printed on one line; the exit code comes from the error class.
@@ -22,20 +22,21 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import Any
 
 from appliance import __version__
-from appliance.errors import ApplianceError
+from appliance.common.errors import ApplianceError
 
 COMMAND_MODULES = (
-    "appliance.runtime_cli",
-    "appliance.behaviour.cli",
+    "appliance.box.runtime_cli",
+    "appliance.box.behaviour.cli",
     "appliance.box.tamper.cli",
-    "appliance.policy.cli",
-    "appliance.uplink.cli",
+    "appliance.box.policy.cli",
+    "appliance.box.uplink.cli",
     "appliance.station.cli",
-    "appliance.provision.cli",
-    "appliance.audit.cli",
-    "appliance.pose.cli",
+    "appliance.box.provision.cli",
+    "appliance.station.audit.cli",
+    "appliance.box.pose.cli",
 )
 
 
@@ -48,8 +49,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        module = _command_module(name)
+        if module is None:
+            continue
+        if name == "appliance.box.provision.cli":
+            # `provision station-add` is the station's `devices add` under the technician's
+            # group: the one place the two sides meet, so it is wired here, not in either side.
+            devices = _command_module("appliance.station.devices")
+            module.register(sub, station_add=devices.add_arguments if devices is not None else None)
+        else:
+            module.register(sub)
     return parser
+
+
+def _command_module(name: str) -> Any:
+    """The command module, or None when its side (box or station) is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+            raise
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,9 +14,9 @@ from pathlib import Path
 def run() -> list[tuple[str, float, str]]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from appliance.audit.log import AuditLog
-    from appliance.audit.report import build_report, render_html
-    from appliance.audit.verify import verify_log
+    from appliance.contracts.audit.log import AuditLog
+    from appliance.contracts.audit.verify import verify_log
+    from appliance.station.audit.report import build_report, render_html
 
     rows: list[tuple[str, float, str]] = []
     key = Ed25519PrivateKey.generate()

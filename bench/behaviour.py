@@ -14,7 +14,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "beha
 
 
 def _frames(name: str):
-    from appliance.types import TrackedFrame, TrackedPerson
+    from appliance.contracts.types import TrackedFrame, TrackedPerson
 
     z = np.load(FIXTURES / f"{name}.npz")
     frames, k = [], 0
@@ -29,7 +29,7 @@ def _frames(name: str):
 
 
 def _ms_per_frame(frames, repeats: int) -> float:
-    from appliance.behaviour import BehaviourAnalyzer
+    from appliance.box.behaviour import BehaviourAnalyzer
 
     span = frames[-1].t + 0.1
     start = time.perf_counter()

@@ -23,10 +23,10 @@ def run() -> list[tuple[str, float, str]]:
     import cv2
     import numpy as np
 
-    from appliance.clip import build_clip
-    from appliance.config import Region, package_root
-    from appliance.policy import MaskSet, PolicyGate, ZoneSet, load_profile
-    from appliance.types import Event, Frame, Pattern, Trigger
+    from appliance.box.clip import build_clip
+    from appliance.box.config import Region, package_root
+    from appliance.box.policy import MaskSet, PolicyGate, ZoneSet, load_profile
+    from appliance.contracts.types import Event, Frame, Pattern, Trigger
 
     rows: list[tuple[str, float, str]] = []
     regions = (

@@ -16,9 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from appliance.capture import FileSource, downscale
-from appliance.config import default_config, package_root
-from appliance.pose.estimator import Letterbox, PoseEstimator
+from appliance.box.capture import FileSource, downscale
+from appliance.box.config import default_config, package_root
+from appliance.box.pose.estimator import Letterbox, PoseEstimator
 
 ROOT = package_root()
 VIDEOS = [ROOT / "samples" / "demo_skeleton.mp4", ROOT / "samples" / "one-by-one-person-detection.mp4"]
@@ -101,7 +101,7 @@ def agreement(reference, candidate) -> tuple[float, float]:
 
 def pipeline_figures(video: Path, analyse_every_frame: bool = True, max_frames: int = 300):
     """End-to-end: decode → downscale → masks → ring → pose → tracking → behaviour → gate."""
-    from appliance.runtime import Pipeline, analyse_video
+    from appliance.box.runtime import Pipeline, analyse_video
     src = FileSource(str(video), max_width=960)
     fps = src.fps if analyse_every_frame else 10.0
     cfg = default_config(str(video), analysis={"fps": min(fps, 60.0)})
@@ -122,9 +122,9 @@ def pipeline_figures(video: Path, analyse_every_frame: bool = True, max_frames: 
 
 RSS_SCRIPT = """
 import resource, sys
-from appliance.capture import FileSource
-from appliance.config import default_config
-from appliance.runtime import Pipeline, analyse_video
+from appliance.box.capture import FileSource
+from appliance.box.config import default_config
+from appliance.box.runtime import Pipeline, analyse_video
 src = FileSource(sys.argv[1], max_width=960, loop=True)
 pipe = Pipeline(default_config(sys.argv[1]))
 limit = float(sys.argv[2])

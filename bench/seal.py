@@ -21,9 +21,9 @@ def _best_rate(fn, megabytes: float, repeats: int) -> float:
 def run() -> list[tuple[str, float, str]]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from appliance.seal import open_envelope, seal_clip, verify_envelope
-    from appliance.seal.keys import HpkePrivateKey
-    from appliance.seal.synthetic import synthetic_clip
+    from appliance.box.seal import open_envelope, seal_clip, verify_envelope
+    from appliance.contracts.keys import HpkePrivateKey
+    from appliance.contracts.synthetic import synthetic_clip
 
     size = 10 * 1024 * 1024
     mb = size / 1e6

@@ -36,8 +36,8 @@ def _frames(width: int, count: int = 30) -> list[np.ndarray]:
 
 
 def _ms_per_sample(frames: list[np.ndarray], repeats: int = 3) -> tuple[float, float, float]:
+    from appliance.box.config import TamperConfig
     from appliance.box.tamper import TamperDetector, TamperReference, learn_from_images
-    from appliance.config import TamperConfig
 
     cfg = TamperConfig()
     mode, ref = learn_from_images(frames[:10], source="provision", night_max_chroma=cfg.night_max_chroma)

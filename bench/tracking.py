@@ -27,10 +27,10 @@ from typing import Self
 
 import numpy as np
 
-from appliance.config import PoseConfig, TrackingConfig, package_root
-from appliance.tracking import Tracker, linear_assignment
-from appliance.tracking.similarity import iou_matrix
-from appliance.types import Detections
+from appliance.box.config import PoseConfig, TrackingConfig, package_root
+from appliance.box.tracking import Tracker, linear_assignment
+from appliance.box.tracking.similarity import iou_matrix
+from appliance.contracts.types import Detections
 
 ANALYSIS_FPS = 10.0
 MATCH_IOU = 0.5
@@ -211,7 +211,7 @@ def _mot_rows() -> list[tuple[str, float, str]]:
     sequences = sorted(p for p in root.glob("*") if (p / "gt.txt").exists()) if root.is_dir() else []
     if not sequences:
         return []
-    from appliance.pose import estimator_from_config
+    from appliance.box.pose import estimator_from_config
 
     # The product's pose settings, but with low-score detections kept: they feed ByteTrack's
     # second stage. BENCH_POSE_INPUT_WIDTH overrides the input width for experiments.

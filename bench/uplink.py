@@ -26,14 +26,14 @@ def run() -> list[tuple[str, float, str]]:
 
 def _run(*, audit: bool, latency: bool = True, clips: int = 100,
          clip_bytes: int = 1024 * 1024) -> list[tuple[str, float, str]]:
-    from appliance.seal import seal_clip
-    from appliance.seal.keys import load_hpke_public_key, load_signing_public_key
-    from appliance.seal.synthetic import synthetic_clip
+    from appliance.box.seal import seal_clip
+    from appliance.box.uplink.client import ClientConfig, UplinkClient
+    from appliance.contracts import protocol as p
+    from appliance.contracts.curve import load_curve_public
+    from appliance.contracts.keys import load_hpke_public_key, load_signing_public_key
+    from appliance.contracts.synthetic import synthetic_clip
     from appliance.station.enrol import create_device_keys, enrol_device
     from appliance.station.keys import StationKeyPaths, generate_station_keys
-    from appliance.uplink import protocol as p
-    from appliance.uplink.client import ClientConfig, UplinkClient
-    from appliance.uplink.curve import load_curve_public
 
     with tempfile.TemporaryDirectory(prefix="bench-uplink-") as tmp:
         tmp_path = Path(tmp)

@@ -27,8 +27,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from appliance.behaviour import BehaviourAnalyzer, BehaviourConfig  # noqa: E402
-from appliance.behaviour.evaluate import run_analyzer  # noqa: E402
+from appliance.box.behaviour import BehaviourAnalyzer, BehaviourConfig  # noqa: E402
+from appliance.box.behaviour.evaluate import run_analyzer  # noqa: E402
 from scripts.make_behaviour_fixtures import tracked_from_cache  # noqa: E402
 
 #: The kinematic rules only (this script measures their thresholds; the window classifier has

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated cache-name prefixes, e.g. scfd-,mot-")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(repo))
-    from appliance.pose import PoseEstimator
+    from appliance.box.pose import PoseEstimator
 
     est = PoseEstimator(input_width=args.input_width, threads=args.threads,
                         score_threshold=args.score_threshold, nms_iou=args.nms_iou, max_persons=args.max_persons)

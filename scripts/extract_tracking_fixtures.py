@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from appliance.pose import PoseEstimator
+from appliance.box.pose import PoseEstimator
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,9 +27,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from appliance.config import TrackingConfig  # noqa: E402
-from appliance.tracking import Tracker  # noqa: E402
-from appliance.types import Detections, TrackedFrame, TrackedPerson  # noqa: E402
+from appliance.box.config import TrackingConfig  # noqa: E402
+from appliance.box.tracking import Tracker  # noqa: E402
+from appliance.contracts.types import Detections, TrackedFrame, TrackedPerson  # noqa: E402
 
 OUT = REPO / "tests" / "fixtures" / "behaviour"
 FPS = 10.0

@@ -27,8 +27,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from appliance.capture import downscale  # noqa: E402
-from appliance.pose.estimator import PoseEstimator  # noqa: E402
+from appliance.box.capture import downscale  # noqa: E402
+from appliance.box.pose.estimator import PoseEstimator  # noqa: E402
 
 SOURCE = ROOT / "models" / "yolo11n-pose.onnx"
 TARGET = ROOT / "models" / "yolo11n-pose-int8.onnx"

@@ -5,7 +5,7 @@ Data: the Surveillance Camera Fight Dataset clips in ../shared/data/scfd-dev (50
 no-fight, MIT licence), through the pose cache of scripts/extract_skeletons.py. Each clip is
 replayed as the runtime sees it: detections with score >= ``--pose-score`` (filtering a cache
 extracted at a lower threshold equals extracting at this one: NMS is greedy in score order) →
-the project's Tracker at 10 fps → :func:`appliance.behaviour.fight_model.window_features` over
+the project's Tracker at 10 fps → :func:`appliance.box.behaviour.fight_model.window_features` over
 every causal window of ``--window`` seconds (once it spans ``--min-window`` s). Every window is
 a training row with its clip's label (rows weighted so that each clip counts once). A clip is
 *fight* when any of its windows reaches the threshold — exactly what the runtime does.
@@ -38,12 +38,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from appliance.behaviour.config import BehaviourConfig  # noqa: E402
-from appliance.behaviour.evaluate import run_analyzer  # noqa: E402
-from appliance.behaviour.fight_model import FEATURE_NAMES, FrameWindow, has_pair, window_features  # noqa: E402
-from appliance.config import TrackingConfig  # noqa: E402
-from appliance.tracking import Tracker  # noqa: E402
-from appliance.types import Detections, Pattern, TrackedFrame  # noqa: E402
+from appliance.box.behaviour.config import BehaviourConfig  # noqa: E402
+from appliance.box.behaviour.evaluate import run_analyzer  # noqa: E402
+from appliance.box.behaviour.fight_model import FEATURE_NAMES, FrameWindow, has_pair, window_features  # noqa: E402
+from appliance.box.config import TrackingConfig  # noqa: E402
+from appliance.box.tracking import Tracker  # noqa: E402
+from appliance.contracts.types import Detections, Pattern, TrackedFrame  # noqa: E402
 
 FPS = 10.0
 #: Left out a priori: how many persons a camera sees, how boxes change under occlusion and how
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             "consecutive_windows": args.consecutive,
             "trained_on": {"data": "scfd-dev (Surveillance Camera Fight Dataset, MIT), 50 fight + 50 no-fight",
                            "pose": f"yolo11n-pose at 640, frames <= 960 wide, score >= {args.pose_score}",
-                           "tracking": f"appliance.tracking.Tracker high/low {tracking.high_score}/"
+                           "tracking": f"appliance.box.tracking.Tracker high/low {tracking.high_score}/"
                                        f"{tracking.low_score}, 10 fps",
                            "C": c,
                            "nested_cv_balanced_accuracy": [round(v, 4) for v in alone]},

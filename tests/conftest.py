@@ -17,7 +17,7 @@ WALK_CLIP = ROOT / "samples" / "one-by-one-person-detection.mp4"  # CC BY 4.0, o
 
 @pytest.fixture(scope="session")
 def pose_estimator():
-    from appliance.pose import PoseEstimator
+    from appliance.box.pose import PoseEstimator
     return PoseEstimator()
 
 

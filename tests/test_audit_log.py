@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from appliance.audit.canonical import canonical, key_id, record_hash
-from appliance.audit.checkpoints import parse_checkpoint
-from appliance.audit.log import AccessRefused, AuditError, AuditLog, read_checkpoints
-from appliance.audit.verify import verify_log
+from appliance.contracts.audit.canonical import canonical, key_id, record_hash
+from appliance.contracts.audit.checkpoints import parse_checkpoint
+from appliance.contracts.audit.log import AccessRefused, AuditError, AuditLog, read_checkpoints
+from appliance.contracts.audit.verify import verify_log
 
 DEVICE_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 ATTACKER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(100, 132)))
@@ -53,7 +53,7 @@ def line_of_seq(path: Path, seq: int) -> int:
 def reseal(records: list[dict], key: Ed25519PrivateKey, from_seq: int) -> list[bytes]:
     """What a capable attacker does: recompute every hash from ``from_seq`` on and re-sign
     every later checkpoint with ``key``."""
-    from appliance.audit.checkpoints import sign_checkpoint
+    from appliance.contracts.audit.checkpoints import sign_checkpoint
     out = []
     prev = "0" * 64
     for rec in records:
@@ -286,7 +286,7 @@ def test_two_processes_share_one_log(tmp_path):
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path, signer=DEVICE_KEY, checkpoint_every=10)   # the key holder (pixel process)
     child = subprocess.Popen([sys.executable, "-c", (
-        "import sys\nfrom appliance.audit.log import AuditLog\n"
+        "import sys\nfrom appliance.contracts.audit.log import AuditLog\n"
         "log = AuditLog(sys.argv[1])\n"                                # the uplink: no key
         "for i in range(60): log.append('spool.ack', clip_id=f'u{i}')\n"
         "log.close()\n"), str(path)])
@@ -322,7 +322,7 @@ def test_torn_tail_is_cut_and_recorded(tmp_path):
 def test_a_short_write_is_cut_off_by_the_same_process(tmp_path, monkeypatch):
     """Disk full inside a write: the same writer's next append must not continue after the torn
     bytes (that would bury a broken line inside the log)."""
-    import appliance.audit.log as log_module
+    import appliance.contracts.audit.log as log_module
 
     path = tmp_path / "audit.jsonl"
     log, _ = make_log(path, records=3)
@@ -400,12 +400,12 @@ def test_time_based_checkpoint(tmp_path):
 
 
 def test_record_helpers_write_the_documented_fields(tmp_path):
-    from appliance.audit.records import (
+    from appliance.contracts.audit.records import (
         HourlyFrameCounter,
         record_not_permitted,
         record_trigger,
     )
-    from appliance.types import Decision, Event, Pattern, ProfileRef, Trigger
+    from appliance.contracts.types import Decision, Event, Pattern, ProfileRef, Trigger
 
     clock = FakeClock(1_764_000_000.0 - 1_764_000_000.0 % 3600)     # on an hour boundary
     log = AuditLog(tmp_path / "a.jsonl", signer=DEVICE_KEY, clock=clock)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from appliance.audit.canonical import parse_time, public_key_pem, utc_iso
-from appliance.audit.log import AuditLog
-from appliance.audit.report import build_report, render_csv, render_html
 from appliance.cli import main
+from appliance.contracts.audit.canonical import parse_time, public_key_pem, utc_iso
+from appliance.contracts.audit.log import AuditLog
+from appliance.station.audit.report import build_report, render_csv, render_html
 
 DEVICE_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 STATION_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))

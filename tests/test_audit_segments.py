@@ -11,12 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from appliance.audit.canonical import canonical, record_hash, utc_iso
-from appliance.audit.log import AuditLog, read_checkpoints
-from appliance.audit.report import build_report
-from appliance.audit.segments import list_segments, log_files, segment_path
-from appliance.audit.verify import verify_log
 from appliance.cli import main as cli_main
+from appliance.contracts.audit.canonical import canonical, record_hash, utc_iso
+from appliance.contracts.audit.log import AuditLog, read_checkpoints
+from appliance.contracts.audit.segments import list_segments, log_files, segment_path
+from appliance.contracts.audit.verify import verify_log
+from appliance.station.audit.report import build_report
 from tests.test_audit_log import DEVICE_KEY, FakeClock
 
 PUB = DEVICE_KEY.public_key()
@@ -115,7 +115,7 @@ def _appender(path: Path, kind: str, n: int, keyed: bool) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", (
         "import sys\n"
         "from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey\n"
-        "from appliance.audit.log import AuditLog\n"
+        "from appliance.contracts.audit.log import AuditLog\n"
         f"log = AuditLog(sys.argv[1], signer={key}, checkpoint_every=7, segment_max_bytes={LIMIT})\n"
         f"for i in range({n}): log.append('{kind}', clip_id=f'x{{i}}')\n"
         "log.close()\n"), str(path)])

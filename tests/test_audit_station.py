@@ -10,8 +10,8 @@ import zmq
 import zmq.utils.z85  # registry.py uses zmq.utils.z85 without importing it (reported)
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from appliance.audit.log import AuditLog
 from appliance.cli import main
+from appliance.contracts.audit.log import AuditLog
 from appliance.station.registry import DeviceRegistry
 from appliance.station.store import ClipStore
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from appliance.audit.canonical import GENESIS_PREV, b64, canonical, key_id, raw_public, record_hash, utc_iso
-from appliance.audit.checkpoints import sign_checkpoint
-from appliance.audit.verify import verify_log
+from appliance.contracts.audit.canonical import GENESIS_PREV, b64, canonical, key_id, raw_public, record_hash, utc_iso
+from appliance.contracts.audit.checkpoints import sign_checkpoint
+from appliance.contracts.audit.verify import verify_log
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 LOG_ID = "5e" * 16
@@ -75,7 +75,7 @@ def test_verify_streams_a_large_log_in_bounded_memory_and_finds_a_late_edit(tmp_
 
 
 def test_a_badly_damaged_log_keeps_the_first_problems_and_counts_the_rest(tmp_path):
-    from appliance.audit.verify import MAX_PROBLEMS
+    from appliance.contracts.audit.verify import MAX_PROBLEMS
 
     path = tmp_path / "audit.jsonl"
     write_large_log(path, 3)

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.behaviour import BehaviourAnalyzer, BehaviourConfig
-from appliance.config import ConfigError, parse_config
-from appliance.types import VIOLENT_PATTERNS, Event, Pattern, TrackedFrame, TrackedPerson
+from appliance.box.behaviour import BehaviourAnalyzer, BehaviourConfig
+from appliance.box.config import ConfigError, parse_config
+from appliance.contracts.types import VIOLENT_PATTERNS, Event, Pattern, TrackedFrame, TrackedPerson
 
 FIXTURES = Path(__file__).parent / "fixtures" / "behaviour"
 
@@ -183,8 +183,8 @@ def test_fall_away_from_the_camera_is_caught_by_the_tip_over_cue():
 def test_tip_over_needs_a_horizontal_whole_body():
     # Bending over with a knee dip: the torso is horizontal ("down") and the hips drop 0.6 torso
     # lengths, but the legs stay upright and the arms hang: the body is about as wide as high.
-    from appliance.behaviour import features as F
-    from appliance.behaviour.analyzer import TIPOVER_MAX_ASPECT
+    from appliance.box.behaviour import features as F
+    from appliance.box.behaviour.analyzer import TIPOVER_MAX_ASPECT
 
     first = load_fixture("fall_constructed")[0]
     kp0 = first.persons[0].keypoints.copy()

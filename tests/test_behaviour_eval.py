@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from appliance.behaviour import BehaviourConfig
-from appliance.behaviour.cli import register
-from appliance.behaviour.evaluate import URFD_CSV, URFD_FPS, URFD_KEYPOINTS, URFD_SIZE, evaluate_urfd, plan_for
-from appliance.errors import InputError
+from appliance.box.behaviour import BehaviourConfig
+from appliance.box.behaviour.cli import register
+from appliance.box.behaviour.evaluate import URFD_CSV, URFD_FPS, URFD_KEYPOINTS, URFD_SIZE, evaluate_urfd, plan_for
+from appliance.common.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "behaviour"

@@ -1,4 +1,4 @@
-"""The window-level fight classifier (appliance/behaviour/fight_model.py, models/fight-window-lr.json)
+"""The window-level fight classifier (appliance/box/behaviour/fight_model.py, models/fight-window-lr.json)
 on recorded real skeleton sequences (tests/fixtures/behaviour, scripts/make_behaviour_fixtures.py)."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.behaviour import BehaviourAnalyzer, BehaviourConfig
-from appliance.behaviour.fight_model import FEATURE_NAMES, FightModel, readable, window_features
-from appliance.errors import ModelError
-from appliance.pose.manifest import load_manifest
-from appliance.types import Pattern, TrackedFrame, TrackedPerson
+from appliance.box.behaviour import BehaviourAnalyzer, BehaviourConfig
+from appliance.box.behaviour.fight_model import FEATURE_NAMES, FightModel, readable, window_features
+from appliance.box.pose.manifest import load_manifest
+from appliance.common.errors import ModelError
+from appliance.contracts.types import Pattern, TrackedFrame, TrackedPerson
 from tests.test_behaviour_detectors import load_fixture, run
 
 ROOT = Path(__file__).resolve().parent.parent

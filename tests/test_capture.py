@@ -3,9 +3,9 @@ import time
 
 import pytest
 
-from appliance.capture import FileSource, LiveSource, classify_source, open_source, redact
-from appliance.config import default_config
-from appliance.errors import InputError
+from appliance.box.capture import FileSource, LiveSource, classify_source, open_source, redact
+from appliance.box.config import default_config
+from appliance.common.errors import InputError
 from tests.conftest import DEMO_CLIP, WALK_CLIP
 
 

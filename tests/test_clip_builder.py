@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from appliance.clip import (
+from appliance.box.clip import (
     CONTENT_TYPE,
     ClipError,
     build_clip,
@@ -17,10 +17,10 @@ from appliance.clip import (
     decode_frames,
     find_ram_dir,
 )
-from appliance.clip.builder import decoded_frame_sha256, is_ram_dir
-from appliance.config import package_root
-from appliance.policy import PolicyGate, ZoneSet, load_profile
-from appliance.types import Event, Frame, Pattern, Trigger
+from appliance.box.clip.builder import decoded_frame_sha256, is_ram_dir
+from appliance.box.config import package_root
+from appliance.box.policy import PolicyGate, ZoneSet, load_profile
+from appliance.contracts.types import Event, Frame, Pattern, Trigger
 
 SAMPLE = package_root() / "samples" / "demo_skeleton.mp4"
 FPS = 12.5

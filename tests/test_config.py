@@ -1,6 +1,6 @@
 import pytest
 
-from appliance.config import ConfigError, default_config, load_config, parse_config
+from appliance.box.config import ConfigError, default_config, load_config, parse_config
 
 
 def problems(data) -> list[str]:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import tomli_w
 
+from appliance.contracts.types import VIOLENT_PATTERNS
 from appliance.station.store import ClipStore
-from appliance.types import VIOLENT_PATTERNS
 from tests.test_provision_e2e import provision_device, run, station  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from appliance.config import ConfigError, package_root
-from appliance.policy import cli as policy_cli
-from appliance.policy import load_profile
+from appliance.box.config import ConfigError, package_root
+from appliance.box.policy import cli as policy_cli
+from appliance.box.policy import load_profile
 
 
 def run(argv: list[str]) -> int:

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from appliance.config import Region
-from appliance.policy import PolicyGate, ZoneSet, load_profile
-from appliance.types import VIOLENT_PATTERNS, Event, Pattern
+from appliance.box.config import Region
+from appliance.box.policy import PolicyGate, ZoneSet, load_profile
+from appliance.contracts.types import VIOLENT_PATTERNS, Event, Pattern
 
 BW = load_profile("bw-polg-44-4")
 HELPLESS = load_profile("helpless-person")

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import ConfigError, package_root, parse_config
-from appliance.policy import (
+from appliance.box.config import ConfigError, package_root, parse_config
+from appliance.box.policy import (
     FORMAT_VERSION,
     available_profiles,
     load_profile,
     parse_profile,
 )
-from appliance.types import VIOLENT_PATTERNS, Pattern, ProfileRef
+from appliance.contracts.types import VIOLENT_PATTERNS, Pattern, ProfileRef
 
 PROFILES = package_root() / "provisioning" / "profiles"
 HASHES = Path(__file__).parent / "fixtures" / "policy" / "profile_hashes.toml"
@@ -233,7 +233,7 @@ def test_not_toml_and_empty_patterns(tmp_path):
     assert "patterns: must hold at least one [patterns.<name>] table" in msg
 
 
-# -- zones and masks in the appliance config (validated by appliance.config) ------------
+# -- zones and masks in the appliance config (validated by appliance.box.config) ------------
 
 
 def test_zone_polygon_errors_name_the_key_and_the_fix():

@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from appliance.capture import downscale
-from appliance.errors import ModelError
-from appliance.pose import PoseEstimator, letterbox_geometry, load_manifest, verified_model
-from appliance.types import KP
+from appliance.box.capture import downscale
+from appliance.box.pose import PoseEstimator, letterbox_geometry, load_manifest, verified_model
+from appliance.common.errors import ModelError
+from appliance.contracts.types import KP
 from tests.conftest import DEMO_CLIP, ROOT, WALK_CLIP
 
 

@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from appliance.clip import build_clip, decode_frames
-from appliance.config import Region, package_root, parse_config
-from appliance.policy import MaskSet, PolicyGate, ZoneSet, load_profile
-from appliance.types import Event, Frame, Pattern
+from appliance.box.clip import build_clip, decode_frames
+from appliance.box.config import Region, package_root, parse_config
+from appliance.box.policy import MaskSet, PolicyGate, ZoneSet, load_profile
+from appliance.contracts.types import Event, Frame, Pattern
 
 SAMPLE = package_root() / "samples" / "demo_skeleton.mp4"
 WINDOW = Region("shop-window", ((0.10, 0.15), (0.45, 0.10), (0.50, 0.70), (0.12, 0.65)))
@@ -128,7 +128,7 @@ def test_premasked_ring_frames_stay_black_without_masks_in_the_builder():
 def test_masked_person_is_not_analysed():
     """Nobody inside a mask is analysed: the pose model finds no person in a frame whose
     persons are all masked, but finds them in the unmasked frame."""
-    from appliance.pose import PoseEstimator
+    from appliance.box.pose import PoseEstimator
 
     image = real_frames(960, 540, limit=1)[0]
     estimator = PoseEstimator("yolo11n-pose", input_width=640, threads=2)

@@ -12,7 +12,7 @@ Both assert: without a permitted trigger, nothing is opened for writing and no s
 created; with a permitted trigger, the only thing written is the in-RAM clip (a memfd behind a
 ``.webm`` symlink in a tmpfs directory), and the masked region is black in that clip.
 
-The pipeline is the real one (appliance.runtime: capture → masks → ring → pose → tracking →
+The pipeline is the real one (appliance.box.runtime: capture → masks → ring → pose → tracking →
 behaviour → gate → clip) on samples/demo_skeleton.mp4. The behaviour stage's own events flow
 through unchanged; one push event is added for the persons actually tracked, so the trigger
 path is exercised whatever the detectors' accuracy (which `make eval` measures) — this test is
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.config import package_root
+from appliance.box.config import package_root
 
 SAMPLE = package_root() / "samples" / "demo_skeleton.mp4"
 MASK = {"name": "left-shop", "polygon": [[0.02, 0.05], [0.30, 0.05], [0.30, 0.60], [0.02, 0.60]]}
@@ -69,10 +69,10 @@ permitted = false
 
 PIPELINE_SCRIPT = r'''
 import json, os, sys
-from appliance.capture.source import FileSource
-from appliance.config import default_config
-from appliance.runtime import Pipeline, analyse_video
-from appliance.types import Event, Pattern
+from appliance.box.capture.source import FileSource
+from appliance.box.config import default_config
+from appliance.box.runtime import Pipeline, analyse_video
+from appliance.contracts.types import Event, Pattern
 
 def add_scripted_push(pipeline, at_t=1.0):
     """Adds one push event for the two first persons actually tracked at ``at_t``."""
@@ -121,7 +121,7 @@ if __name__ == "__main__":
 @pytest.fixture(scope="module")
 def pipeline_api():
     """(build, run) from PIPELINE_SCRIPT, so both tracers run exactly the same code."""
-    pytest.importorskip("appliance.runtime", reason="appliance.runtime not importable")
+    pytest.importorskip("appliance.box.runtime", reason="appliance.box.runtime not importable")
     namespace: dict = {}
     exec(compile(PIPELINE_SCRIPT, "<privacy pipeline>", "exec"), namespace)   # our own code, see above
     return namespace["build"], namespace["run"]
@@ -218,7 +218,7 @@ def test_no_permitted_trigger_no_write_no_socket(profiles_dir, pipeline_api):
 
 
 def test_permitted_trigger_writes_only_the_in_memory_clip(profiles_dir, pipeline_api):
-    from appliance.clip import decode_frame_hashes, decode_frames
+    from appliance.box.clip import decode_frame_hashes, decode_frames
 
     build_pipeline, run_pipeline = pipeline_api
     pipeline, source = build_pipeline(SAMPLE, "bw-polg-44-4", profiles_dir, MASK)
@@ -268,7 +268,7 @@ def strace_pipeline(profile: str, profiles_dir: str, tmp_path: Path, *,
     HOME is a fresh empty directory, so anything a library would persist per user shows up as
     a write on every run; the product's own environment handling is under test, so telemetry
     switches from the developer's shell are removed."""
-    pytest.importorskip("appliance.runtime", reason="appliance.runtime not importable")
+    pytest.importorskip("appliance.box.runtime", reason="appliance.box.runtime not importable")
     log = tmp_path / "strace.log"
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)

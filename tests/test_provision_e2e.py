@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import tomli_w
 
+from appliance.box.provision.enrolment import import_bundle
 from appliance.cli import main
-from appliance.errors import InputError
-from appliance.provision.enrolment import BUNDLE_CONTEXT, import_bundle
-from appliance.provision.layout import DeviceLayout
-from appliance.seal.envelope import canonical_json
-from appliance.seal.keys import public_key_fingerprint, raw_public
+from appliance.common.errors import InputError
+from appliance.contracts.enrolment import BUNDLE_CONTEXT
+from appliance.contracts.envelope import canonical_json
+from appliance.contracts.keys import public_key_fingerprint, raw_public
+from appliance.contracts.layout import DeviceLayout
 from appliance.station.keys import generate_station_keys
 from appliance.station.server import StationServer
 
@@ -151,7 +152,7 @@ def test_a_bundle_re_signed_by_another_station_is_refused(tmp_path, capsys, stat
     cfg, bundle, fingerprint = provision_device(tmp_path, capsys, station_dir, server.endpoint)
     other = tmp_path / "evil-station"
     generate_station_keys(other, kem="X25519")
-    from appliance.seal.keys import load_signing_key
+    from appliance.contracts.keys import load_signing_key
 
     evil_key = load_signing_key(other / "keys" / "signing.key")
     doc = json.loads(bundle.read_text())
@@ -163,7 +164,7 @@ def test_a_bundle_re_signed_by_another_station_is_refused(tmp_path, capsys, stat
         import_bundle(cfg, json.dumps(doc).encode(), fingerprint)
     assert state_snapshot(tmp_path) == before
     # the fingerprint is the trust anchor: the bundle's own claim is only shown, never trusted
-    from appliance.provision.enrolment import bundle_fingerprint
+    from appliance.box.provision.enrolment import bundle_fingerprint
     assert bundle_fingerprint(json.dumps(doc).encode()) == public_key_fingerprint(evil_key) != fingerprint
 
 

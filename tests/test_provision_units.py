@@ -13,18 +13,15 @@ import numpy as np
 import pytest
 import tomli_w
 
+from appliance.box.config import AppConfig, ConfigError, load_config
+from appliance.box.provision.check import format_table, run_checks
+from appliance.box.provision.enrolment import build_request, init_device
+from appliance.box.provision.preview import render_preview, write_preview
 from appliance.cli import main
-from appliance.config import AppConfig, ConfigError, load_config
-from appliance.errors import InputError
-from appliance.provision.check import format_table, run_checks
-from appliance.provision.enrolment import (
-    build_request,
-    init_device,
-    parse_request,
-    station_add_device,
-)
-from appliance.provision.layout import DeviceLayout
-from appliance.provision.preview import render_preview, write_preview
+from appliance.common.errors import InputError
+from appliance.contracts.enrolment import parse_request
+from appliance.contracts.layout import DeviceLayout
+from appliance.station.devices import station_add_device
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "provisioning" / "appliance.example.toml"

@@ -9,13 +9,13 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from appliance.audit.log import AuditLog
-from appliance.audit.verify import verify_log
+from appliance.box.config import parse_config
 from appliance.cli import main
-from appliance.config import parse_config
-from appliance.errors import InputError
-from appliance.seal.envelope import parse_envelope, seal_bytes
-from appliance.seal.keys import HpkePrivateKey
+from appliance.common.errors import InputError
+from appliance.contracts.audit.log import AuditLog
+from appliance.contracts.audit.verify import verify_log
+from appliance.contracts.envelope import parse_envelope, seal_bytes
+from appliance.contracts.keys import HpkePrivateKey
 from appliance.station.retention import (
     LegalHolds,
     RetentionJob,

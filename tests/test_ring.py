@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from appliance.capture import RingBuffer
+from appliance.box.capture import RingBuffer
 
 
 def img(v: int, shape=(4, 6, 3)) -> np.ndarray:

@@ -14,14 +14,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.seal import (
+from appliance.box.seal import (
     EnvelopeError,
     open_envelope,
     parse_envelope,
     seal_clip,
     verify_envelope,
 )
-from appliance.seal.keys import (
+from appliance.contracts.keys import (
     HpkePrivateKey,
     KeyFileError,
     generate_hpke_key,
@@ -32,7 +32,7 @@ from appliance.seal.keys import (
     load_signing_public_key,
     public_key_fingerprint,
 )
-from appliance.seal.synthetic import synthetic_clip
+from appliance.contracts.synthetic import synthetic_clip
 from appliance.station.store import ClipStore
 
 VECTORS = Path(__file__).parent / "fixtures" / "seal"

@@ -1,4 +1,4 @@
-"""appliance.service: sd_notify over a real (fake-systemd) NOTIFY_SOCKET, watchdog, signals, logging."""
+"""appliance.common.service: sd_notify over a real (fake-systemd) NOTIFY_SOCKET, watchdog, signals, logging."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import textwrap
 import threading
 from pathlib import Path
 
-from appliance.service import (
+from appliance.common.service import (
     ServiceNotifier,
     configure_logging,
     install_signal_handlers,
@@ -102,7 +102,7 @@ def test_daemon_process_readiness_pings_and_sigterm(notify_socket):
     sock, path = notify_socket
     child = textwrap.dedent("""
         import sys, time
-        from appliance.service import ServiceNotifier, install_signal_handlers, configure_logging
+        from appliance.common.service import ServiceNotifier, install_signal_handlers, configure_logging
         configure_logging("test-daemon")
         stop = install_signal_handlers()
         n = ServiceNotifier()

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from appliance.spool import Spool, SpoolFullError
+from appliance.box.spool import Spool, SpoolFullError
 
 
 class Recorder:
@@ -87,7 +87,7 @@ def test_sequences_survive_restarts_and_never_repeat(tmp_path):
 
 _WRITER = r"""
 import hashlib, sys
-from appliance.spool import Spool
+from appliance.box.spool import Spool
 spool = Spool(sys.argv[1], 1 << 30)
 for _ in range(100000):
     seq = spool.next_sequence("d")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance.audit.verify import verify_log
+from appliance.box.seal import parse_envelope, seal_clip
 from appliance.cli import main
-from appliance.seal import parse_envelope, seal_clip
-from appliance.seal.keys import load_hpke_public_key
-from appliance.seal.synthetic import synthetic_clip
+from appliance.contracts.audit.verify import verify_log
+from appliance.contracts.keys import load_hpke_public_key
+from appliance.contracts.synthetic import synthetic_clip
 from appliance.station.enrol import create_device_keys, enrol_device
 from appliance.station.keys import StationKeyPaths
 from appliance.station.store import ClipStore

@@ -41,9 +41,9 @@ def make_station(station_dir: Path, devices: tuple[str, ...] = ("box-a",)) -> di
 
 def probe_station(station_dir: Path, keys, endpoint: str):
     """A signed probe from an enrolled device over CURVE, as `provision check` sends it."""
-    from appliance.seal.keys import load_signing_public_key
-    from appliance.uplink.client import ClientConfig, UplinkClient, probe
-    from appliance.uplink.curve import load_curve_public
+    from appliance.box.uplink.client import ClientConfig, UplinkClient, probe
+    from appliance.contracts.curve import load_curve_public
+    from appliance.contracts.keys import load_signing_public_key
 
     paths = StationKeyPaths.of(station_dir)
     public, secret = keys.curve_keypair()

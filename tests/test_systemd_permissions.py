@@ -48,13 +48,13 @@ def test_uplink_user_reads_and_deletes_what_the_pixel_user_spooled():
             os.chown(d, 0, SHARED_GID)
             d.chmod(0o2770)
         put = as_user(PIXEL_UID, f"""
-            from appliance.spool.spool import Spool
+            from appliance.box.spool.spool import Spool
             s = Spool({str(spool)!r}, 10**8)
             s.put(b"sealed" * 10, device_id="d1", sequence=s.next_sequence("d1"))
         """, root)
         assert put.returncode == 0, put.stderr
         take = as_user(UPLINK_UID, f"""
-            from appliance.spool.spool import Spool
+            from appliance.box.spool.spool import Spool
             s = Spool({str(spool)!r}, 10**8)
             [entry] = s.pending()
             assert entry.read() == b"sealed" * 10

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from appliance.provision.network import camera_dropin, station_dropin, write_dropins
+from appliance.box.provision.network import camera_dropin, station_dropin, write_dropins
 from tests.systemd_util import (
     SYSTEMD_DIR,
     copy_unit,
@@ -124,7 +124,7 @@ def test_dropin_contents_and_paths(tmp_path):
 
 
 def test_dropin_refuses_bad_endpoints():
-    from appliance.errors import InputError
+    from appliance.common.errors import InputError
     with pytest.raises(InputError, match="tcp://HOST:PORT"):
         station_dropin("station.example:7100")
     with pytest.raises(InputError, match="no host"):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from appliance.box.config import ConfigError, TamperConfig, default_config, parse_config
 from appliance.box.tamper import (
     KindState,
     TamperDetector,
@@ -21,7 +22,6 @@ from appliance.box.tamper import (
 )
 from appliance.box.tamper.evaluate import TAMPERS, Footage, infrared, ping_pong, reference_times
 from appliance.box.tamper.reference import ReferenceError
-from appliance.config import ConfigError, TamperConfig, default_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "one-by-one-person-detection.mp4"

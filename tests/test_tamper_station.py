@@ -7,14 +7,14 @@ import contextlib
 import json
 import threading
 
+from appliance.box.uplink.client import ClientConfig, UplinkClient
 from appliance.cli import main
+from appliance.contracts import protocol as p
+from appliance.contracts.curve import load_curve_public
+from appliance.contracts.health import CameraTamper, sign_health
 from appliance.station.enrol import create_device_keys, enrol_device
 from appliance.station.keys import StationKeyPaths, generate_station_keys
 from appliance.station.server import StationServer
-from appliance.uplink import protocol as p
-from appliance.uplink.client import ClientConfig, UplinkClient
-from appliance.uplink.curve import load_curve_public
-from appliance.uplink.health import CameraTamper, sign_health
 
 
 class Recorder:
@@ -30,7 +30,7 @@ class Recorder:
 
 @contextlib.contextmanager
 def running_station(station_dir):
-    from appliance.seal.keys import load_signing_public_key
+    from appliance.contracts.keys import load_signing_public_key
 
     audit = Recorder()
     server = StationServer(station_dir, "tcp://127.0.0.1:*", audit=audit)

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.config import TrackingConfig, default_config
-from appliance.tracking import Tracker, linear_assignment
-from appliance.tracking.similarity import iou_matrix
-from appliance.types import Detections, TrackedFrame
+from appliance.box.config import TrackingConfig, default_config
+from appliance.box.tracking import Tracker, linear_assignment
+from appliance.box.tracking.similarity import iou_matrix
+from appliance.contracts.types import Detections, TrackedFrame
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tracking"
 ROOT = Path(__file__).resolve().parent.parent
@@ -371,7 +371,7 @@ def test_config_fields_validate():
 
 def test_real_inference_on_demo_clip_gives_two_stable_ids():
     cv2 = pytest.importorskip("cv2")
-    from appliance.pose import PoseEstimator
+    from appliance.box.pose import PoseEstimator
 
     est = PoseEstimator()
     cap = cv2.VideoCapture(str(ROOT / "samples" / "demo_skeleton.mp4"))

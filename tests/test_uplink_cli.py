@@ -11,17 +11,17 @@ from pathlib import Path
 
 import tomli_w
 
-from appliance.audit.log import AuditLog
+from appliance.box.seal import seal_clip
+from appliance.box.spool import Spool
 from appliance.cli import main
-from appliance.seal import seal_clip
-from appliance.seal.keys import load_hpke_public_key
-from appliance.seal.synthetic import synthetic_clip
-from appliance.spool import Spool
+from appliance.contracts.audit.log import AuditLog
+from appliance.contracts.health import write_signed_health
+from appliance.contracts.keys import load_hpke_public_key
+from appliance.contracts.synthetic import synthetic_clip
 from appliance.station.enrol import create_device_keys, enrol_device
 from appliance.station.keys import StationKeyPaths, generate_station_keys
 from appliance.station.server import StationServer
 from appliance.station.store import ClipStore, checkpoints_for
-from appliance.uplink.health import write_signed_health
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,29 +13,29 @@ from pathlib import Path
 import pytest
 import zmq
 
-from appliance.seal import seal_clip, verify_envelope
-from appliance.seal.keys import load_hpke_public_key, load_signing_public_key
-from appliance.seal.synthetic import synthetic_clip
-from appliance.spool import Spool
-from appliance.station.enrol import create_device_keys, enrol_device
-from appliance.station.keys import StationKeyPaths, generate_station_keys
-from appliance.station.registry import DeviceRegistry
-from appliance.station.server import StationServer
-from appliance.station.store import ClipStore, checkpoints_for
-from appliance.uplink import protocol as p
-from appliance.uplink.client import (
+from appliance.box.seal import seal_clip, verify_envelope
+from appliance.box.spool import Spool
+from appliance.box.uplink.client import (
     ClientConfig,
     Uplink,
     UplinkClient,
     UplinkTimeout,
     probe,
 )
-from appliance.uplink.curve import (
+from appliance.contracts import protocol as p
+from appliance.contracts.curve import (
     generate_curve_keypair,
     load_curve_keypair,
     load_curve_public,
 )
-from appliance.uplink.health import sign_health
+from appliance.contracts.health import sign_health
+from appliance.contracts.keys import load_hpke_public_key, load_signing_public_key
+from appliance.contracts.synthetic import synthetic_clip
+from appliance.station.enrol import create_device_keys, enrol_device
+from appliance.station.keys import StationKeyPaths, generate_station_keys
+from appliance.station.registry import DeviceRegistry
+from appliance.station.server import StationServer
+from appliance.station.store import ClipStore, checkpoints_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -352,7 +352,7 @@ def test_hundred_clips_across_two_station_crashes(world, clip, tmp_path):
 def test_signed_health_statement(tmp_path):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from appliance.uplink.health import (
+    from appliance.contracts.health import (
         HealthStatementError,
         read_health_file,
         verify_health,

@@ -6,7 +6,7 @@
     appliance station export  CLIP_ID OUT_DIR --dir DIR --operator NAME --reason TEXT
     appliance station decrypt ENVELOPE_FILE OUT_DIR --dir DIR --operator NAME --reason TEXT
     appliance station devices list --dir DIR
-    appliance station devices add ...     (appliance/provision/station_devices.py, if present)
+    appliance station devices add ...     (appliance/station/devices.py)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import InputError
+from appliance.common.errors import InputError
 
 DEFAULT_DIR = os.environ.get("APPLIANCE_STATION_DIR", "/var/lib/appliance-station")
 DEFAULT_BIND = "tcp://0.0.0.0:7100"
@@ -100,16 +100,10 @@ def register(sub) -> None:
 
 
 def _register_provisioning_device_commands(dsub) -> None:
-    """`devices add` belongs to the provisioning stage, built on DeviceRegistry.add_device."""
-    import importlib
+    """`devices add`: the station half of enrolment (appliance/station/devices.py)."""
+    from appliance.station import devices
 
-    try:
-        station_devices = importlib.import_module("appliance.provision.station_devices")
-    except ModuleNotFoundError as exc:
-        if exc.name != "appliance.provision.station_devices":
-            raise
-        return
-    station_devices.register(dsub)
+    devices.register(dsub)
 
 
 def _station_audit(station_dir: Path) -> Any:
@@ -133,7 +127,7 @@ def cmd_keygen(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from appliance.service import ServiceNotifier, configure_logging
+    from appliance.common.service import ServiceNotifier, configure_logging
     from appliance.station.server import StationServer
 
     # journal under systemd (systemd/appliance-station.service), stderr otherwise
@@ -223,9 +217,9 @@ def cmd_decrypt(args) -> int:
 
 
 def cmd_devices_list(args) -> int:
+    from appliance.contracts.health import signed_pixel_tamper
     from appliance.station.registry import DeviceRegistry
     from appliance.station.store import ClipStore
-    from appliance.uplink.health import signed_pixel_tamper
 
     if not args.stale_after > 0:
         print("--stale-after: must be a positive number of seconds, e.g. 120", file=sys.stderr)

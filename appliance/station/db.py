@@ -15,7 +15,7 @@ import pwd
 import sqlite3
 from pathlib import Path
 
-from appliance.errors import InputError
+from appliance.common.errors import InputError
 
 SCHEMA_VERSION = 1
 
@@ -108,6 +108,6 @@ def connect(station_dir: str | Path, *, synchronous: str = "FULL") -> sqlite3.Co
         conn.executescript(_SCHEMA)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     elif version != SCHEMA_VERSION:
-        from appliance.errors import ApplianceError
+        from appliance.common.errors import ApplianceError
         raise ApplianceError(f"{path}: schema version {version}, this software knows {SCHEMA_VERSION}")
     return conn

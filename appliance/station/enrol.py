@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.seal.keys import generate_signing_key, load_signing_key
+from appliance.contracts.curve import generate_curve_keypair, load_curve_keypair
+from appliance.contracts.keys import generate_signing_key, load_signing_key
 from appliance.station.registry import DeviceRecord, DeviceRegistry
-from appliance.uplink.curve import generate_curve_keypair, load_curve_keypair
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ def create_device_keys(directory: str | Path, device_id: str) -> DeviceKeyFiles:
 
 
 def enrol_device(station_dir: str | Path, keys: DeviceKeyFiles, *, description: str = "") -> DeviceRecord:
-    from appliance.seal.keys import load_signing_public_key
-    from appliance.uplink.curve import load_curve_public
+    from appliance.contracts.curve import load_curve_public
+    from appliance.contracts.keys import load_signing_public_key
 
     registry = DeviceRegistry(station_dir)
     try:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import InputError
-from appliance.seal.envelope import open_envelope, parse_envelope
-from appliance.seal.keys import load_hpke_private_key
-from appliance.seal.synthetic import decoded_frame_hashes
+from appliance.common.errors import InputError
+from appliance.contracts.envelope import open_envelope, parse_envelope
+from appliance.contracts.keys import load_hpke_private_key
+from appliance.contracts.synthetic import decoded_frame_hashes
 from appliance.station.keys import StationKeyPaths
 from appliance.station.registry import DeviceRegistry
 from appliance.station.store import ClipStore

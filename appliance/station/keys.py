@@ -5,19 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.errors import InputError
-from appliance.seal.keys import (
+from appliance.common.errors import InputError
+from appliance.contracts.curve import (
+    curve_fingerprint,
+    generate_curve_keypair,
+    load_curve_public,
+)
+from appliance.contracts.keys import (
     DEFAULT_KEM,
     generate_hpke_key,
     generate_signing_key,
     load_hpke_public_key,
     load_signing_public_key,
     public_key_fingerprint,
-)
-from appliance.uplink.curve import (
-    curve_fingerprint,
-    generate_curve_keypair,
-    load_curve_public,
 )
 
 
@@ -100,8 +100,8 @@ def station_fingerprints(station_dir: str | Path) -> dict[str, str]:
 def open_station_audit_log(station_dir: str | Path):
     """The station's audit log (``<station dir>/audit.jsonl``), signed with the station's
     signing key: one opener for the receiver, exports and the officer's holds and retention."""
-    from appliance.audit.log import AuditLog
-    from appliance.seal.keys import load_signing_key
+    from appliance.contracts.audit.log import AuditLog
+    from appliance.contracts.keys import load_signing_key
     from appliance.station.db import require_owner
 
     station_dir = Path(station_dir)

@@ -13,9 +13,9 @@ import zmq
 import zmq.utils.z85
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from appliance.errors import InputError
-from appliance.seal.envelope import DEVICE_ID_RE
-from appliance.seal.keys import fingerprint_bytes, raw_public, signing_public_from_bytes
+from appliance.common.errors import InputError
+from appliance.contracts.envelope import DEVICE_ID_RE
+from appliance.contracts.keys import fingerprint_bytes, raw_public, signing_public_from_bytes
 from appliance.station import db
 
 
@@ -120,7 +120,7 @@ class DeviceRegistry:
         return [self._record(r) for r in self._conn.execute("SELECT * FROM devices ORDER BY device_id")]
 
     def signing_public(self, device_id: str) -> Ed25519PublicKey | None:
-        """For :func:`appliance.seal.verify_envelope`: enabled devices only."""
+        """For :func:`appliance.box.seal.verify_envelope`: enabled devices only."""
         record = self.get(device_id)
         return None if record is None else record.signing_public
 

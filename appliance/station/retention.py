@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from appliance.audit.canonical import utc_iso
-from appliance.durable import fsync_dir
-from appliance.errors import ApplianceError, InputError
+from appliance.common.durable import fsync_dir
+from appliance.common.errors import ApplianceError, InputError
+from appliance.contracts.audit.canonical import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ MIN_HOLD_REASON_CHARS = 1
 
 
 def _legal_max() -> float:
-    from appliance.config import LEGAL_MAX_RETENTION_HOURS
+    from appliance.contracts.settings import LEGAL_MAX_RETENTION_HOURS
     return LEGAL_MAX_RETENTION_HOURS
 
 
@@ -106,7 +106,7 @@ class RetentionPolicy:
         ``retention_hours``, then ``audit.retention_hours``."""
         per: dict[str, float] = {}
         try:
-            from appliance.policy.profile import available_profiles, load_profile
+            from appliance.contracts.profile import available_profiles, load_profile
             for pid in available_profiles(profiles_dir):
                 try:
                     per[pid] = float(load_profile(pid, profiles_dir).retention_hours)

@@ -6,7 +6,7 @@ input can stop the loop: every message is handled inside a guard that turns any 
 a logged, audited NACK.
 
 Under systemd (``systemd/appliance-station.service``, ``Type=notify``) the loop tells systemd
-through a :class:`appliance.service.ServiceNotifier`: ``READY=1`` once the socket is bound,
+through a :class:`appliance.common.service.ServiceNotifier`: ``READY=1`` once the socket is bound,
 ``WATCHDOG=1`` from the serving loop itself (a loop stuck in one message stops the pings and
 systemd restarts the unit), a ``STATUS=`` line with the counts, and ``STOPPING=1`` on stop.
 """
@@ -25,13 +25,16 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from appliance.seal.envelope import (
+from appliance.contracts import protocol as p
+from appliance.contracts.curve import load_curve_keypair
+from appliance.contracts.envelope import (
     DEFAULT_MAX_ENVELOPE_BYTES,
     EnvelopeError,
     parse_envelope,
     verify_parsed,
 )
-from appliance.seal.keys import (
+from appliance.contracts.health import HealthStatementError, signed_pixel_tamper, verify_health
+from appliance.contracts.keys import (
     fingerprint_bytes,
     load_hpke_public_key,
     load_signing_key,
@@ -39,9 +42,6 @@ from appliance.seal.keys import (
 from appliance.station.keys import StationKeyPaths
 from appliance.station.registry import AllowListProvider, DeviceRecord, DeviceRegistry
 from appliance.station.store import ClipStore
-from appliance.uplink import protocol as p
-from appliance.uplink.curve import load_curve_keypair
-from appliance.uplink.health import HealthStatementError, signed_pixel_tamper, verify_health
 
 log = logging.getLogger("appliance.station")
 
@@ -62,7 +62,7 @@ class StationServer:
     (signature verified), ``station.stored``, ``station.rejected`` (reason), ``station.heartbeat``,
     ``station.probe``.
 
-    ``notifier``: optional :class:`appliance.service.ServiceNotifier` (the CLI passes one; it
+    ``notifier``: optional :class:`appliance.common.service.ServiceNotifier` (the CLI passes one; it
     is a no-op outside systemd).
     """
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.durable import atomic_write, fsync_dir
-from appliance.errors import InputError
-from appliance.seal.envelope import (
+from appliance.common.durable import atomic_write, fsync_dir
+from appliance.common.errors import InputError
+from appliance.contracts.envelope import (
     EnvelopeError,
     ParsedEnvelope,
     canonical_json,

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from appliance.config import default_config, load_config
+from appliance.box.config import default_config, load_config
 
 
 def register(sub) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from appliance.box.config import TamperConfig
 from appliance.box.tamper.measure import (
     Corners,
     FrameMeasures,
@@ -51,7 +52,6 @@ from appliance.box.tamper.reference import (
     learn_mode_reference,
     mode_of,
 )
-from appliance.config import TamperConfig
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class TamperEvent:
 
     def fields(self) -> dict[str, Any]:
         """The ``camera.tamper`` audit record's fields (docs/audit-log.md §4)."""
-        from appliance.audit.canonical import utc_iso
+        from appliance.contracts.audit.canonical import utc_iso
 
         return {"kind": self.kind.value, "state": self.state, "time": utc_iso(self.wall),
                 "stream_t": round(self.t, 3), "since_stream_t": round(self.since_t, 3), "mode": self.mode,

@@ -24,10 +24,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from appliance.box.config import AppConfig
 from appliance.box.tamper.detector import TamperDetector, TamperKind
 from appliance.box.tamper.reference import ReferenceError, TamperReference, learn_from_images
-from appliance.config import AppConfig
-from appliance.errors import InputError
+from appliance.common.errors import InputError
 
 #: The reference is learnt from this many frames spread over the first REFERENCE_S seconds.
 REFERENCE_FRAMES = 10
@@ -128,7 +128,7 @@ class Footage:
 
     def __init__(self, path: Path, max_width: int, wanted: Callable[[float], Sequence[float]]):
         """Decodes ``path``; keeps the frames nearest to ``wanted(duration)`` (source times)."""
-        from appliance.behaviour.evaluate import video_frames
+        from appliance.box.behaviour.evaluate import video_frames
 
         self.path = path
         self.times = np.asarray([t for t, _ in video_frames_times(path)], float)
@@ -147,7 +147,7 @@ class Footage:
 
 def video_frames_times(path: Path) -> Iterable[tuple[float, None]]:
     """Presentation times of every frame, without keeping pixels."""
-    from appliance.behaviour.evaluate import video_frames
+    from appliance.box.behaviour.evaluate import video_frames
 
     for t, _ in video_frames(path, 160):
         yield t, None
@@ -183,7 +183,7 @@ class Persons:
     def __init__(self, cfg: AppConfig | None):
         self.estimator = None
         if cfg is not None:
-            from appliance.pose import estimator_from_config
+            from appliance.box.pose import estimator_from_config
 
             self.estimator = estimator_from_config(cfg.pose)
 
@@ -278,7 +278,7 @@ class TamperEvalReport:
 
 def ordinary_videos(root: Path) -> list[Path]:
     """Every clip of ordinary footage: normal/, scfd-dev/nofight/, mot/, hard-negative/, samples/."""
-    from appliance.behaviour.evaluate import _videos
+    from appliance.box.behaviour.evaluate import _videos
 
     out: list[Path] = []
     for sub in ("normal", "scfd-dev/nofight", "hard-negative", "samples"):

@@ -41,8 +41,8 @@ from appliance.box.tamper.measure import (
     FrameMeasures,
     measure_and_detect,
 )
-from appliance.durable import atomic_write
-from appliance.errors import ApplianceError
+from appliance.common.durable import atomic_write
+from appliance.common.errors import ApplianceError
 
 FORMAT = "appliance-tamper-reference"
 VERSION = 1

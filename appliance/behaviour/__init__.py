@@ -1,9 +1,0 @@
-"""Behaviour stage: TrackedFrame → Event (strike, kick, push, strangle, fight, fall, lying).
-
-Skeletons only, no pixels. See docs/behaviour.md for what each detector measures.
-"""
-
-from appliance.behaviour.analyzer import BehaviourAnalyzer, Observation
-from appliance.behaviour.config import BehaviourConfig
-
-__all__ = ["BehaviourAnalyzer", "BehaviourConfig", "Observation"]

@@ -1,0 +1,261 @@
+"""`appliance run`: the pixel daemon (systemd unit appliance-pixel.service).
+
+Threads:
+  capture   source.frames() → Pipeline.ingest (downscale, masks, ring); never blocks on analysis
+  main      every 1/analysis.fps: the ring's newest frame → Pipeline.analyse → gate → triggers;
+            due clips → seal → spool; health to systemd (STATUS=, WATCHDOG=1) and to
+            <spool>/health.json (signed) for the uplink's heartbeats; hourly audit counts.
+
+When inference is slower than the analysis rate, frames are skipped, never queued. A lost
+camera never ends the daemon (the source reconnects with back-off). SIGTERM: capture stops,
+clips already triggered are built from what the ring holds and sealed, then every pixel is
+dropped (ring zeroed) and the process exits 0.
+
+This process has no network access beyond the camera (systemd/appliance-pixel.service):
+it writes only sealed envelopes (spool), the audit log and health.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from pathlib import Path
+
+from appliance import __version__
+from appliance.box.capture import open_source, redact
+from appliance.box.config import AppConfig
+from appliance.box.runtime import Pipeline
+from appliance.box.spool.spool import Spool, SpoolFullError
+from appliance.box.tamper import ModeReference, ReferenceError, TamperEvent, TamperReference, load_reference
+from appliance.common.errors import ApplianceError
+from appliance.common.service import (
+    ServiceNotifier,
+    configure_logging,
+    install_signal_handlers,
+)
+from appliance.contracts.audit.log import AuditLog
+from appliance.contracts.envelope import seal_clip
+from appliance.contracts.health import write_signed_health
+from appliance.contracts.keys import load_hpke_public_key, load_signing_key
+from appliance.contracts.layout import DeviceLayout
+from appliance.contracts.types import Clip, Decision
+
+log = logging.getLogger("appliance.daemon")
+
+HEALTH_PERIOD_S = 2.0
+COUNTS_PERIOD_S = 3600.0
+
+
+def key_paths(cfg: AppConfig) -> tuple[Path, Path]:
+    """(device signing key, station HPKE public key), defaulting to the provisioned layout."""
+    layout = DeviceLayout(Path(cfg.device.state_dir))
+    signing = Path(cfg.seal.signing_key) if cfg.seal.signing_key else layout.signing_key
+    station = Path(cfg.seal.station_public_key) if cfg.seal.station_public_key else layout.station_hpke_public
+    return signing, station
+
+
+class ClipSealer:
+    """The daemon's clip sink: seal to the station, sign, spool; audit the permitted trigger."""
+
+    def __init__(self, cfg: AppConfig, spool: Spool, audit: AuditLog):
+        signing_path, station_path = key_paths(cfg)
+        self.signing_key = load_signing_key(signing_path)
+        self.station_key = load_hpke_public_key(station_path)
+        self.kem = cfg.seal.kem
+        self.device_id = cfg.device.id
+        self.spool = spool
+        self.audit = audit
+        self.sealed = 0
+        self.refused = 0
+
+    def __call__(self, clip: Clip) -> None:
+        decision = clip.trigger.decision
+        event = decision.event
+        sequence = self.spool.next_sequence(self.device_id)
+        envelope = seal_clip(clip, device_id=self.device_id, sequence=sequence, signing_key=self.signing_key,
+                             station_public_key=self.station_key, kem=self.kem)
+        digest = hashlib.sha256(envelope).hexdigest()
+        clip_id = f"{self.device_id}#{sequence}"
+        try:
+            self.spool.put(envelope, device_id=self.device_id, sequence=sequence)
+        except SpoolFullError as exc:
+            # Never silent: the refusal is audited by the spool, logged, and reported as health.
+            self.refused += 1
+            log.error("%s", exc)
+            return
+        self.sealed += 1
+        self.audit.append("trigger.permitted", pattern=event.pattern.value,
+                          window=[round(clip.trigger.window_start_t, 3), round(clip.trigger.window_end_t, 3)],
+                          event=[round(event.start_t, 3), round(event.end_t, 3)], tracks=list(event.track_ids),
+                          confidence=round(float(event.confidence), 3), profile=decision.profile.id,
+                          profile_version=decision.profile.version, profile_sha256=decision.profile.sha256,
+                          rule=decision.rule, clip_id=clip_id, envelope_sha256=digest,
+                          model_sha256=clip.model_sha256, frames=len(clip.frame_times))
+        log.info("sealed %s (%s, %d frames) into the spool", clip_id, event.pattern.value, len(clip.frame_times))
+
+
+def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: float | None = None,
+               notifier: ServiceNotifier | None = None) -> int:
+    configure_logging("appliance-pixel")
+    stop = install_signal_handlers()
+    notifier = notifier or ServiceNotifier()
+    state = Path(cfg.device.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    signing_path, _ = key_paths(cfg)
+    audit = AuditLog.from_config(cfg, signer=load_signing_key(signing_path), origin="appliance")
+    spool = Spool(cfg.spool_dir, cfg.spool.max_bytes, audit=audit)
+    sealer = ClipSealer(cfg, spool, audit)
+
+    def on_decision(d: Decision) -> None:
+        if not d.permitted:
+            # Pattern and time only: no track ids, no positions, never pixels.
+            audit.append("detection.not_permitted", pattern=d.event.pattern.value,
+                         start=round(d.event.start_t, 3), end=round(d.event.end_t, 3),
+                         profile=d.profile.id, rule=d.rule)
+
+    def on_tamper(event: TamperEvent) -> None:
+        # Not a clip trigger: the kind, times and a few figures, never pixels.
+        audit.append("camera.tamper", **event.fields())
+        (log.warning if event.state == "raised" else log.info)("camera tamper %s: %s", event.state, event.kind.value)
+
+    def on_tamper_reference(mode: str, ref: ModeReference) -> None:
+        audit.append("camera.tamper_reference", mode=mode, source=ref.source, corners=len(ref.corners),
+                     cells=ref.static_cells)
+
+    notifier.extend_timeout(60)   # model load + first frame can take a while on a cold box
+    pipeline = Pipeline(cfg, on_decision=on_decision, tamper_reference=_tamper_reference(cfg, audit),
+                        on_tamper=on_tamper, on_tamper_reference=on_tamper_reference)
+    audit.append("appliance.start", version=__version__, config=config_path or "",
+                 config_sha256=_sha256_file(config_path), profile=pipeline.profile.ref.id,
+                 profile_version=pipeline.profile.ref.version, profile_sha256=pipeline.profile.ref.sha256,
+                 model=pipeline.pose.entry.name, model_sha256=pipeline.pose.model_sha256)
+    source = open_source(cfg.camera, cfg.ring.max_width)
+    capture_stop = threading.Event()
+    capture_done = threading.Event()
+
+    def capture() -> None:
+        try:
+            for index, t, wall, image in source.frames(capture_stop):
+                pipeline.ingest(index, t, wall, image)
+        except ApplianceError as exc:
+            log.error("camera: %s", exc)
+        except Exception:
+            log.exception("capture thread failed")
+        finally:
+            capture_done.set()
+
+    capture_thread = threading.Thread(target=capture, name="capture", daemon=True)
+    capture_thread.start()
+    notifier.ready(f"analysing {redact(cfg.camera.source)} at {cfg.analysis.fps:g} fps, "
+                   f"profile {pipeline.profile.ref.id}")
+    log.info("appliance %s running: camera %s, profile %s, model %s", __version__, redact(cfg.camera.source),
+             pipeline.profile.ref.id, pipeline.pose.entry.name)
+
+    started = time.monotonic()
+    last_index = -1
+    last_health = 0.0
+    last_counts = started
+    counted_frames = counted_analysed = 0
+    recent: list[float] = []
+    finished_stream = False
+    health_path = cfg.health_file
+    persons = 0
+    try:
+        while not stop.is_set():
+            loop_t = time.monotonic()
+            if max_seconds is not None and loop_t - started >= max_seconds:
+                break
+            frame = pipeline.ring.latest()
+            if frame is not None and frame.index != last_index:
+                last_index = frame.index
+                result = pipeline.analyse(frame)
+                persons = len(result.tracked.persons)
+                recent.append(loop_t)
+            elif capture_done.is_set() and not finished_stream:
+                # A file source ended (a live source never ends): close open episodes.
+                pipeline.finish()
+                finished_stream = True
+                for clip in pipeline.due_clips(final=True):
+                    sealer(clip)
+            for clip in pipeline.due_clips():
+                sealer(clip)
+            now = time.monotonic()
+            if now - last_health >= HEALTH_PERIOD_S:
+                last_health = now
+                recent = [r for r in recent if now - r <= 10.0]
+                fps = len(recent) / min(10.0, max(1e-3, now - started))
+                sh = spool.health()
+                camera = "ok" if source.health.connected else ("ended" if capture_done.is_set() else "reconnecting")
+                notifier.health(fps=fps, persons=persons, spool_depth=sh.pending, camera=camera)
+                write_signed_health(health_path, {
+                    "version": __version__, "analysis_fps": round(fps, 2), "model_sha256": pipeline.pose.model_sha256,
+                    "profile": pipeline.profile.ref.id, "camera": camera,
+                    "last_frame_wall": source.health.last_frame_wall, "uptime_s": round(now - started, 1),
+                    "frames": pipeline.stats.frames, "analysed_frames": pipeline.stats.analysed_frames,
+                    "clips_sealed": sealer.sealed, "clips_refused_spool_full": sealer.refused,
+                    "written_wall": time.time(), **_tamper_health(pipeline)},
+                    device_id=cfg.device.id, signing_key=sealer.signing_key)
+                # Anchor a quiet tail too: checkpoints reach the station with the heartbeats.
+                audit.maybe_checkpoint()
+            notifier.ping()
+            if now - last_counts >= COUNTS_PERIOD_S:
+                st = pipeline.stats
+                audit.append("frames.hourly", analysed=st.analysed_frames - counted_analysed,
+                             discarded=(st.frames - counted_frames) - (st.analysed_frames - counted_analysed))
+                counted_frames, counted_analysed, last_counts = st.frames, st.analysed_frames, now
+            # Sleep until the next analysis slot; never queue behind slow inference.
+            stop.wait(max(0.0, pipeline.analysis_period - (time.monotonic() - loop_t)))
+    finally:
+        notifier.stopping("stopping: sealing triggered clips, dropping all other pixels")
+        capture_stop.set()
+        capture_thread.join(timeout=10)
+        if not finished_stream:
+            pipeline.finish()
+        for clip in pipeline.due_clips(final=True):
+            try:
+                sealer(clip)
+            except Exception:
+                log.exception("sealing a triggered clip at shutdown failed")
+        pipeline.drop_pixels()
+        st = pipeline.stats
+        audit.append("appliance.stop", frames=st.frames, analysed=st.analysed_frames, clips=sealer.sealed,
+                     refused=sealer.refused)
+        audit.checkpoint()
+        audit.close()
+        log.info("stopped: %d frames, %d analysed, %d clips sealed", st.frames, st.analysed_frames, sealer.sealed)
+    return 0
+
+
+def _tamper_reference(cfg: AppConfig, audit: AuditLog) -> TamperReference | None:
+    """The provisioned reference; without one (or with a broken one, left as it is for the
+    technician) every lighting mode's reference is learnt at run time."""
+    if not cfg.tamper.enabled:
+        return None
+    try:
+        reference = load_reference(cfg.tamper_reference)
+    except ReferenceError as exc:
+        log.error("%s; learning the reference at run time instead", exc)
+        audit.append("camera.tamper_reference", mode="all", source="unreadable", detail=str(exc)[:300])
+        return None
+    if reference is None:
+        log.warning("no tamper reference at %s (fix: appliance provision check); learning it at run time",
+                    cfg.tamper_reference)
+    else:
+        log.info("tamper reference: %s", reference.describe())
+    return reference
+
+
+def _tamper_health(pipeline: Pipeline) -> dict:
+    """The health statement's optional ``tamper`` field (docs/wire-protocol.md)."""
+    return {"tamper": pipeline.tamper.status()} if pipeline.tamper is not None else {}
+
+
+def _sha256_file(path: str | None) -> str:
+    if not path:
+        return ""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return ""

@@ -1,0 +1,126 @@
+"""Multi-person pose estimation with an ONNX YOLO-pose model: Frame → Detections.
+
+Pre-processing letterboxes the frame to the model width keeping the aspect ratio, and pads
+the height only up to the next multiple of 32, so a 16:9 camera runs at 640×384 instead of
+640×640 (≈ 40 % less compute). Decoding is vectorised over all anchors; overlapping persons
+are merged by OpenCV's NMS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from appliance.box.pose.manifest import ModelEntry, verified_model
+from appliance.contracts.types import NUM_KEYPOINTS, Detections, Frame
+
+PAD_VALUE = 114  # the grey Ultralytics pads with; the model was trained on it
+STRIDE = 32
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a frame was mapped into the model input: input = frame * scale + (pad_x, pad_y)."""
+
+    scale: float
+    pad_x: int
+    pad_y: int
+    input_w: int
+    input_h: int
+
+
+def letterbox_geometry(frame_w: int, frame_h: int, input_width: int) -> Letterbox:
+    scale = input_width / max(frame_w, frame_h)
+    new_w, new_h = round(frame_w * scale), round(frame_h * scale)
+    input_w = -(-new_w // STRIDE) * STRIDE
+    input_h = -(-new_h // STRIDE) * STRIDE
+    return Letterbox(scale, (input_w - new_w) // 2, (input_h - new_h) // 2, input_w, input_h)
+
+
+class PoseEstimator:
+    """Runs the manifest-verified pose model on frames.
+
+    >>> est = PoseEstimator("yolo11n-pose-int8", input_width=640, threads=2)
+    >>> dets = est(frame)            # Detections in frame pixels
+    """
+
+    def __init__(self, model: str = "yolo11n-pose-int8", *, models_dir: str | None = None,
+                 input_width: int = 640, threads: int = 2, score_threshold: float = 0.35,
+                 nms_iou: float = 0.5, max_persons: int = 50):
+        self.entry: ModelEntry
+        self.entry, blob = verified_model(model, models_dir)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.input_width = input_width
+        self.score_threshold = score_threshold
+        self.nms_iou = nms_iou
+        self.max_persons = max_persons
+
+    @property
+    def model_sha256(self) -> str:
+        return self.entry.sha256
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """uint8[H, W, 3] BGR → float32[1, 3, h, w] RGB 0..1 letterboxed, and the geometry."""
+        h, w = image.shape[:2]
+        lb = letterbox_geometry(w, h, self.input_width)
+        new_w, new_h = round(w * lb.scale), round(h * lb.scale)
+        resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) \
+            if (new_w, new_h) != (w, h) else image
+        padded = cv2.copyMakeBorder(
+            resized, lb.pad_y, lb.input_h - new_h - lb.pad_y, lb.pad_x, lb.input_w - new_w - lb.pad_x,
+            cv2.BORDER_CONSTANT, value=(PAD_VALUE, PAD_VALUE, PAD_VALUE))
+        blob = cv2.dnn.blobFromImage(padded, scalefactor=1 / 255.0, swapRB=True)
+        return blob, lb
+
+    def infer_raw(self, blob: np.ndarray) -> np.ndarray:
+        """The model's raw output float32[56, A] for one input."""
+        return self.session.run(None, {self.input_name: blob})[0][0]
+
+    def decode(self, raw: np.ndarray, lb: Letterbox, frame_index: int = 0, t: float = 0.0) -> Detections:
+        """Raw output float32[56, A] → Detections in frame pixels (after NMS)."""
+        scores = raw[4]
+        keep = np.flatnonzero(scores >= self.score_threshold)
+        if keep.size == 0:
+            return Detections.empty(frame_index, t)
+        cand = raw[:, keep].T  # [K, 56]
+        cx, cy, bw, bh = cand[:, 0], cand[:, 1], cand[:, 2], cand[:, 3]
+        xywh = np.stack([cx - bw / 2, cy - bh / 2, bw, bh], axis=1)
+        idx = cv2.dnn.NMSBoxes(xywh.tolist(), cand[:, 4].tolist(), self.score_threshold, self.nms_iou,
+                               top_k=self.max_persons)
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)[: self.max_persons]
+        sel = cand[idx]
+        boxes = np.empty((len(idx), 4), np.float32)
+        boxes[:, 0] = (sel[:, 0] - sel[:, 2] / 2 - lb.pad_x) / lb.scale
+        boxes[:, 1] = (sel[:, 1] - sel[:, 3] / 2 - lb.pad_y) / lb.scale
+        boxes[:, 2] = (sel[:, 0] + sel[:, 2] / 2 - lb.pad_x) / lb.scale
+        boxes[:, 3] = (sel[:, 1] + sel[:, 3] / 2 - lb.pad_y) / lb.scale
+        kpts = sel[:, 5:].reshape(-1, NUM_KEYPOINTS, 3).astype(np.float32, copy=True)
+        kpts[:, :, 0] = (kpts[:, :, 0] - lb.pad_x) / lb.scale
+        kpts[:, :, 1] = (kpts[:, :, 1] - lb.pad_y) / lb.scale
+        return Detections(frame_index, t, boxes, sel[:, 4].astype(np.float32), kpts)
+
+    def __call__(self, frame: Frame | np.ndarray) -> Detections:
+        image = frame.image if isinstance(frame, Frame) else frame
+        blob, lb = self.preprocess(image)
+        raw = self.infer_raw(blob)
+        if isinstance(frame, Frame):
+            return self.decode(raw, lb, frame.index, frame.t)
+        return self.decode(raw, lb)
+
+
+def estimator_from_config(pose_cfg) -> PoseEstimator:
+    """Builds the estimator from a validated :class:`appliance.box.config.PoseConfig`."""
+    return PoseEstimator(
+        pose_cfg.model, models_dir=pose_cfg.models_dir or None, input_width=pose_cfg.input_width,
+        threads=pose_cfg.threads, score_threshold=pose_cfg.score_threshold,
+        nms_iou=pose_cfg.nms_iou, max_persons=pose_cfg.max_persons)

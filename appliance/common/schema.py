@@ -1,0 +1,151 @@
+"""The one TOML validation mechanism: frozen dataclasses whose fields declare type, bounds and a fix.
+
+Used for the device config (appliance/box/config.py), the station's settings, legal profiles
+and the model manifest. Every section is a frozen dataclass; every field is declared with
+:func:`opt`. Unknown keys are errors (a typo must not silently fall back to a default), and
+every error names the key and says how to fix it, e.g.::
+
+    config error in appliance.toml: analysis.fps = 0: must be >= 0.5 (fix: frames per
+    second the pose model analyses, e.g. 10)
+
+All errors in a document are collected and reported together in one :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+from appliance.common.errors import ApplianceError
+
+
+class ConfigError(ApplianceError, ValueError):
+    """Raised with one line per problem found; ``problems`` holds them separately."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(
+            f"config error in {source}: " + problems[0] if len(problems) == 1
+            else f"{len(problems)} config errors in {source}:\n  " + "\n  ".join(problems)
+        )
+
+
+def opt(default: Any = dataclasses.MISSING, *, fix: str, lo: float | None = None,
+        hi: float | None = None, choices: tuple | None = None, factory: Any = None) -> Any:
+    """Declares a config field with its fix hint and bounds."""
+    meta = {"fix": fix, "lo": lo, "hi": hi, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+Polygon = tuple[tuple[float, float], ...]
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Reads a TOML file; an unreadable file or bad TOML is a :class:`ConfigError` naming it."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror or exc}"]) from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc} (fix: check quotes, brackets and '=' signs)"]) from None
+
+
+def _type_name(tp: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
+
+
+def _check_polygon(value: Any, where: str, problems: list[str], fix: str) -> Polygon | None:
+    if not isinstance(value, list) or len(value) < 3:
+        problems.append(f"{where}: must be a list of at least 3 [x, y] points (fix: {fix})")
+        return None
+    points = []
+    for i, p in enumerate(value):
+        if (not isinstance(p, list) or len(p) != 2
+                or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in p)):
+            problems.append(f"{where}[{i}] = {p!r}: must be [x, y] with two numbers (fix: {fix})")
+            return None
+        x, y = float(p[0]), float(p[1])
+        if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+            problems.append(f"{where}[{i}] = {p!r}: coordinates must lie in 0..1 (fix: {fix})")
+            return None
+        points.append((x, y))
+    return tuple(points)
+
+
+def build(cls: type, table: Any, where: str, problems: list[str], *, skip: frozenset[str] = frozenset()) -> Any:
+    """``cls(**table)`` after checking every key against ``cls``'s declared fields.
+
+    Problems are appended to ``problems`` (prefixed with ``where``); returns None when the
+    section could not be built. Keys in ``skip`` are neither validated nor refused.
+    """
+    if not isinstance(table, dict):
+        problems.append(f"{where}: must be a table, got {type(table).__name__}")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in fields and key not in skip:
+            allowed = ", ".join(sorted(fields))
+            problems.append(f"{where}.{key}: unknown key (fix: remove it or use one of: {allowed})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}" if where else name
+        fix = f.metadata.get("fix", "")
+        if name not in table:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.append(f"{key}: missing (fix: {fix})")
+            continue
+        value = _convert(hints[name], table[name], key, fix, f.metadata, problems)
+        if value is not None:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError:
+        return None  # a required key was missing; already reported
+
+
+def _convert(tp: Any, value: Any, key: str, fix: str, meta: Any, problems: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):  # X | None
+        inner = next(a for a in typing.get_args(tp) if a is not type(None))
+        return _convert(inner, value, key, fix, meta, problems)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key, problems)
+    if tp == Polygon:
+        return _check_polygon(value, key, problems, fix)
+    if origin is tuple and typing.get_args(tp)[-1] is Ellipsis:  # tuple[Region, ...]
+        item_tp = typing.get_args(tp)[0]
+        if not isinstance(value, list):
+            problems.append(f"{key}: must be an array of tables, e.g. [[{key}]] (fix: {fix})")
+            return None
+        items = [build(item_tp, v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+        return tuple(i for i in items if i is not None)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
+        problems.append(f"{key} = {value!r}: must be {_type_name(tp)} (fix: {fix})")
+        return None
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if lo is not None and value < lo:
+        problems.append(f"{key} = {value!r}: must be >= {lo} (fix: {fix})")
+        return None
+    if hi is not None and value > hi:
+        problems.append(f"{key} = {value!r}: must be <= {hi} (fix: {fix})")
+        return None
+    if choices is not None and value not in choices:
+        problems.append(f"{key} = {value!r}: must be one of {', '.join(map(repr, choices))} (fix: {fix})")
+        return None
+    return value

@@ -1,9 +1,0 @@
-"""Tracking stage: Detections → TrackedFrame (persons with stable track ids).
-
-See :mod:`appliance.tracking.tracker` for the algorithm (ByteTrack with a keypoint cue).
-"""
-
-from appliance.tracking.assignment import linear_assignment
-from appliance.tracking.tracker import Tracker, TrackState
-
-__all__ = ["TrackState", "Tracker", "linear_assignment"]
