@@ -237,6 +237,7 @@ class TamperEvalReport:
     ordinary: list[dict[str, Any]] = field(default_factory=list)
     night: list[dict[str, Any]] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    no_reference: list[str] = field(default_factory=list)   # views too bare to provision: no cases
     samples: int = 0
     cost_s: float = 0.0
     persist_s: float = 0.0
@@ -272,6 +273,7 @@ class TamperEvalReport:
     def to_json(self) -> dict[str, Any]:
         return {"persist_s": self.persist_s, "by_tamper": self.by_tamper(), "false_alarms": self.false_alarms(),
                 "ordinary": self.ordinary, "night": self.night, "unreadable": self.unreadable,
+                "no_reference": self.no_reference,
                 "cost_ms_per_sample": round(1000 * self.cost_s / max(1, self.samples), 2),
                 "cases": [vars(c) | {"other_kinds": list(c.other_kinds)} for c in self.cases]}
 
@@ -404,7 +406,7 @@ def evaluate(root: Path, cfg: AppConfig, *, pose: bool = True, limit: int | None
     for path in ordinary:
         try:
             row = evaluate_ordinary(path, cfg, persons)
-        except (InputError, ReferenceError, cv2.error) as exc:
+        except (InputError, cv2.error) as exc:
             report.unreadable.append(f"{_name(path)}: {exc}")
             continue
         report.samples += row["samples"]
@@ -418,7 +420,10 @@ def evaluate(root: Path, cfg: AppConfig, *, pose: bool = True, limit: int | None
             progress(f"cases on {_name(path)}")
         try:
             results, cost = evaluate_cases(path, cfg, persons, progress=progress)
-        except (InputError, ReferenceError, cv2.error) as exc:
+        except ReferenceError as exc:
+            report.no_reference.append(f"{_name(path)}: {exc}")
+            continue
+        except (InputError, cv2.error) as exc:
             report.unreadable.append(f"{_name(path)} (cases): {exc}")
             continue
         report.cases += results
@@ -427,7 +432,9 @@ def evaluate(root: Path, cfg: AppConfig, *, pose: bool = True, limit: int | None
     for path in cases[:2]:
         try:
             row = evaluate_night(path, cfg, persons)
-        except (InputError, ReferenceError, cv2.error) as exc:
+        except ReferenceError:
+            continue   # already listed under no_reference
+        except (InputError, cv2.error) as exc:
             report.unreadable.append(f"{_name(path)} (night): {exc}")
             continue
         report.samples += row["samples"]
@@ -457,6 +464,9 @@ def format_report(report: TamperEvalReport) -> str:
                      + (f"detected after {n['night_blur_delay_s']:.0f} s" if n["night_blur_detected"] else "MISSED"))
     lines.append(f"cost: {1000 * report.cost_s / max(1, report.samples):.1f} ms per sample "
                  f"({report.samples} samples; at tamper.fps the stage runs once per 1/fps s)")
+    if report.no_reference:
+        lines.append("no tamper cases (the view has too little static structure to provision a reference; its "
+                     "untampered run above still counts): " + "; ".join(report.no_reference))
     if report.unreadable:
-        lines.append("left out: " + "; ".join(report.unreadable))
+        lines.append("left out (cannot be decoded): " + "; ".join(report.unreadable))
     return "\n".join(lines)

@@ -71,7 +71,7 @@ class FrameMeasures:
     contrast: float            # grey-level standard deviation
     entropy_bits: float        # Shannon entropy of the 256-bin grey histogram
     saturated: float           # share of pixels >= SATURATED_LEVEL
-    chroma: float              # mean (max - min) over B, G, R: ~0 for an infrared (monochrome) image
+    chroma: float              # 90th percentile of (max - min) over B, G, R: ~0 for an infrared image
     cell_sharpness: np.ndarray  # float32[GRID_ROWS, GRID_COLS], NaN under a person
     cell_std: np.ndarray        # float32[GRID_ROWS, GRID_COLS]
     frozen_thumb: np.ndarray    # uint8[FROZEN_H, FROZEN_W] (RAM only, for the next sample)
@@ -100,7 +100,9 @@ def _prepare(image: np.ndarray) -> tuple[np.ndarray, float]:
     oh = max(1, round(h * ow / w))
     tiny = cv2.resize(image, (FROZEN_W, FROZEN_H), interpolation=cv2.INTER_AREA)
     b, g, r = cv2.split(tiny)
-    chroma = cv2.mean(cv2.subtract(cv2.max(cv2.max(b, g), r), cv2.min(cv2.min(b, g), r)))[0]
+    # The 90th percentile, not the mean: a grey cloth over most of the lens must not read as
+    # the camera's monochrome night mode while the rest of the view is still in colour.
+    chroma = np.percentile(cv2.subtract(cv2.max(cv2.max(b, g), r), cv2.min(cv2.min(b, g), r)), 90)
     grey = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (ow, oh), interpolation=cv2.INTER_AREA)
     return grey, float(chroma)
 
