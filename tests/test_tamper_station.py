@@ -3,58 +3,14 @@ change, shown by `station devices list` with its own exit code for monitoring.""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 
-from appliance.box.uplink.client import ClientConfig, UplinkClient
 from appliance.cli import main
 from appliance.contracts import protocol as p
-from appliance.contracts.curve import load_curve_public
 from appliance.contracts.health import CameraTamper, sign_health
 from appliance.station.enrol import create_device_keys, enrol_device
-from appliance.station.keys import StationKeyPaths, generate_station_keys
-from appliance.station.server import StationServer
-
-
-class Recorder:
-    def __init__(self):
-        self.records = []
-        self._lock = threading.Lock()
-
-    def append(self, kind, **fields):
-        with self._lock:
-            self.records.append((kind, fields))
-        return {"kind": kind}
-
-
-@contextlib.contextmanager
-def running_station(station_dir):
-    from appliance.contracts.keys import load_signing_public_key
-
-    audit = Recorder()
-    server = StationServer(station_dir, "tcp://127.0.0.1:*", audit=audit)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    assert server.ready.wait(10)
-    paths = StationKeyPaths.of(station_dir)
-    clients = []
-
-    def client_for(keys):
-        public, secret = keys.curve_keypair()
-        c = UplinkClient(ClientConfig(endpoint=server.endpoint, curve_public=public, curve_secret=secret,
-                                      station_curve_public=load_curve_public(paths.curve_public),
-                                      station_signing_public=load_signing_public_key(paths.signing_public),
-                                      ack_timeout_s=5.0))
-        clients.append(c)
-        return c
-    try:
-        yield client_for, audit
-    finally:
-        for c in clients:
-            c.close()
-        server.stop()
-        thread.join(10)
+from appliance.station.keys import generate_station_keys
+from tests.test_uplink_station import make_client, running_station
 
 
 def tamper_health(kinds):
@@ -80,39 +36,43 @@ def test_tamper_state_audited_on_change_and_listed_with_exit_4(tmp_path, capsys)
         devices[name] = create_device_keys(tmp_path / name, name)
         enrol_device(station_dir, devices[name])
     yard, gate = devices["box-yard"], devices["box-gate"]
-    with running_station(station_dir) as (client_for, audit):
-        cy, cg = client_for(yard), client_for(gate)
-        heartbeat(cg, gate, tamper_health([]))
-        heartbeat(cy, yard, tamper_health([]))
-        # The uplink (unsigned health) cannot raise or hide a tamper.
-        heartbeat(cy, yard, {}, signed=False, unsigned_health=tamper_health(["covered"]))
-        assert main(["station", "devices", "list", "--dir", str(station_dir)]) == 0
-        out = capsys.readouterr().out
-        assert "camera ok" in out and "camera ?" in out       # yard's last statement was unsigned
-        heartbeat(cy, yard, tamper_health([]))
-        heartbeat(cy, yard, tamper_health(["covered"]))
-        heartbeat(cy, yard, tamper_health(["covered"]))        # unchanged: not audited again
-        assert main(["station", "devices", "list", "--dir", str(station_dir)]) == 4
-        captured = capsys.readouterr()
-        line = next(x for x in captured.out.splitlines() if x.startswith("box-yard"))
-        assert "TAMPER covered" in line and "enabled" in line
-        assert "tamper: 1 enabled device(s) report a camera tamper: box-yard (covered)" in captured.err
-        assert main(["station", "devices", "list", "--dir", str(station_dir), "--json"]) == 4
-        rows = {r["device_id"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
-        assert rows["box-yard"]["tamper"] == {"tampered": True, "kinds": ["covered"],
-                                              "since": {"covered": 1_800_000_000.0}, "mode": "day"}
-        assert rows["box-gate"]["tamper"]["tampered"] is False
-        heartbeat(cy, yard, tamper_health(["covered", "frozen"]))
-        heartbeat(cy, yard, tamper_health([]))
-        assert main(["station", "devices", "list", "--dir", str(station_dir)]) == 0
-        capsys.readouterr()
-        # A silent device outranks a tamper: exit 3 (a box never heard from is stale).
-        third = create_device_keys(tmp_path / "box-new", "box-new")
-        enrol_device(station_dir, third)
-        heartbeat(cy, yard, tamper_health(["moved"]))
-        assert main(["station", "devices", "list", "--dir", str(station_dir)]) == 3
-        err = capsys.readouterr().err
-        assert "box-yard (moved)" in err and "stale: 1" in err
+    with running_station(station_dir) as (server, audit):
+        cy, cg = make_client(station_dir, yard, server.endpoint), make_client(station_dir, gate, server.endpoint)
+        try:
+            heartbeat(cg, gate, tamper_health([]))
+            heartbeat(cy, yard, tamper_health([]))
+            # The uplink (unsigned health) cannot raise or hide a tamper.
+            heartbeat(cy, yard, {}, signed=False, unsigned_health=tamper_health(["covered"]))
+            assert main(["station", "devices", "list", "--dir", str(station_dir)]) == 0
+            out = capsys.readouterr().out
+            assert "camera ok" in out and "camera ?" in out       # yard's last statement was unsigned
+            heartbeat(cy, yard, tamper_health([]))
+            heartbeat(cy, yard, tamper_health(["covered"]))
+            heartbeat(cy, yard, tamper_health(["covered"]))        # unchanged: not audited again
+            assert main(["station", "devices", "list", "--dir", str(station_dir)]) == 4
+            captured = capsys.readouterr()
+            line = next(x for x in captured.out.splitlines() if x.startswith("box-yard"))
+            assert "TAMPER covered" in line and "enabled" in line
+            assert "tamper: 1 enabled device(s) report a camera tamper: box-yard (covered)" in captured.err
+            assert main(["station", "devices", "list", "--dir", str(station_dir), "--json"]) == 4
+            rows = {r["device_id"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+            assert rows["box-yard"]["tamper"] == {"tampered": True, "kinds": ["covered"],
+                                                  "since": {"covered": 1_800_000_000.0}, "mode": "day"}
+            assert rows["box-gate"]["tamper"]["tampered"] is False
+            heartbeat(cy, yard, tamper_health(["covered", "frozen"]))
+            heartbeat(cy, yard, tamper_health([]))
+            assert main(["station", "devices", "list", "--dir", str(station_dir)]) == 0
+            capsys.readouterr()
+            # A silent device outranks a tamper: exit 3 (a box never heard from is stale).
+            third = create_device_keys(tmp_path / "box-new", "box-new")
+            enrol_device(station_dir, third)
+            heartbeat(cy, yard, tamper_health(["moved"]))
+            assert main(["station", "devices", "list", "--dir", str(station_dir)]) == 3
+            err = capsys.readouterr().err
+            assert "box-yard (moved)" in err and "stale: 1" in err
+        finally:
+            cy.close()
+            cg.close()
     changes = [(f["device_id"], f["state"], f["kinds"], f["previous"])
                for k, f in audit.records if k == "station.device_tamper"]
     assert changes == [("box-yard", "tampered", ["covered"], []),
