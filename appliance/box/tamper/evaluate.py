@@ -32,8 +32,8 @@ from appliance.common.errors import InputError
 #: The reference is learnt from this many frames spread over the first REFERENCE_S seconds.
 REFERENCE_FRAMES = 10
 REFERENCE_S = 5.0
-CLEAN_S = 20.0
-AFTER_PERSIST_S = 20.0
+CLEAN_S = 15.0
+AFTER_PERSIST_S = 10.0
 
 Transform = Callable[[np.ndarray, np.ndarray], np.ndarray]   # (frame, frame at onset) -> tampered
 
@@ -178,33 +178,49 @@ class RunResult:
 
 
 class Persons:
-    """Person boxes per frame from the bundled pose model (or none)."""
+    """Person boxes per frame from the bundled pose model (or none). Untampered frames are
+    decoded once and shared by every case, so their boxes are remembered (by identity)."""
 
     def __init__(self, cfg: AppConfig | None):
         self.estimator = None
+        self.threshold = 0.5
+        self._memo: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         if cfg is not None:
             from appliance.box.pose import estimator_from_config
 
             self.estimator = estimator_from_config(cfg.pose)
+            self.threshold = cfg.tracking.high_score
 
-    def __call__(self, image: np.ndarray) -> np.ndarray | None:
+    def __call__(self, image: np.ndarray, *, shared: bool = False) -> np.ndarray | None:
         if self.estimator is None:
             return None
+        if shared:
+            hit = self._memo.get(id(image))
+            if hit is not None and hit[0] is image:
+                return hit[1]
         dets = self.estimator(image)
-        return dets.boxes[dets.scores >= 0.3] if len(dets.boxes) else None
+        boxes = dets.boxes[dets.scores >= self.threshold] if len(dets.boxes) else None
+        if shared:
+            self._memo[id(image)] = (image, boxes)
+        return boxes
+
+    def forget(self) -> None:
+        """Drops the remembered boxes (and the frames they pin) before the next video."""
+        self._memo.clear()
 
 
 def learn_reference(images: Sequence[np.ndarray], persons: Persons, cfg: AppConfig) -> TamperReference:
-    mode, ref = learn_from_images(images, [persons(im) for im in images], source="provision",
+    mode, ref = learn_from_images(images, [persons(im, shared=True) for im in images], source="provision",
                                   night_max_chroma=cfg.tamper.night_max_chroma)
     return TamperReference({mode: ref})
 
 
-def run_timeline(detector: TamperDetector, frames: Iterable[tuple[float, np.ndarray]], persons: Persons,
+def run_timeline(detector: TamperDetector, frames: Iterable[tuple[float, np.ndarray, bool]], persons: Persons,
                  result: RunResult) -> RunResult:
+    """``frames``: (t, image, shared) — shared = an untampered frame of the decoded footage."""
     t0 = None
-    for t, image in frames:
-        boxes = persons(image)
+    for t, image, shared in frames:
+        boxes = persons(image, shared=shared)
         c0 = time.perf_counter()
         events = detector.update(image, t, wall=t, person_boxes=boxes)
         result.cost_s += time.perf_counter() - c0
@@ -306,8 +322,8 @@ def _name(path: Path) -> str:
 def evaluate_ordinary(path: Path, cfg: AppConfig, persons: Persons) -> dict[str, Any]:
     """False alarms: the clip as it is, reference from its first seconds, sampled at tamper.fps."""
     step = 1.0 / cfg.tamper.fps
-    footage = Footage(path, cfg.ring.max_width,
-                           lambda d: reference_times(d) + list(np.arange(0.0, d, step)))
+    persons.forget()
+    footage = Footage(path, cfg.ring.max_width, lambda d: reference_times(d) + list(np.arange(0.0, d, step)))
     refs = [footage.at(t) for t in reference_times(footage.duration)]
     result = RunResult()
     try:
@@ -318,7 +334,8 @@ def evaluate_ordinary(path: Path, cfg: AppConfig, persons: Persons) -> dict[str,
     else:
         note = ""
     detector = TamperDetector(cfg.tamper, reference)
-    run_timeline(detector, ((t, footage.at(t)) for t in np.arange(0.0, footage.duration, step)), persons, result)
+    run_timeline(detector, ((t, footage.at(t), False) for t in np.arange(0.0, footage.duration, step)), persons,
+                 result)
     return {"clip": _name(path), "seconds": round(footage.duration, 1), "samples": result.samples,
             "condition_samples": result.condition_samples, "raised": len(result.raised),
             "raised_kinds": sorted({k for _, k in result.raised}), "reference": note or "learnt",
@@ -331,6 +348,7 @@ def evaluate_cases(path: Path, cfg: AppConfig, persons: Persons, tampers: Sequen
     tamper_s = cfg.tamper.persist_s + AFTER_PERSIST_S
     total = CLEAN_S + tamper_s
     times = np.arange(0.0, total, step) + step / 2   # off the ping-pong turning points
+    persons.forget()
     footage = Footage(path, cfg.ring.max_width,
                            lambda d: reference_times(d) + [ping_pong(t, d) for t in times])
     reference = learn_reference([footage.at(t) for t in reference_times(footage.duration)], persons, cfg)
@@ -341,7 +359,7 @@ def evaluate_cases(path: Path, cfg: AppConfig, persons: Persons, tampers: Sequen
         def frames(tamper=tamper, onset=onset):
             for t in times:
                 image = footage.at(ping_pong(t, footage.duration))
-                yield t, (tamper.transform(image, onset) if t >= CLEAN_S else image)
+                yield (t, tamper.transform(image, onset), False) if t >= CLEAN_S else (t, image, True)
 
         run = run_timeline(TamperDetector(cfg.tamper, reference), frames(), persons, RunResult())
         cost.samples += run.samples
@@ -367,6 +385,7 @@ def evaluate_night(path: Path, cfg: AppConfig, persons: Persons) -> dict[str, An
     switch, learn_until = CLEAN_S, CLEAN_S + cfg.tamper.relearn_s + 3 * step + 10.0
     blur_until = learn_until + cfg.tamper.persist_s + AFTER_PERSIST_S
     times = np.arange(0.0, blur_until, step) + step / 2
+    persons.forget()
     footage = Footage(path, cfg.ring.max_width,
                            lambda d: reference_times(d) + [ping_pong(t, d) for t in times])
     reference = learn_reference([footage.at(t) for t in reference_times(footage.duration)], persons, cfg)
@@ -381,7 +400,7 @@ def evaluate_night(path: Path, cfg: AppConfig, persons: Persons) -> dict[str, An
                 image = infrared(image)
             if t >= learn_until:
                 image = blur(image, image)
-            yield t, image
+            yield t, image, t < switch
 
     run = run_timeline(detector, frames(), persons, RunResult())
     false_raised = [k for t, k in run.raised if t < learn_until]
