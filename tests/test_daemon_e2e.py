@@ -144,7 +144,7 @@ def test_run_delivers_a_triggered_clip_and_stops_on_sigterm(tmp_path, capsys, st
 
     # The signed health statement carries the camera tamper state (no reference was provisioned:
     # the daemon learns it at run time, and a looping sample clip is not a tampered camera).
-    from appliance.uplink.health import CameraTamper
+    from appliance.contracts.health import CameraTamper
 
     statement = json.loads(json.loads((spool_dir / "health.json").read_text())["statement"])
     tamper = CameraTamper.from_health(statement["health"])
