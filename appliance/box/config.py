@@ -12,6 +12,7 @@ All errors in a file are reported together. See ``provisioning/appliance.example
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,20 @@ class UplinkConfig:
 
 
 @dataclass(frozen=True)
+class StationConfig:
+    # Several receivers behind one CURVE key set (docs/storage.md): the uplink sends to the
+    # first, and fails over to the next when one stops answering, with the same spool, acks
+    # and retries; the shared database stores a re-sent envelope once.
+    endpoints: tuple[str, ...] = opt((), fix="the station receivers' ZeroMQ endpoints, tried in order, e.g. "
+                                             "['tcp://station-a.example:7100', 'tcp://station-b.example:7100']; "
+                                             "empty = uplink.endpoint alone")
+
+
+#: ``tcp://HOST:PORT`` with a DNS name, an IPv4 address or a bracketed IPv6 literal.
+ENDPOINT_RE = r"tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})"
+
+
+@dataclass(frozen=True)
 class AppConfig:
     device: DeviceConfig = opt(fix="", factory=DeviceConfig)
     camera: CameraConfig | None = opt(None, fix="a [camera] table with at least source = ...")
@@ -271,8 +286,16 @@ class AppConfig:
     seal: SealConfig = opt(fix="", factory=SealConfig)
     spool: SpoolConfig = opt(fix="", factory=SpoolConfig)
     uplink: UplinkConfig = opt(fix="", factory=UplinkConfig)
+    station: StationConfig = opt(fix="", factory=StationConfig)
     audit: AuditConfig = opt(fix="", factory=AuditConfig)
     tamper: TamperConfig = opt(fix="", factory=TamperConfig)
+
+    @property
+    def station_endpoints(self) -> tuple[str, ...]:
+        """Where the uplink sends, in failover order: [station] endpoints, else uplink.endpoint."""
+        if self.station.endpoints:
+            return self.station.endpoints
+        return (self.uplink.endpoint,) if self.uplink.endpoint else ()
 
     # Derived paths, so every stage agrees on where things live.
     @property
@@ -309,10 +332,25 @@ def _cross_checks(cfg: AppConfig, problems: list[str]) -> None:
     if cfg.tamper.persist_s * cfg.tamper.fps < 2:
         problems.append(f"tamper.persist_s = {cfg.tamper.persist_s:g}: must span at least 2 samples at "
                         f"tamper.fps = {cfg.tamper.fps:g} (fix: raise persist_s or fps, e.g. persist_s = 10, fps = 1)")
+    _check_endpoints(cfg, problems)
     for group in ("zones", "privacy_masks"):
         names = [r.name for r in getattr(cfg, group)]
         for n in {n for n in names if names.count(n) > 1}:
             problems.append(f"{group}: name {n!r} is used twice (fix: give each polygon its own name)")
+
+
+def _check_endpoints(cfg: AppConfig, problems: list[str]) -> None:
+    fix = "e.g. tcp://203.0.113.5:7100 or tcp://[2001:db8::5]:7100"
+    for i, endpoint in enumerate(cfg.station.endpoints):
+        m = re.fullmatch(ENDPOINT_RE, endpoint)
+        if not m or not 0 < int(m.group(2)) < 65536:
+            problems.append(f"station.endpoints[{i}] = {endpoint!r}: not a tcp://HOST:PORT endpoint (fix: {fix})")
+    listed = list(cfg.station.endpoints)
+    for e in {e for e in listed if listed.count(e) > 1}:
+        problems.append(f"station.endpoints: {e!r} is listed twice (fix: list each receiver once)")
+    if cfg.station.endpoints and cfg.uplink.endpoint and cfg.uplink.endpoint not in cfg.station.endpoints:
+        problems.append(f"uplink.endpoint = {cfg.uplink.endpoint!r} is not in station.endpoints (fix: add it to "
+                        f"station.endpoints, or set uplink.endpoint = \"\" and list the receivers there)")
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> AppConfig:

@@ -126,8 +126,14 @@ def _convert(tp: Any, value: Any, key: str, fix: str, meta: Any, problems: list[
         return build(tp, value, key, problems)
     if tp == Polygon:
         return _check_polygon(value, key, problems, fix)
-    if origin is tuple and typing.get_args(tp)[-1] is Ellipsis:  # tuple[Region, ...]
+    if origin is tuple and typing.get_args(tp)[-1] is Ellipsis:  # tuple[Region, ...] or tuple[str, ...]
         item_tp = typing.get_args(tp)[0]
+        if not dataclasses.is_dataclass(item_tp):
+            if not isinstance(value, list):
+                problems.append(f"{key} = {value!r}: must be an array, e.g. [\"a\", \"b\"] (fix: {fix})")
+                return None
+            items = [_convert(item_tp, v, f"{key}[{i}]", fix, meta, problems) for i, v in enumerate(value)]
+            return tuple(items) if all(i is not None for i in items) else None
         if not isinstance(value, list):
             problems.append(f"{key}: must be an array of tables, e.g. [[{key}]] (fix: {fix})")
             return None

@@ -31,10 +31,23 @@ STALE_AFTER_S = 120.0
 EXIT_STALE, EXIT_TAMPER = 3, 4
 
 
-def _dir_arg(p: argparse.ArgumentParser) -> None:
+def _dir_arg(p: argparse.ArgumentParser, *, storage: bool = True) -> None:
     p.add_argument("--dir", default=DEFAULT_DIR, type=Path,
                    help=f"station directory (keys, database, envelopes); default {DEFAULT_DIR} "
                         f"or $APPLIANCE_STATION_DIR")
+    if storage:
+        p.add_argument("--db", metavar="URL", help="PostgreSQL database shared by several receivers, e.g. "
+                       "postgresql://station@db.example/appliance (default: $APPLIANCE_STATION_DB, "
+                       "<dir>/storage.toml, else SQLite <dir>/station.db)")
+        p.add_argument("--store", metavar="URL", help="S3-compatible object store for the envelopes, e.g. "
+                       "s3://appliance-clips?endpoint=https://s3.example (default: $APPLIANCE_STATION_STORE, "
+                       "<dir>/storage.toml, else files in <dir>/envelopes)")
+
+
+def _settings(args) -> Any:
+    from appliance.station.storage import resolve_settings
+
+    return resolve_settings(args.dir, getattr(args, "db", None), getattr(args, "store", None))
 
 
 def _access_args(p: argparse.ArgumentParser) -> None:
@@ -48,7 +61,7 @@ def register(sub) -> None:
     ssub = station.add_subparsers(dest="station_command", metavar="STATION_COMMAND", required=True)
 
     p = ssub.add_parser("keygen", help="generate the station's key pairs (private files 0600, never printed)")
-    _dir_arg(p)
+    _dir_arg(p, storage=False)
     p.add_argument("--kem", default="MLKEM768_X25519", choices=("MLKEM768_X25519", "X25519"),
                    help="HPKE KEM for clip encryption (default: post-quantum hybrid MLKEM768_X25519)")
     p.add_argument("--force", action="store_true", help="replace existing keys (makes stored clips unreadable)")
@@ -82,6 +95,17 @@ def register(sub) -> None:
     _dir_arg(p)
     _access_args(p)
     p.set_defaults(func=cmd_decrypt)
+
+    p = ssub.add_parser("migrate", help="move this station from SQLite + files to PostgreSQL + S3 "
+                                        "(docs/storage.md); stop the receiver first")
+    _dir_arg(p, storage=False)
+    p.add_argument("--to-db", required=True, metavar="URL", help="target PostgreSQL, e.g. "
+                   "postgresql://station@db.example/appliance (created tables: versioned migrations)")
+    p.add_argument("--to-store", required=True, metavar="URL", help="target bucket, e.g. "
+                   "s3://appliance-clips?endpoint=https://s3.example (credentials: AWS_ACCESS_KEY_ID/...)")
+    p.add_argument("--remove-source", action="store_true",
+                   help="after a verified copy, delete the envelope files from the station directory")
+    p.set_defaults(func=cmd_migrate)
 
     devices = ssub.add_parser("devices", help="the registry of enrolled devices")
     dsub = devices.add_subparsers(dest="devices_command", metavar="DEVICES_COMMAND", required=True)
@@ -134,7 +158,7 @@ def cmd_serve(args) -> int:
     configure_logging("appliance-station", level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
     audit = None if args.no_audit else _station_audit(args.dir)
     server = StationServer(args.dir, args.bind, audit=audit, max_envelope_bytes=args.max_envelope_bytes,
-                           ready_file=args.ready_file, notifier=ServiceNotifier())
+                           ready_file=args.ready_file, notifier=ServiceNotifier(), storage=_settings(args))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
     try:
@@ -145,10 +169,41 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_migrate(args) -> int:
+    from appliance.station.migrate import migrate_site
+    from appliance.station.storage import StorageSettings, resolve_settings
+
+    target = resolve_settings(args.dir, args.to_db, args.to_store)
+    audit = _station_audit(args.dir)
+    step = [0]
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done - step[0] >= 1000:
+            step[0] = done
+            print(f"  {done}/{total} envelopes copied", file=sys.stderr)
+
+    try:
+        result = migrate_site(args.dir, StorageSettings(target.db, target.store), audit=audit,
+                              remove_source=args.remove_source, progress=progress)
+    finally:
+        audit.close()
+    rows = ", ".join(f"{n} {t}" for t, n in result.rows.items())
+    print(f"migrated {result.clips} clip(s) ({result.clips_copied} new in the target, {result.bytes} bytes) "
+          f"and {rows} to {target.describe()}")
+    print(f"wrote {result.storage_file}: every command on {args.dir} now uses it; start the receivers with the "
+          f"same --dir (or --db/--store)")
+    if args.remove_source:
+        print(f"removed {result.source_files_removed} envelope file(s) from {args.dir / 'envelopes'}")
+    else:
+        print(f"the envelope files in {args.dir / 'envelopes'} are still there: once checked, run again with "
+              f"--remove-source (retention no longer sees them)")
+    return 0
+
+
 def cmd_list(args) -> int:
     from appliance.station.store import ClipStore
 
-    store = ClipStore(args.dir)
+    store = ClipStore(args.dir, settings=_settings(args))
     try:
         clips = store.list_clips(args.device)
     finally:
@@ -193,7 +248,7 @@ def cmd_export(args) -> int:
 
     audit = _audit_for_access(args)
     try:
-        return _print_export(export_clip(args.dir, args.clip_id, args.out_dir, operator=args.operator,
+        return _print_export(export_clip(args.dir, args.clip_id, args.out_dir, operator=args.operator, settings=_settings(args),
                                          reason=args.reason, audit=audit))
     finally:
         audit.close()
@@ -210,7 +265,7 @@ def cmd_decrypt(args) -> int:
         raise InputError(f"{args.envelope}: cannot read: {exc.strerror or exc}") from None
     try:
         name = args.envelope.name.removesuffix(".env")
-        return _print_export(decrypt_envelope_to(data, args.out_dir, name, station_dir=args.dir,
+        return _print_export(decrypt_envelope_to(data, args.out_dir, name, station_dir=args.dir, settings=_settings(args),
                                                  operator=args.operator, reason=args.reason, audit=audit))
     finally:
         audit.close()
@@ -224,7 +279,9 @@ def cmd_devices_list(args) -> int:
     if not args.stale_after > 0:
         print("--stale-after: must be a positive number of seconds, e.g. 120", file=sys.stderr)
         return 2
-    registry, store = DeviceRegistry(args.dir), ClipStore(args.dir)
+    settings = _settings(args)
+    store = ClipStore(args.dir, settings=settings)
+    registry = DeviceRegistry(args.dir, database=store.db)
     now_ms = int(time.time() * 1000)
     stale_ids, tampered = [], []
     try:

@@ -1,4 +1,6 @@
-"""The station's SQLite database (WAL): one file, ``<station dir>/station.db``.
+"""The station's embedded SQLite database (WAL): one file, ``<station dir>/station.db``.
+
+The default tier of :mod:`appliance.station.storage` (PostgreSQL is the other).
 
 Tables (schema version 1):
 
@@ -17,46 +19,7 @@ from pathlib import Path
 
 from appliance.common.errors import InputError
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS devices (
-    device_id      TEXT PRIMARY KEY,
-    signing_public BLOB NOT NULL,
-    curve_public   TEXT NOT NULL UNIQUE,
-    description    TEXT NOT NULL DEFAULT '',
-    added_unix_ms  INTEGER NOT NULL,
-    enabled        INTEGER NOT NULL DEFAULT 1
-);
-CREATE TABLE IF NOT EXISTS clips (
-    clip_id          TEXT PRIMARY KEY,
-    device_id        TEXT NOT NULL,
-    sequence         INTEGER NOT NULL,
-    envelope_sha256  TEXT NOT NULL,
-    path             TEXT NOT NULL,
-    bytes            INTEGER NOT NULL,
-    pattern          TEXT NOT NULL,
-    created_unix_ms  INTEGER NOT NULL,
-    received_unix_ms INTEGER NOT NULL,
-    header_json      TEXT NOT NULL,
-    UNIQUE (device_id, sequence)
-);
-CREATE TABLE IF NOT EXISTS devices_seen (
-    device_id         TEXT PRIMARY KEY,
-    last_seen_unix_ms INTEGER NOT NULL DEFAULT 0,
-    last_kind         TEXT NOT NULL DEFAULT '',
-    health_json       TEXT NOT NULL DEFAULT '{}',
-    highest_sequence  INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    id                INTEGER PRIMARY KEY AUTOINCREMENT,
-    device_id         TEXT NOT NULL,
-    received_unix_ms  INTEGER NOT NULL,
-    checkpoint_sha256 TEXT NOT NULL,
-    checkpoint_json   TEXT NOT NULL,
-    UNIQUE (device_id, checkpoint_sha256)
-);
-"""
+SCHEMA_VERSION = 1   # the migrations: appliance/station/storage/schema.py
 
 
 def db_path(station_dir: str | Path) -> Path:
@@ -87,27 +50,10 @@ def require_owner(station_dir: str | Path) -> None:
 
 
 def connect(station_dir: str | Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
-    """Opens (creating if needed) the station database in WAL mode.
+    """The embedded station database's raw connection (WAL, migrated); prefer
+    :func:`appliance.station.storage.open_storage`, which also serves PostgreSQL."""
+    from appliance.station.storage import schema
+    from appliance.station.storage.database import SqliteDatabase
 
-    ``synchronous="FULL"`` (default) fsyncs every commit. The clip store uses ``NORMAL``:
-    there the fsynced envelope *file* is the durable record and the ``clips`` rows are an
-    index that :meth:`ClipStore.recover` rebuilds from the files at start-up.
-    """
     require_owner(station_dir)
-    path = db_path(station_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    if synchronous not in ("FULL", "NORMAL"):
-        raise ValueError(synchronous)
-    conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA foreign_keys=ON")
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version == 0:
-        conn.executescript(_SCHEMA)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    elif version != SCHEMA_VERSION:
-        from appliance.common.errors import ApplianceError
-        raise ApplianceError(f"{path}: schema version {version}, this software knows {SCHEMA_VERSION}")
-    return conn
+    return SqliteDatabase(db_path(station_dir), schema.STATION_SQLITE, synchronous=synchronous).conn

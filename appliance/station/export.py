@@ -21,6 +21,7 @@ from appliance.contracts.keys import load_hpke_private_key
 from appliance.contracts.synthetic import decoded_frame_hashes
 from appliance.station.keys import StationKeyPaths
 from appliance.station.registry import DeviceRegistry
+from appliance.station.storage import StorageSettings
 from appliance.station.store import ClipStore
 
 
@@ -71,10 +72,10 @@ def frame_check(webm_path: Path, expected: list[str]) -> dict[str, Any]:
 
 def decrypt_envelope_to(data: bytes, out_dir: str | Path, name: str, *, station_dir: str | Path,
                         operator: str | None, reason: str | None, audit: Any = None,
-                        clip_id: str | None = None) -> ExportResult:
+                        clip_id: str | None = None, settings: StorageSettings | None = None) -> ExportResult:
     operator, reason = require_operator(operator, reason)
     paths = StationKeyPaths.of(station_dir)
-    registry = DeviceRegistry(station_dir)
+    registry = DeviceRegistry(station_dir, settings=settings)
     try:
         parsed = parse_envelope(data)
         if audit is not None:  # recorded (and refused by the log's own rules) BEFORE decrypting
@@ -112,14 +113,14 @@ def decrypt_envelope_to(data: bytes, out_dir: str | Path, name: str, *, station_
 
 
 def export_clip(station_dir: str | Path, clip_id: str, out_dir: str | Path, *, operator: str | None,
-                reason: str | None, audit: Any = None) -> ExportResult:
+                reason: str | None, audit: Any = None, settings: StorageSettings | None = None) -> ExportResult:
     """Verifies and decrypts a stored clip for ``operator`` with ``reason`` (both required)."""
     require_operator(operator, reason)  # refuse before touching anything
-    store = ClipStore(station_dir)
+    store = ClipStore(station_dir, settings=settings)
     try:
         clip = store.get(clip_id)
         data = store.read_envelope(clip)
     finally:
         store.close()
     return decrypt_envelope_to(data, out_dir, clip_id, station_dir=station_dir, operator=operator,
-                               reason=reason, audit=audit, clip_id=clip_id)
+                               reason=reason, audit=audit, clip_id=clip_id, settings=settings)

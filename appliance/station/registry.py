@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from appliance.common.errors import InputError
 from appliance.contracts.envelope import DEVICE_ID_RE
 from appliance.contracts.keys import fingerprint_bytes, raw_public, signing_public_from_bytes
-from appliance.station import db
+from appliance.station.storage import StorageSettings, open_database, resolve_settings
+from appliance.station.storage.database import Database
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,21 @@ def _curve_z85(curve_public: bytes | str) -> bytes:
 
 
 class DeviceRegistry:
-    """Enrolled devices in ``<station dir>/station.db``. Cheap to construct; one per thread."""
+    """Enrolled devices in the station database (:mod:`appliance.station.storage`).
 
-    def __init__(self, station_dir: str | Path):
+    Cheap to construct on SQLite (one per thread); pass ``database`` to share an open one
+    (a PostgreSQL pool serves every thread of a receiver).
+    """
+
+    def __init__(self, station_dir: str | Path, *, database: Database | None = None,
+                 settings: StorageSettings | None = None):
         self.station_dir = Path(station_dir)
-        self._conn = db.connect(self.station_dir)
+        self._own = database is None
+        self._db = database or open_database(self.station_dir, settings or resolve_settings(self.station_dir))
 
     def close(self) -> None:
-        self._conn.close()
+        if self._own:
+            self._db.close()
 
     def add_device(self, device_id: str, signing_public: Ed25519PublicKey | bytes,
                    curve_public: bytes | str, *, description: str = "",
@@ -83,7 +91,7 @@ class DeviceRegistry:
         other = self.by_curve_key(curve, include_disabled=True)
         if other is not None and other.device_id != device_id:
             raise InputError(f"that CURVE key already belongs to device {other.device_id!r}")
-        self._conn.execute(
+        self._db.execute(
             "INSERT INTO devices(device_id, signing_public, curve_public, description, added_unix_ms, enabled) "
             "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT(device_id) DO UPDATE SET signing_public=excluded.signing_public,"
             " curve_public=excluded.curve_public, description=excluded.description, enabled=1",
@@ -94,7 +102,7 @@ class DeviceRegistry:
 
     def set_enabled(self, device_id: str, enabled: bool) -> None:
         """Disabling keeps the record (old clips stay verifiable) but refuses new connections."""
-        cur = self._conn.execute("UPDATE devices SET enabled=? WHERE device_id=?", (int(enabled), device_id))
+        cur = self._db.execute("UPDATE devices SET enabled=? WHERE device_id=?", (int(enabled), device_id))
         if cur.rowcount == 0:
             raise InputError(f"no enrolled device {device_id!r}")
 
@@ -104,20 +112,20 @@ class DeviceRegistry:
                             row["description"], row["added_unix_ms"], bool(row["enabled"]))
 
     def get(self, device_id: str, *, include_disabled: bool = False) -> DeviceRecord | None:
-        row = self._conn.execute("SELECT * FROM devices WHERE device_id=?", (device_id,)).fetchone()
+        row = self._db.execute("SELECT * FROM devices WHERE device_id=?", (device_id,)).fetchone()
         if row is None or (not row["enabled"] and not include_disabled):
             return None
         return self._record(row)
 
     def by_curve_key(self, curve_public: bytes | str, *, include_disabled: bool = False) -> DeviceRecord | None:
         key = curve_public.decode("ascii") if isinstance(curve_public, bytes) else curve_public
-        row = self._conn.execute("SELECT * FROM devices WHERE curve_public=?", (key,)).fetchone()
+        row = self._db.execute("SELECT * FROM devices WHERE curve_public=?", (key,)).fetchone()
         if row is None or (not row["enabled"] and not include_disabled):
             return None
         return self._record(row)
 
     def list_devices(self) -> list[DeviceRecord]:
-        return [self._record(r) for r in self._conn.execute("SELECT * FROM devices ORDER BY device_id")]
+        return [self._record(r) for r in self._db.execute("SELECT * FROM devices ORDER BY device_id")]
 
     def signing_public(self, device_id: str) -> Ed25519PublicKey | None:
         """For :func:`appliance.box.seal.verify_envelope`: enabled devices only."""
@@ -133,14 +141,16 @@ class DeviceRegistry:
 class AllowListProvider:
     """ZAP credentials callback for ``zmq.auth``: enabled devices' CURVE keys only.
 
-    Runs in the authenticator's thread, so it opens its own short-lived connection per call.
+    Runs in the authenticator's thread: on SQLite it opens its own short-lived connection per
+    call; a thread-safe ``database`` (the receiver's PostgreSQL pool) is shared instead.
     """
 
-    def __init__(self, station_dir: str | Path):
+    def __init__(self, station_dir: str | Path, database: Database | None = None):
         self.station_dir = Path(station_dir)
+        self.database = database if database is not None and database.thread_safe else None
 
     def callback(self, domain: str, key: bytes) -> bool:
-        registry = DeviceRegistry(self.station_dir)
+        registry = DeviceRegistry(self.station_dir, database=self.database)
         try:
             return registry.by_curve_key(key) is not None
         finally:

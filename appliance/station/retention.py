@@ -14,7 +14,6 @@ blocks (docs/audit-log.md §5).
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any, Protocol
 from appliance.common.durable import fsync_dir
 from appliance.common.errors import ApplianceError, InputError
 from appliance.contracts.audit.canonical import utc_iso
+from appliance.station.storage.database import Database, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -145,37 +145,27 @@ class Hold:
                 "released_by": self.released_by, "release_reason": self.release_reason}
 
 
-_HOLDS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS legal_holds (
-    id             INTEGER PRIMARY KEY AUTOINCREMENT,
-    clip_id        TEXT NOT NULL,
-    reason         TEXT NOT NULL,
-    set_by         TEXT NOT NULL,
-    set_at         REAL NOT NULL,
-    until          REAL NOT NULL,
-    released_at    REAL,
-    released_by    TEXT,
-    release_reason TEXT
-);
-CREATE INDEX IF NOT EXISTS legal_holds_clip ON legal_holds (clip_id);
-"""
-
-
 class LegalHolds:
-    """Legal holds in their own SQLite file; each change is audited before it is committed."""
+    """Legal holds, each change audited before it is committed: their own SQLite file
+    ``holds.sqlite`` beside the embedded station database, or the ``legal_holds`` table of the
+    shared PostgreSQL database (every receiver and the retention job see the same holds)."""
 
-    def __init__(self, path: str | Path, *, audit: Any = None, clock: Callable[[], float] = time.time):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, database: Database | str | Path, *, audit: Any = None,
+                 clock: Callable[[], float] = time.time):
+        from appliance.station.storage import schema
+        from appliance.station.storage.database import SqliteDatabase
+        if isinstance(database, (str, Path)):
+            database = SqliteDatabase(database, schema.HOLDS_SQLITE)
+        self._db = database
         self._audit = audit
         self._clock = clock
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_HOLDS_SCHEMA)
 
     @classmethod
-    def open(cls, station_dir: str | Path, **kwargs: Any) -> LegalHolds:
+    def open(cls, station_dir: str | Path, *, settings: Any = None, **kwargs: Any) -> LegalHolds:
+        from appliance.station.storage import open_database, resolve_settings
+        settings = settings or resolve_settings(station_dir)
+        if settings.db:
+            return cls(open_database(station_dir, settings), **kwargs)
         return cls(Path(station_dir) / HOLDS_FILE, **kwargs)
 
     def set(self, clip_id: str, *, reason: str, by: str, until: float) -> Hold:
@@ -188,9 +178,9 @@ class LegalHolds:
             raise InputError(f"legal hold refused: until {utc_iso(until)} is not in the future")
         if self._audit is not None:
             self._audit.append("hold.set", clip_id=clip_id, reason=reason, by=by, until=utc_iso(until))
-        cur = self._db.execute("INSERT INTO legal_holds (clip_id, reason, set_by, set_at, until) "
-                               "VALUES (?, ?, ?, ?, ?)", (clip_id, reason, by, now, until))
-        return Hold(int(cur.lastrowid), clip_id, reason, by, now, until)
+        row = self._db.execute("INSERT INTO legal_holds (clip_id, reason, set_by, set_at, until) "
+                               "VALUES (?, ?, ?, ?, ?) RETURNING id", (clip_id, reason, by, now, until)).fetchone()
+        return Hold(int(row[0]), clip_id, reason, by, now, until)
 
     def release(self, clip_id: str, *, reason: str, by: str) -> int:
         """Releases every active hold of ``clip_id``; returns how many."""
@@ -290,7 +280,7 @@ class RetentionJob:
                 continue
             try:
                 files = self.store.delete_clip(clip.clip_id)
-            except (OSError, sqlite3.Error, ApplianceError) as exc:
+            except (OSError, ApplianceError, *storage_errors()) as exc:
                 errors.append(f"{clip.clip_id}: {exc}")
                 log.error("retention: could not delete %s: %s", clip.clip_id, exc)
                 continue
@@ -314,17 +304,15 @@ class RetentionJob:
 
 
 class StationClipStore:
-    """:class:`ClipStore` over the station's own ``ClipStore`` (``station.db`` index +
-    ``envelopes/<device>/*.env``). Its ``delete_clip`` unlinks the envelope file (which holds
-    the only wrapped copy of the clip's key), fsyncs the directory, then deletes the row."""
+    """:class:`ClipStore` over the station's own store (:mod:`appliance.station.store`), whichever
+    tier it is: its ``delete_clip`` removes the envelope's bytes (the file, fsynced directory;
+    or every version of the S3 object), which hold the only wrapped copy of the clip's key,
+    then the row."""
 
-    def __init__(self, station_dir: str | Path):
-        from appliance.station import db as station_db
+    def __init__(self, station_dir: str | Path, *, settings: Any = None):
         from appliance.station.store import ClipStore as StationStore
         self.station_dir = Path(station_dir)
-        if not station_db.db_path(self.station_dir).exists():
-            raise InputError(f"no station database in {self.station_dir} (fix: give the station's directory)")
-        self._store = StationStore(self.station_dir)
+        self._store = StationStore(self.station_dir, settings=settings, must_exist=True)
 
     def list_clips(self) -> Iterable[RetainedClip]:
         for c in self._store.list_clips():
@@ -334,10 +322,7 @@ class StationClipStore:
                                c.envelope_sha256, c.pattern)
 
     def delete_clip(self, clip_id: str) -> int:
-        path = self._store.get(clip_id).path
-        existed = path.exists()
-        self._store.delete_clip(clip_id)
-        return int(existed)
+        return self._store.remove(clip_id)[1]
 
     def close(self) -> None:
         self._store.close()

@@ -41,6 +41,7 @@ from appliance.contracts.keys import (
 )
 from appliance.station.keys import StationKeyPaths
 from appliance.station.registry import AllowListProvider, DeviceRecord, DeviceRegistry
+from appliance.station.storage import StorageSettings, open_storage, resolve_settings
 from appliance.station.store import ClipStore
 
 log = logging.getLogger("appliance.station")
@@ -68,8 +69,10 @@ class StationServer:
 
     def __init__(self, station_dir: str | Path, bind: str = "tcp://127.0.0.1:*", *, audit: Any = None,
                  max_envelope_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES, ready_file: str | Path | None = None,
-                 notifier: Any = None):
+                 notifier: Any = None, storage: StorageSettings | None = None):
         self.station_dir = Path(station_dir)
+        # Resolved now, so a bad --db/--store or storage.toml fails before anything listens.
+        self.storage_settings = storage or resolve_settings(self.station_dir)
         self.notifier = notifier
         self.bind = bind
         self.audit = audit
@@ -102,14 +105,15 @@ class StationServer:
     # -- loop -------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
+        storage = open_storage(self.station_dir, settings=self.storage_settings, synchronous="NORMAL")
         ctx = zmq.Context()
         auth = ThreadAuthenticator(ctx, log=logging.getLogger("appliance.station.zap"))
         auth.start()
-        auth.configure_curve_callback("*", AllowListProvider(self.station_dir))
         sock = ctx.socket(zmq.ROUTER)
         monitor = None
-        registry = DeviceRegistry(self.station_dir)
-        store = ClipStore(self.station_dir)
+        auth.configure_curve_callback("*", AllowListProvider(self.station_dir, storage.db))
+        registry = DeviceRegistry(self.station_dir, database=storage.db)
+        store = ClipStore(self.station_dir, storage=storage)
         try:
             recovered = store.recover()
             if recovered:
@@ -124,7 +128,8 @@ class StationServer:
             p.allow_ipv6_endpoint(sock, self.bind)
             sock.bind(self.bind)
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            log.info("station listening on %s (max envelope %d bytes)", self.endpoint, self.max_envelope_bytes)
+            log.info("station listening on %s (max envelope %d bytes; %s)", self.endpoint, self.max_envelope_bytes,
+                     self.storage_settings.describe())
             if self.ready_file is not None:
                 tmp = self.ready_file.with_name(self.ready_file.name + ".tmp")
                 tmp.write_text(self.endpoint + "\n")
@@ -159,6 +164,7 @@ class StationServer:
             auth.stop()
             registry.close()
             store.close()
+            storage.close()
             ctx.term()
             log.info("station stopped")
 

@@ -1,24 +1,30 @@
-"""Durable storage of received envelopes: files for the ciphertext, SQLite (WAL) for the index.
+"""Durable storage of received envelopes: the bytes in a blob store, the index in a database.
 
-An envelope is stored when its file is durable under ``envelopes/<device>/`` (temporary file,
-fsync, rename, fsync of the directory) and its index row is committed; only then does the
-server acknowledge it. The file is the record: it names its device and sequence, so
-:meth:`ClipStore.recover` (run at every start) re-indexes any file whose row a crash or power
-loss took away. That is why the index connection may commit with ``synchronous=NORMAL``
-(no fsync per commit) without risking an acknowledged clip.
+An envelope is stored when its bytes are durable (a fsynced file under ``envelopes/<device>/``,
+or an acknowledged object in the S3 bucket) and its index row is committed; only then does the
+server acknowledge it. The bytes are the record: they name their device and sequence, so
+:meth:`ClipStore.recover` (run at every start) re-indexes any envelope whose row a crash or
+power loss took away. That is why the embedded index connection may commit with
+``synchronous=NORMAL`` (no fsync per commit) without risking an acknowledged clip.
+
+Exactly once: the row is inserted with ``ON CONFLICT DO NOTHING`` against the unique key
+``(device_id, sequence)``. When two receivers race on one envelope (a device failed over
+while its first attempt was still being stored) one insert wins and the other receiver
+answers ``duplicate`` for the same bytes, or ``replayed_sequence`` for other bytes.
+
+Which database and blob store: :mod:`appliance.station.storage` (SQLite + files by default,
+PostgreSQL + S3 for several receivers).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.common.durable import atomic_write, fsync_dir
 from appliance.common.errors import InputError
 from appliance.contracts.envelope import (
     EnvelopeError,
@@ -26,7 +32,7 @@ from appliance.contracts.envelope import (
     canonical_json,
     parse_envelope,
 )
-from appliance.station import db
+from appliance.station.storage import Storage, StorageSettings, open_storage
 
 MAX_CHECKPOINTS_PER_HEARTBEAT = 1000
 
@@ -37,12 +43,13 @@ class StoredClip:
     device_id: str
     sequence: int
     envelope_sha256: str
-    path: Path
+    path: Path            # the envelope file (embedded tier) or Path("s3://bucket/key")
     bytes: int
     pattern: str
     created_unix_ms: int
     received_unix_ms: int
     header: dict[str, Any]
+    location: str = ""    # the clips.path column: relative file path or object key
 
 
 @dataclass(frozen=True)
@@ -61,47 +68,62 @@ class DeviceSeen:
 
 
 class ClipStore:
-    """Envelope files + index under a station directory. One instance per thread."""
+    """Envelopes + index of a station. One instance per thread on SQLite; a shared
+    ``storage`` (PostgreSQL pool) may serve several threads."""
 
-    def __init__(self, station_dir: str | Path):
+    def __init__(self, station_dir: str | Path, *, storage: Storage | None = None,
+                 settings: StorageSettings | None = None, must_exist: bool = False):
         self.station_dir = Path(station_dir)
-        self.envelope_dir = self.station_dir / "envelopes"
-        self._tmp = self.station_dir / "tmp"
-        for d in (self.envelope_dir, self._tmp):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._conn = db.connect(self.station_dir, synchronous="NORMAL")
+        self._own = storage is None
+        self.storage = storage or open_storage(self.station_dir, settings=settings, synchronous="NORMAL",
+                                               must_exist=must_exist)
+        self.db = self.storage.db
+        self.blobs = self.storage.blobs
 
     def close(self) -> None:
-        self._conn.close()
+        if self._own:
+            self.storage.close()
 
     def recover(self) -> int:
-        """Indexes envelope files that have no row (lost in a crash); returns how many."""
-        known = {row[0] for row in self._conn.execute("SELECT path FROM clips")}
-        for leftover in self._tmp.glob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
+        """Indexes stored envelopes that have no row (lost in a crash); returns how many."""
+        known = {row[0] for row in self.db.execute("SELECT path FROM clips")}
         recovered = 0
-        for device_dir in sorted(p for p in self.envelope_dir.iterdir() if p.is_dir()):
-            for path in sorted(device_dir.glob("*.env")):
-                rel = str(path.relative_to(self.station_dir))
-                if rel in known:
-                    continue
-                try:
-                    parsed = parse_envelope(path.read_bytes())
-                except EnvelopeError as exc:  # only verified envelopes are ever written here
-                    raise InputError(f"{path}: stored envelope does not parse ({exc.reason}): "
-                                     f"storage damaged or tampered") from None
-                if not path.name.endswith(f"-{parsed.sha256[:16]}.env"):
-                    raise InputError(f"{path}: content does not match its name: storage damaged or tampered")
-                self._index(parsed, Path(rel))
+        for location in self.blobs.locations():
+            if location in known:
+                continue
+            where = self.blobs.describe(location)
+            try:
+                parsed = parse_envelope(self.blobs.get(location))
+            except FileNotFoundError:
+                continue       # deleted meanwhile (retention on another host)
+            except EnvelopeError as exc:  # only verified envelopes are ever written here
+                raise InputError(f"{where}: stored envelope does not parse ({exc.reason}): "
+                                 f"storage damaged or tampered") from None
+            expected = parsed.sha256 if self.blobs.kind == "s3" else f"-{parsed.sha256[:16]}.env"
+            if not location.endswith(expected):
+                raise InputError(f"{where}: content does not match its name: storage damaged or tampered")
+            if self._insert(parsed, location):
                 recovered += 1
         return recovered
 
     # -- clips ------------------------------------------------------------------------
 
-    def _clip(self, row: sqlite3.Row) -> StoredClip:
+    def _clip(self, row: Any) -> StoredClip:
+        location = row["path"]
+        path = self.station_dir / location if self.blobs.kind == "files" else Path(self.blobs.describe(location))
         return StoredClip(row["clip_id"], row["device_id"], row["sequence"], row["envelope_sha256"],
-                          self.station_dir / row["path"], row["bytes"], row["pattern"],
-                          row["created_unix_ms"], row["received_unix_ms"], json.loads(row["header_json"]))
+                          path, row["bytes"], row["pattern"], row["created_unix_ms"], row["received_unix_ms"],
+                          json.loads(row["header_json"]), location)
+
+    def _row_for(self, device_id: str, sequence: int) -> Any:
+        return self.db.execute("SELECT * FROM clips WHERE device_id=? AND sequence=?",
+                               (device_id, sequence)).fetchone()
+
+    def _existing(self, parsed: ParsedEnvelope, row: Any) -> StoreResult:
+        if row["envelope_sha256"] == parsed.sha256:
+            return StoreResult(self._clip(row), duplicate=True)
+        header = parsed.header
+        raise EnvelopeError("replayed_sequence", f"{header.device_id}#{header.sequence} already stored with other content")
 
     def store(self, parsed: ParsedEnvelope) -> StoreResult:
         """Stores a parsed, *signature-verified* envelope; enforces the sequence rules.
@@ -109,52 +131,50 @@ class ClipStore:
         Raises :class:`EnvelopeError` ``replayed_sequence`` / ``old_sequence``.
         """
         header = parsed.header
-        sha = parsed.sha256
-        row = self._conn.execute("SELECT * FROM clips WHERE device_id=? AND sequence=?",
-                                 (header.device_id, header.sequence)).fetchone()
+        row = self._row_for(header.device_id, header.sequence)
         if row is not None:
-            if row["envelope_sha256"] == sha:
-                return StoreResult(self._clip(row), duplicate=True)
-            raise EnvelopeError("replayed_sequence",
-                                f"{header.device_id}#{header.sequence} already stored with other content")
+            return self._existing(parsed, row)
         highest = self.highest_sequence(header.device_id)
         if header.sequence <= highest:
             raise EnvelopeError("old_sequence", f"{header.device_id}#{header.sequence} <= highest stored {highest}")
-        device_dir = self.envelope_dir / header.device_id
-        if not device_dir.exists():
-            device_dir.mkdir(parents=True, mode=0o700)
-            fsync_dir(self.envelope_dir)
-        rel = Path("envelopes") / header.device_id / f"{header.sequence:016d}-{sha[:16]}.env"
-        atomic_write(self.station_dir / rel, parsed.data, self._tmp)
-        return StoreResult(self._index(parsed, rel), duplicate=False)
+        location = self.blobs.put(header.device_id, header.sequence, parsed.sha256, parsed.data)
+        if self._insert(parsed, location):
+            return StoreResult(self._clip(self._row_for(header.device_id, header.sequence)), duplicate=False)
+        # Another receiver stored this (device, sequence) between our check and our insert.
+        row = self._row_for(header.device_id, header.sequence)
+        if row["path"] != location and row["envelope_sha256"] != parsed.sha256:
+            self.blobs.delete(location)   # our copy of the refused bytes must not linger unindexed
+        return self._existing(parsed, row)
 
-    def _index(self, parsed: ParsedEnvelope, rel: Path) -> StoredClip:
+    def _insert(self, parsed: ParsedEnvelope, location: str) -> bool:
+        """The row and the device's highest sequence in one commit; False if the unique key
+        (device, sequence) or the clip id already had a row."""
         header, sha = parsed.header, parsed.sha256
-        clip_id = sha[:16]
         now = int(time.time() * 1000)
-        with self._conn:  # one transaction: the row and the device's highest sequence together
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute(
+        with self.db.transaction() as tx:
+            inserted = tx.execute(
                 "INSERT INTO clips(clip_id, device_id, sequence, envelope_sha256, path, bytes, pattern, "
-                "created_unix_ms, received_unix_ms, header_json) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (clip_id, header.device_id, header.sequence, sha, str(rel), len(parsed.data), header.pattern,
-                 header.created_unix_ms, now, canonical_json(header.to_json()).decode("ascii")))
+                "created_unix_ms, received_unix_ms, header_json) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT DO NOTHING RETURNING clip_id",
+                (sha[:16], header.device_id, header.sequence, sha, location, len(parsed.data), header.pattern,
+                 header.created_unix_ms, now, canonical_json(header.to_json()).decode("ascii"))).fetchone()
+            if inserted is None:
+                return False
             # Last-seen in the same commit: one fsync per stored clip, not two.
-            self._conn.execute(
+            tx.execute(
                 "INSERT INTO devices_seen(device_id, highest_sequence, last_seen_unix_ms, last_kind) "
                 "VALUES (?, ?, ?, 'envelope') ON CONFLICT(device_id) DO UPDATE SET "
-                "highest_sequence=MAX(highest_sequence, excluded.highest_sequence), "
+                f"highest_sequence={tx.greatest('devices_seen.highest_sequence', 'excluded.highest_sequence')}, "
                 "last_seen_unix_ms=excluded.last_seen_unix_ms, last_kind=excluded.last_kind",
                 (header.device_id, header.sequence, now))
-        return self._clip(self._conn.execute("SELECT * FROM clips WHERE clip_id=?", (clip_id,)).fetchone())
+        return True
 
     def highest_sequence(self, device_id: str) -> int:
-        row = self._conn.execute("SELECT highest_sequence FROM devices_seen WHERE device_id=?",
-                                 (device_id,)).fetchone()
+        row = self.db.execute("SELECT highest_sequence FROM devices_seen WHERE device_id=?", (device_id,)).fetchone()
         return 0 if row is None else int(row[0])
 
     def get(self, clip_id: str) -> StoredClip:
-        row = self._conn.execute("SELECT * FROM clips WHERE clip_id=?", (clip_id,)).fetchone()
+        row = self.db.execute("SELECT * FROM clips WHERE clip_id=?", (clip_id,)).fetchone()
         if row is None:
             raise InputError(f"no stored clip {clip_id!r} (see 'appliance station list')")
         return self._clip(row)
@@ -168,45 +188,51 @@ class ClipStore:
             sql += " AND received_unix_ms < ?"
             args.append(older_than_unix_ms)
         sql += " ORDER BY device_id, sequence"
-        return [self._clip(r) for r in self._conn.execute(sql, args)]
+        return [self._clip(r) for r in self.db.execute(sql, args)]
 
     def count(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM clips").fetchone()[0])
+        return int(self.db.execute("SELECT COUNT(*) FROM clips").fetchone()[0])
 
     def read_envelope(self, clip: StoredClip) -> bytes:
-        data = clip.path.read_bytes()
+        where = self.blobs.describe(clip.location)
+        try:
+            data = self.blobs.get(clip.location)
+        except FileNotFoundError:
+            raise InputError(f"{where}: the envelope is missing although indexed: storage damaged") from None
         if hashlib.sha256(data).hexdigest() != clip.envelope_sha256:
-            raise InputError(f"{clip.path}: file differs from the index (SHA-256 mismatch): storage tampered or damaged")
+            raise InputError(f"{where}: file differs from the index (SHA-256 mismatch): storage tampered or damaged")
         return data
 
-    def delete_clip(self, clip_id: str) -> StoredClip:
-        """Removes the envelope file and its row (retention); the device's sequence floor stays."""
+    def remove(self, clip_id: str) -> tuple[StoredClip, int]:
+        """Removes the envelope's bytes (every copy), then its row (retention); the device's
+        sequence floor stays. Returns the clip and how many files/object versions went."""
         clip = self.get(clip_id)
-        clip.path.unlink(missing_ok=True)
-        fsync_dir(clip.path.parent)
-        self._conn.execute("PRAGMA synchronous=FULL")  # a deletion must not come back as a dangling row
-        self._conn.execute("DELETE FROM clips WHERE clip_id=?", (clip_id,))
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        return clip
+        removed = self.blobs.delete(clip.location)
+        with self.db.durable():   # a deletion must not come back as a dangling row
+            self.db.execute("DELETE FROM clips WHERE clip_id=?", (clip_id,))
+        return clip, removed
+
+    def delete_clip(self, clip_id: str) -> StoredClip:
+        return self.remove(clip_id)[0]
 
     # -- devices seen, heartbeats, checkpoints -----------------------------------------
 
     def record_seen(self, device_id: str, kind: str, health: dict[str, Any] | None = None) -> None:
         now = int(time.time() * 1000)
         if health is None:
-            self._conn.execute(
+            self.db.execute(
                 "INSERT INTO devices_seen(device_id, last_seen_unix_ms, last_kind) VALUES (?,?,?) "
                 "ON CONFLICT(device_id) DO UPDATE SET last_seen_unix_ms=excluded.last_seen_unix_ms, "
                 "last_kind=excluded.last_kind", (device_id, now, kind))
         else:
-            self._conn.execute(
+            self.db.execute(
                 "INSERT INTO devices_seen(device_id, last_seen_unix_ms, last_kind, health_json) VALUES (?,?,?,?) "
                 "ON CONFLICT(device_id) DO UPDATE SET last_seen_unix_ms=excluded.last_seen_unix_ms, "
                 "last_kind=excluded.last_kind, health_json=excluded.health_json",
                 (device_id, now, kind, canonical_json(health).decode("ascii")))
 
     def last_seen(self, device_id: str) -> DeviceSeen | None:
-        row = self._conn.execute("SELECT * FROM devices_seen WHERE device_id=?", (device_id,)).fetchone()
+        row = self.db.execute("SELECT * FROM devices_seen WHERE device_id=?", (device_id,)).fetchone()
         if row is None:
             return None
         return DeviceSeen(row["device_id"], row["last_seen_unix_ms"], row["last_kind"],
@@ -217,17 +243,14 @@ class ClipStore:
         now = int(time.time() * 1000)
         new = 0
         # Checkpoints exist only in this row once acked (the device stops re-sending): fsync them.
-        self._conn.execute("PRAGMA synchronous=FULL")
-        with self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with self.db.durable(), self.db.transaction() as tx:
             for cp in checkpoints[:MAX_CHECKPOINTS_PER_HEARTBEAT]:
                 raw = canonical_json(cp).decode("ascii")
-                cur = self._conn.execute(
-                    "INSERT OR IGNORE INTO checkpoints(device_id, received_unix_ms, checkpoint_sha256, "
-                    "checkpoint_json) VALUES (?,?,?,?)",
+                cur = tx.execute(
+                    "INSERT INTO checkpoints(device_id, received_unix_ms, checkpoint_sha256, "
+                    "checkpoint_json) VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
                     (device_id, now, hashlib.sha256(raw.encode()).hexdigest(), raw))
-                new += cur.rowcount
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+                new += max(cur.rowcount, 0)
         return new
 
     def checkpoints_for(self, device_id: str) -> list[dict[str, Any]]:
@@ -236,14 +259,14 @@ class ClipStore:
         Each item: ``{"received_unix_ms": int, "checkpoint": <the device's JSON object>}``.
         """
         return [{"received_unix_ms": r["received_unix_ms"], "checkpoint": json.loads(r["checkpoint_json"])}
-                for r in self._conn.execute(
+                for r in self.db.execute(
                     "SELECT received_unix_ms, checkpoint_json FROM checkpoints WHERE device_id=? ORDER BY id",
                     (device_id,))]
 
 
 def checkpoints_for(station_dir: str | Path, device_id: str) -> list[dict[str, Any]]:
     """Convenience for the audit stage: the checkpoints a device sent to this station."""
-    store = ClipStore(station_dir)
+    store = ClipStore(station_dir, must_exist=True)
     try:
         return store.checkpoints_for(device_id)
     finally:

@@ -231,32 +231,35 @@ def _station(ctx: CheckContext) -> str:
     from appliance.contracts.protocol import now_ms
 
     cfg = ctx.cfg
-    if not cfg.uplink.endpoint:
+    if not cfg.station_endpoints:
         raise ApplianceError("uplink.endpoint is empty (fix: appliance provision import BUNDLE)")
     public, secret = load_curve_keypair(cfg.uplink.curve_secret)
-    client = UplinkClient(ClientConfig(
-        endpoint=cfg.uplink.endpoint, curve_public=public, curve_secret=secret,
-        station_curve_public=load_curve_public(cfg.uplink.station_curve_public),
-        station_signing_public=station_signing_public(cfg),
-        ack_timeout_s=min(cfg.uplink.ack_timeout_s, 10.0)))
-    try:
-        sent = now_ms()
+    results = []
+    for endpoint in cfg.station_endpoints:   # every receiver the uplink may fail over to
+        client = UplinkClient(ClientConfig(
+            endpoint=endpoint, curve_public=public, curve_secret=secret,
+            station_curve_public=load_curve_public(cfg.uplink.station_curve_public),
+            station_signing_public=station_signing_public(cfg),
+            ack_timeout_s=min(cfg.uplink.ack_timeout_s, 10.0)))
         try:
-            reply = probe(client, cfg.device.id, device_signing_key(cfg))
-        except ApplianceError as exc:
-            hint = (" (CURVE handshake failed: is the device added at the station?)"
-                    if client.handshake_failures else "")
-            raise ApplianceError(f"{cfg.uplink.endpoint}: {exc}{hint}") from None
-        received = now_ms()
-    finally:
-        client.close()
-    if not reply.ok or reply.status != "probe-ok":
-        raise ApplianceError(f"{cfg.uplink.endpoint} refused the probe: {reply.reason or reply.status}")
-    station_ms = reply.body.get("station_unix_ms")
-    if isinstance(station_ms, int):
-        ctx.station_unix_ms, ctx.probe_sent_unix_ms, ctx.probe_received_unix_ms = station_ms, sent, received
-    return (f"{cfg.uplink.endpoint}: CURVE handshake ok, signed probe acknowledged (not stored), "
-            f"round trip {received - sent} ms")
+            sent = now_ms()
+            try:
+                reply = probe(client, cfg.device.id, device_signing_key(cfg))
+            except ApplianceError as exc:
+                hint = (" (CURVE handshake failed: is the device added at the station?)"
+                        if client.handshake_failures else "")
+                raise ApplianceError(f"{endpoint}: {exc}{hint}") from None
+            received = now_ms()
+        finally:
+            client.close()
+        if not reply.ok or reply.status != "probe-ok":
+            raise ApplianceError(f"{endpoint} refused the probe: {reply.reason or reply.status}")
+        station_ms = reply.body.get("station_unix_ms")
+        if isinstance(station_ms, int) and ctx.station_unix_ms is None:
+            ctx.station_unix_ms, ctx.probe_sent_unix_ms, ctx.probe_received_unix_ms = station_ms, sent, received
+        results.append(f"{endpoint}: CURVE handshake ok, signed probe acknowledged (not stored), "
+                       f"round trip {received - sent} ms")
+    return "; ".join(results)
 
 
 def _clock(ctx: CheckContext) -> str:

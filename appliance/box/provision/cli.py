@@ -113,8 +113,8 @@ def cmd_network(args) -> int:
     planned = []
     if cfg.camera is not None:
         planned.append(camera_dropin(cfg.camera.source))
-    if cfg.uplink.endpoint:
-        planned.append(station_dropin(cfg.uplink.endpoint))
+    if cfg.station_endpoints:
+        planned.append(station_dropin(cfg.station_endpoints))
     if not planned:
         raise InputError("neither camera.source nor uplink.endpoint is configured")
     for path in write_dropins(planned, Path(args.unit_dir)):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -101,10 +102,16 @@ def _allow_only(what: str, host: str, addrs) -> str:
             + "".join(f"IPAddressAllow={a}\n" for a in addrs))
 
 
-def station_dropin(endpoint: str, resolve=socket.getaddrinfo) -> DropIn:
-    """The uplink unit's drop-in for a ZeroMQ endpoint such as tcp://203.0.113.5:7100."""
-    host = endpoint_host(endpoint)
-    text = _allow_only("station", host, _addresses(host, resolve))
+def station_dropin(endpoint: str | Sequence[str], resolve=socket.getaddrinfo) -> DropIn:
+    """The uplink unit's drop-in for the station's ZeroMQ endpoint(s), e.g. tcp://203.0.113.5:7100
+    (every receiver of [station] endpoints is allowed)."""
+    endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+    hosts, addrs = [], []
+    for e in endpoints:
+        host = endpoint_host(e)
+        hosts.append(host)
+        addrs += [a for a in _addresses(host, resolve) if a not in addrs]
+    text = _allow_only("station", ", ".join(hosts), addrs)
     return DropIn(UPLINK_UNIT, DROPIN_NAME[UPLINK_UNIT], text)
 
 

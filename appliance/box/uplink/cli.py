@@ -51,7 +51,8 @@ def build_client(cfg):
     from appliance.contracts.protocol import FRAME_SLACK
 
     u = cfg.uplink
-    missing = [name for name, value in (("uplink.endpoint", u.endpoint),
+    endpoints = cfg.station_endpoints
+    missing = [name for name, value in (("uplink.endpoint (or station.endpoints)", endpoints),
                                         ("uplink.station_curve_public", u.station_curve_public),
                                         ("uplink.curve_secret", u.curve_secret)) if not value]
     if missing:
@@ -62,7 +63,7 @@ def build_client(cfg):
     if station_signing is None:
         log.warning("uplink.station_signing_public not set: acks are trusted on the CURVE channel alone")
     client = UplinkClient(ClientConfig(
-        endpoint=u.endpoint, curve_public=curve_public, curve_secret=curve_secret,
+        endpoint=endpoints[0], endpoints=endpoints, curve_public=curve_public, curve_secret=curve_secret,
         station_curve_public=load_curve_public(u.station_curve_public),
         station_signing_public=station_signing, ack_timeout_s=u.ack_timeout_s,
         maxmsgsize=u.max_envelope_bytes + FRAME_SLACK))
@@ -123,8 +124,8 @@ def cmd_uplink(args) -> int:
                             station="ok" if not uplink.last_error else "unreachable")
 
         notifier.run_watchdog(lambda: time.monotonic() - last_tick[0] < stall_s, stop)
-        notifier.ready(f"uplink to {cfg.uplink.endpoint}")
-        log.info("uplink for %s → %s (spool %s)", cfg.device.id, cfg.uplink.endpoint, cfg.spool_dir)
+        notifier.ready(f"uplink to {', '.join(cfg.station_endpoints)}")
+        log.info("uplink for %s → %s (spool %s)", cfg.device.id, " then ".join(cfg.station_endpoints), cfg.spool_dir)
         uplink.run(stop, on_tick=tick)
         notifier.stopping("uplink stopping")
         return 0

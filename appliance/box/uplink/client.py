@@ -5,6 +5,12 @@ no key that can decrypt an envelope (the station's) nor one that can sign one (t
 signing key stays with the pixel process, which signs the health statements the heartbeats
 carry; see appliance/contracts/health.py). An envelope leaves the spool only on a verified ``ACK`` for its exact
 bytes; a timeout closes the socket (``LINGER 0``), backs off, reconnects and re-sends.
+
+Several station receivers (``[station] endpoints``): the client talks to one at a time and
+moves to the next whenever it would reset anyway (no reply in time, send queue full), or as
+soon as the socket reports that an established connection dropped (a receiver that was
+killed or restarted). The spool entry is simply re-sent there; the shared database answers
+``duplicate`` if the first receiver had stored it before it went away.
 """
 
 from __future__ import annotations
@@ -38,13 +44,18 @@ class UplinkTimeout(ApplianceError):
 
 @dataclass(frozen=True)
 class ClientConfig:
-    endpoint: str
+    endpoint: str                # the first receiver (also the only one without ``endpoints``)
     curve_public: bytes          # device, Z85
     curve_secret: bytes          # device, Z85
     station_curve_public: bytes  # Z85
     station_signing_public: Ed25519PublicKey | None = None
     ack_timeout_s: float = 10.0
     maxmsgsize: int = p.DEFAULT_MAXMSGSIZE
+    endpoints: tuple[str, ...] = ()   # all receivers in failover order (``endpoint`` among them)
+
+    @property
+    def receivers(self) -> tuple[str, ...]:
+        return self.endpoints or (self.endpoint,)
 
 
 class UplinkClient:
@@ -57,7 +68,16 @@ class UplinkClient:
         self.sock: zmq.Socket | None = None
         self.monitor: zmq.Socket | None = None
         self.handshake_failures = 0
+        self.failovers = 0
+        self._index = list(c.receivers).index(c.endpoint) if (c := config).endpoint in c.receivers else 0
+        self._up = False      # a CURVE handshake succeeded on the current socket
+        self._lost = False    # ... and that connection dropped since
         self._connect()
+
+    @property
+    def endpoint(self) -> str:
+        """The receiver currently in use."""
+        return self.config.receivers[self._index]
 
     def _connect(self) -> None:
         c = self.config
@@ -70,8 +90,9 @@ class UplinkClient:
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
         self.monitor = sock.get_monitor_socket()
-        p.allow_ipv6_endpoint(sock, c.endpoint)
-        sock.connect(c.endpoint)
+        p.allow_ipv6_endpoint(sock, self.endpoint)
+        sock.connect(self.endpoint)
+        self._up = self._lost = False
         self.sock = sock
 
     def _disconnect(self) -> None:
@@ -85,8 +106,15 @@ class UplinkClient:
             self.monitor = None
 
     def reset(self) -> None:
-        """Lazy Pirate: throw the socket away (and anything queued in it) and start afresh."""
+        """Lazy Pirate: throw the socket away (and anything queued in it) and start afresh,
+        with the next receiver if there are several."""
         self._disconnect()
+        receivers = self.config.receivers
+        if len(receivers) > 1:
+            old = self.endpoint
+            self._index = (self._index + 1) % len(receivers)
+            self.failovers += 1
+            log.warning("failing over from station receiver %s to %s", old, self.endpoint)
         self._connect()
 
     def close(self) -> None:
@@ -104,9 +132,13 @@ class UplinkClient:
             if name.startswith("HANDSHAKE_FAILED"):
                 self.handshake_failures += 1
                 log.warning("CURVE handshake with %s failed: %s (is this device enrolled at the station, "
-                            "and is uplink.station_curve_public right?)", self.config.endpoint, name)
+                            "and is uplink.station_curve_public right?)", self.endpoint, name)
             elif name in ("CONNECTED", "DISCONNECTED", "HANDSHAKE_SUCCEEDED"):
-                log.info("uplink socket %s %s", name, self.config.endpoint)
+                if name == "HANDSHAKE_SUCCEEDED":
+                    self._up, self._lost = True, False
+                elif name == "DISCONNECTED" and self._up:
+                    self._up, self._lost = False, True
+                log.info("uplink socket %s %s", name, self.endpoint)
             else:
                 log.debug("uplink socket %s", name)
         return names
@@ -114,6 +146,12 @@ class UplinkClient:
     def request(self, kind: bytes, body: bytes, signature: bytes | None = None) -> p.Reply:
         """Sends one request and waits ``ack_timeout_s`` for its reply; raises UplinkTimeout."""
         assert self.sock is not None
+        self.drain_monitor()
+        if self._lost:     # the receiver went away while we were idle
+            if len(self.config.receivers) > 1:
+                self.reset()   # do not queue for it: go to the next
+            else:
+                self._lost = False   # the request waits for the reconnection
         request_id = p.new_request_id()
         frames = [p.PROTOCOL, kind, request_id, body] + ([signature] if signature is not None else [])
         try:
@@ -129,6 +167,11 @@ class UplinkClient:
             events = dict(poller.poll(max(1, int(left * 1000))))
             if self.monitor in events:
                 self.drain_monitor()
+                if self._lost and self.sock not in events:
+                    # The connection carrying our request dropped: its reply can never come.
+                    lost = self.endpoint
+                    self.reset()
+                    raise UplinkTimeout(f"connection to {lost} lost while waiting for the reply")
             if self.sock not in events:
                 continue
             reply_frames = self.sock.recv_multipart()
@@ -141,8 +184,9 @@ class UplinkClient:
                 log.debug("dropping a stale reply")
                 continue
             return reply
+        lost = self.endpoint
         self.reset()
-        raise UplinkTimeout(f"no reply from {self.config.endpoint} within {self.config.ack_timeout_s} s")
+        raise UplinkTimeout(f"no reply from {lost} within {self.config.ack_timeout_s} s")
 
 
 class Backoff:
