@@ -204,7 +204,9 @@ class TamperDetector:
 
     def due(self, t: float) -> bool:
         """True when a sample at stream time ``t`` is due."""
-        return self._last_sample_t is None or t - self._last_sample_t >= self.period_s * 0.999
+        last = self._last_sample_t
+        # A stream clock that went backwards (a restarted source) must not stop the checks.
+        return last is None or t < last or t - last >= self.period_s * 0.999
 
     # -- one sample ---------------------------------------------------------------------
 
