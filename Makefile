@@ -8,7 +8,7 @@ SHARED ?= ../shared/data
 
 .PHONY: setup demo test bench eval models lint clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg setup.py pyproject.toml
 	bash scripts/ensure-system-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -40,10 +40,11 @@ models: setup
 	sha256sum models/*.onnx
 
 # Style (ruff), the one-way dependencies between common, contracts, box and station
-# (import-linter, contracts in setup.cfg [importlinter]).
+# (import-linter, setup.cfg [importlinter]) and types (mypy, per-module strictness in setup.cfg [mypy*]).
 lint: setup
 	$(VENV)/bin/ruff check appliance tests bench
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -27,6 +27,9 @@ from typing import Any
 from appliance import __version__
 from appliance.common.errors import ApplianceError
 
+#: Modules installed by a side's extra (setup.cfg): a command that needs one that is missing says so.
+SIDE_DEPENDENCIES = frozenset({"onnxruntime", "cv2", "systemd", "tomli_w"})
+
 COMMAND_MODULES = (
     "appliance.box.runtime_cli",
     "appliance.box.behaviour.cli",
@@ -63,11 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_module(name: str) -> Any:
-    """The command module, or None when its side (box or station) is not installed."""
+    """The command module, or None when its side (box or station) is not installed: its code
+    is not in this build (setup.py, APPLIANCE_SIDE) or its extra's packages are missing."""
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+        missing = exc.name or ""
+        if not (name == missing or name.startswith(missing + ".")) \
+                and missing.split(".")[0] not in SIDE_DEPENDENCIES:
             raise
         return None
 
@@ -85,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     except ApplianceError as exc:
         print(f"appliance: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in SIDE_DEPENDENCIES:
+            raise
+        print(f"appliance: error: this command needs {exc.name}, which is not installed (fix: install the "
+              "side's extra: pip install 'appliance[box]' on a box, 'appliance[station]' on the station)",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("appliance: interrupted", file=sys.stderr)
         return 130

@@ -210,7 +210,26 @@ class SeaweedServer:
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, *, volume_max: int = 100, volume_mb: int = 32) -> Iterator[SeaweedServer]:
+    def start(cls, *, volume_max: int = 100, volume_mb: int = 32, attempts: int = 3) -> Iterator[SeaweedServer]:
+        """Free ports are picked, then bound by weed: another process may take one in between
+        (other test runs on the machine), so a server that exits at once is started again."""
+        for attempt in range(attempts):
+            server = cls._launch(volume_max, volume_mb)
+            try:
+                server._wait_ready()
+                break
+            except ServerStartError:
+                exited = server.proc.poll() is not None
+                server.stop()
+                if not exited or attempt == attempts - 1:
+                    raise
+        try:
+            yield server
+        finally:
+            server.stop()
+
+    @classmethod
+    def _launch(cls, volume_max: int, volume_mb: int) -> SeaweedServer:
         weed = weed_binary()
         root = Path(tempfile.mkdtemp(prefix="appliance-weed-"))
         (root / "data").mkdir()
@@ -226,14 +245,9 @@ class SeaweedServer:
         log = open(root / "weed.log", "wb")
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
         log.close()
-        server = cls(root, ports["s3.port"], proc)
-        try:
-            server._wait_ready()
-            yield server
-        finally:
-            server.stop()
+        return cls(root, ports["s3.port"], proc)
 
-    def _wait_ready(self, timeout_s: float = 90.0) -> None:
+    def _wait_ready(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

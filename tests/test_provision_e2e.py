@@ -15,8 +15,8 @@ import tomli_w
 from appliance.box.provision.enrolment import import_bundle
 from appliance.cli import main
 from appliance.common.errors import InputError
+from appliance.contracts.canonical import canonical_json
 from appliance.contracts.enrolment import BUNDLE_CONTEXT
-from appliance.contracts.envelope import canonical_json
 from appliance.contracts.keys import public_key_fingerprint, raw_public
 from appliance.contracts.layout import DeviceLayout
 from appliance.station.keys import generate_station_keys

@@ -196,3 +196,25 @@ def test_network_command_writes_both_dropins(tmp_path, capsys):
     pixel = (tmp_path / "u/appliance-pixel.service.d/10-camera.conf").read_text()
     uplink = (tmp_path / "u/appliance-uplink.service.d/10-station.conf").read_text()
     assert "IPAddressAllow=192.0.2.10" in pixel and "IPAddressAllow=203.0.113.5" in uplink
+
+
+def test_a_bundle_with_several_receivers_provisions_failover_endpoints(tmp_path):
+    from appliance.box.provision.enrolment import import_bundle
+    from appliance.station.keys import generate_station_keys
+
+    cfg_path = init(tmp_path)
+    station = tmp_path / "station"
+    generate_station_keys(station, kem="X25519")
+    receivers = ["tcp://127.0.0.1:7100", "tcp://127.0.0.2:7100"]
+    with pytest.raises(InputError, match="each station endpoint once"):
+        station_add_device(station, build_request(load_config(cfg_path)), endpoint=receivers * 2,
+                           allowed_profiles=["bw-polg-44-4"])
+    added = station_add_device(station, build_request(load_config(cfg_path)), endpoint=receivers,
+                               allowed_profiles=["bw-polg-44-4"])
+    units = tmp_path / "units"
+    result = import_bundle(cfg_path, added.bundle, added.station_fingerprint, unit_dir=units)
+    cfg = load_config(cfg_path)
+    assert cfg.uplink.endpoint == receivers[0] and cfg.station.endpoints == tuple(receivers)
+    assert cfg.station_endpoints == tuple(receivers) and result.config.station.endpoints == tuple(receivers)
+    dropin = (units / "appliance-uplink.service.d" / "10-station.conf").read_text()
+    assert "IPAddressAllow=127.0.0.1" in dropin and "IPAddressAllow=127.0.0.2" in dropin

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from appliance import __version__
-from appliance.box.capture import open_source, redact
+from appliance.box.capture import open_source
 from appliance.box.config import AppConfig
 from appliance.box.runtime import Pipeline
 from appliance.box.spool.spool import Spool, SpoolFullError
@@ -35,6 +35,7 @@ from appliance.common.service import (
     configure_logging,
     install_signal_handlers,
 )
+from appliance.common.urls import redact_url
 from appliance.contracts.audit.log import AuditLog
 from appliance.contracts.envelope import seal_clip
 from appliance.contracts.health import write_signed_health
@@ -131,7 +132,10 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
                  config_sha256=_sha256_file(config_path), profile=pipeline.profile.ref.id,
                  profile_version=pipeline.profile.ref.version, profile_sha256=pipeline.profile.ref.sha256,
                  model=pipeline.pose.entry.name, model_sha256=pipeline.pose.model_sha256)
-    source = open_source(cfg.camera, cfg.ring.max_width)
+    camera_cfg = cfg.camera
+    if camera_cfg is None:   # `appliance run` refuses such a config before it gets here
+        raise ApplianceError("a [camera] table with source = ... is required to run the daemon")
+    source = open_source(camera_cfg, cfg.ring.max_width)
     capture_stop = threading.Event()
     capture_done = threading.Event()
 
@@ -148,9 +152,9 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
 
     capture_thread = threading.Thread(target=capture, name="capture", daemon=True)
     capture_thread.start()
-    notifier.ready(f"analysing {redact(cfg.camera.source)} at {cfg.analysis.fps:g} fps, "
+    notifier.ready(f"analysing {redact_url(camera_cfg.source)} at {cfg.analysis.fps:g} fps, "
                    f"profile {pipeline.profile.ref.id}")
-    log.info("appliance %s running: camera %s, profile %s, model %s", __version__, redact(cfg.camera.source),
+    log.info("appliance %s running: camera %s, profile %s, model %s", __version__, redact_url(camera_cfg.source),
              pipeline.profile.ref.id, pipeline.pose.entry.name)
 
     started = time.monotonic()

@@ -18,7 +18,7 @@ MIN_KEYPOINT_CONF = 0.3
 def _colour(track_id: int) -> tuple[int, int, int]:
     # Spread hues so neighbouring ids get distinguishable colours.
     hue = (track_id * 47) % 180
-    bgr = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2BGR)[0, 0]
+    bgr = cv2.cvtColor(np.array([[[hue, 220, 255]]], np.uint8), cv2.COLOR_HSV2BGR)[0, 0]
     return int(bgr[0]), int(bgr[1]), int(bgr[2])
 
 
@@ -61,7 +61,7 @@ class OverlayWriter:
     def write(self, image: np.ndarray) -> None:
         if self._writer is None:
             h, w = image.shape[:2]
-            self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"VP80"), self.fps, (w, h))
+            self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter.fourcc(*"VP80"), self.fps, (w, h))
             if not self._writer.isOpened():
                 raise InputError(f"--overlay {self.path}: cannot open a VP8 WebM writer there")
         self._writer.write(draw_tracked(image, self._tracked))

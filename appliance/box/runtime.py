@@ -124,12 +124,22 @@ class Pipeline:
         self._masks = MaskSet.from_regions(self.cfg.privacy_masks, width, height)
         self._gate = PolicyGate(self.profile, ZoneSet.from_regions(self.cfg.zones, width, height))
 
+    # Masks and gate depend on the frame size, so they exist from the first frame on; nothing
+    # below runs before a frame was ingested.
+    def _mask_set(self) -> MaskSet:
+        assert self._masks is not None, "no frame ingested yet"
+        return self._masks
+
+    def _policy_gate(self) -> PolicyGate:
+        assert self._gate is not None, "no frame ingested yet"
+        return self._gate
+
     # -- capture side -------------------------------------------------------------------
 
     def ingest(self, index: int, t: float, wall: float, image: np.ndarray) -> np.ndarray:
         """Masks a (downscaled) frame and stores it in the ring. Returns the masked image."""
         self._on_frame_size(image.shape[1], image.shape[0])
-        masked = self._masks.apply(image)
+        masked = self._mask_set().apply(image)
         self.ring.push(masked, index, t, wall)
         st = self.stats
         st.frames += 1
@@ -180,12 +190,13 @@ class Pipeline:
         return tuple(self._decide(e, last) for e in self.behaviour.flush())
 
     def _decide(self, event: Event, tracked: TrackedFrame | None) -> Decision:
-        decision = self._gate.decide(event, self._positions(tracked))
+        gate = self._policy_gate()
+        decision = gate.decide(event, self._positions(tracked))
         st = self.stats
         st.events += 1
         if decision.permitted:
             st.permitted += 1
-            trigger = self._gate.trigger_for(decision)
+            trigger = gate.trigger_for(decision)
             if trigger is not None:
                 self.pending.append(trigger)
         else:
@@ -220,7 +231,7 @@ class Pipeline:
                     log.warning("trigger %s: no frames left in the ring for its window", trigger.event.pattern)
                     continue
                 clips.append(build_clip(trigger, frames, self._tracks_json(trigger), self.pose.model_sha256,
-                                        self._masks, self.cfg.ring.max_fps))
+                                        self._mask_set(), self.cfg.ring.max_fps))
             self.stats.clips += 1
         return clips
 

@@ -44,7 +44,7 @@ STATUS_MIN_PERIOD_S = 1.0
 
 
 def _default_notify(message: str) -> bool:
-    from systemd import daemon  # imported lazily: only the notify path needs libsystemd
+    from systemd import daemon  # type: ignore[attr-defined]  # lazily: only notify needs libsystemd
 
     return bool(daemon.notify(message))
 

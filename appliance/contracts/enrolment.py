@@ -20,8 +20,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from appliance.common.errors import InputError
+from appliance.contracts.canonical import canonical_json
 from appliance.contracts.curve import curve_fingerprint
-from appliance.contracts.envelope import DEVICE_ID_RE, canonical_json
+from appliance.contracts.envelope import DEVICE_ID_RE
 from appliance.contracts.keys import HpkePublicKey, fingerprint_bytes, hpke_public_from_bytes
 
 REQUEST_FORMAT, BUNDLE_FORMAT, FORMAT_VERSION = "appliance-enrolment-request", "appliance-station-bundle", 1
@@ -127,6 +128,11 @@ class StationBundle:
     allowed_profiles: tuple[str, ...]
     fingerprint: str
     body: dict[str, Any]
+    endpoints: tuple[str, ...] = ()   # every receiver, failover order (bundles with ``endpoints``)
+
+    @property
+    def receivers(self) -> tuple[str, ...]:
+        return self.endpoints or (self.endpoint,)
 
 
 def bundle_fingerprint(data: bytes) -> str:
@@ -172,9 +178,12 @@ def verify_bundle(data: bytes, typed_fingerprint: str) -> StationBundle:
         endpoint, device_id = body["endpoint"], body["device_id"]
         if not isinstance(endpoint, str) or not isinstance(device_id, str):
             raise TypeError("endpoint/device_id")
+        endpoints = tuple(body.get("endpoints", ()))
+        if endpoints and (endpoints[0] != endpoint or not all(isinstance(e, str) for e in endpoints)):
+            raise ValueError("endpoints must be strings, the first being endpoint")
     except (KeyError, TypeError, ValueError, AttributeError, InputError) as exc:
         raise BundleError(f"the station bundle is incomplete or malformed: {exc}") from None
     fps = body.get("station_fingerprints", {})
     if fps.get("hpke") != hpke.fingerprint or fps.get("curve") != curve_fingerprint(curve):
         raise BundleError("the bundle's key fingerprints do not match its keys")
-    return StationBundle(device_id, endpoint, public, hpke, hpke_text, curve, profiles, fp, body)
+    return StationBundle(device_id, endpoint, public, hpke, hpke_text, curve, profiles, fp, body, endpoints)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hpke
@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from appliance.common.errors import ApplianceError
+from appliance.contracts.canonical import canonical_json
 from appliance.contracts.keys import KEMS, HpkePrivateKey, HpkePublicKey
 from appliance.contracts.types import Clip
 
@@ -69,11 +70,6 @@ class EnvelopeError(ApplianceError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"envelope rejected: {reason}" + (f" ({detail})" if detail else ""))
-
-
-def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -281,12 +277,13 @@ def parse_envelope(data: bytes, *, max_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES) 
     return ParsedEnvelope(data, header, header_end, key_start, payload_start, signature_start)
 
 
-def _signed_message(data: bytes, signature_start: int) -> bytes:
+def _signed_message(data: bytes | bytearray, signature_start: int) -> bytes:
     return SIG_CONTEXT + hashlib.sha256(memoryview(data)[:signature_start]).digest()
 
 
 def verify_parsed(parsed: ParsedEnvelope, keys: Ed25519PublicKey | SigningKeys) -> EnvelopeHeader:
     """Checks the device signature of a parsed envelope against the device's known key."""
+    public: Ed25519PublicKey | None
     if isinstance(keys, Ed25519PublicKey):
         public = keys
     else:
@@ -397,16 +394,14 @@ def seal_clip(clip: Clip, *, device_id: str, sequence: int, signing_key: Ed25519
     event = clip.trigger.event
     profile = clip.trigger.decision.profile
     walls = clip.frame_wall or (time.time(),)
-    fields = {
-        "pattern": event.pattern.value,
-        "event_window_ms": (_ms(event.start_t), _ms(event.end_t)),
-        "clip_wall_unix_ms": (_ms(min(walls)), _ms(max(walls))),
-        "profile": {"id": profile.id, "version": profile.version, "sha256": profile.sha256},
-        "model_sha256": clip.model_sha256, "content_type": clip.content_type,
-        "frames": len(clip.frame_times)}
     return seal_bytes(clip.video, clip_metadata(clip), device_id=device_id, sequence=sequence,
                       signing_key=signing_key, station_public_key=station_public_key,
-                      created_unix_ms=created_unix_ms, **fields)
+                      created_unix_ms=created_unix_ms, pattern=event.pattern.value,
+                      event_window_ms=(_ms(event.start_t), _ms(event.end_t)),
+                      clip_wall_unix_ms=(_ms(min(walls)), _ms(max(walls))),
+                      profile={"id": profile.id, "version": profile.version, "sha256": profile.sha256},
+                      model_sha256=clip.model_sha256, content_type=clip.content_type,
+                      frames=len(clip.frame_times))
 
 
 def seal_bytes(video: bytes, metadata: Mapping[str, Any], *, device_id: str, sequence: int,
@@ -417,14 +412,14 @@ def seal_bytes(video: bytes, metadata: Mapping[str, Any], *, device_id: str, seq
     """The sharp core of :func:`seal_clip`: seals arbitrary video bytes and metadata."""
     if not DEVICE_ID_RE.fullmatch(device_id):
         raise EnvelopeError("malformed", f"device id {device_id!r} must match {DEVICE_ID_RE.pattern}")
-    metadata_bytes = json.dumps(metadata, sort_keys=True, separators=(",", ":"),
-                                allow_nan=False).encode("utf-8")
+    metadata_bytes = canonical_json(metadata)
     plaintext_len = 4 + len(metadata_bytes) + len(video)
     segments = max(1, math.ceil(plaintext_len / segment_bytes))
     header = EnvelopeHeader(
         device_id=device_id, sequence=int(sequence),
         created_unix_ms=int(time.time() * 1000) if created_unix_ms is None else int(created_unix_ms),
-        pattern=pattern, event_window_ms=tuple(event_window_ms), clip_wall_unix_ms=tuple(clip_wall_unix_ms),
+        pattern=pattern, event_window_ms=cast(tuple[int, int], tuple(event_window_ms)),
+        clip_wall_unix_ms=cast(tuple[int, int], tuple(clip_wall_unix_ms)),
         profile=dict(profile), model_sha256=model_sha256, content_type=content_type, frames=int(frames),
         kem=station_public_key.kem, station_key=station_public_key.fingerprint,
         nonce_prefix=os.urandom(NONCE_PREFIX_BYTES), segment_bytes=segment_bytes,
@@ -448,6 +443,7 @@ def seal_bytes(video: bytes, metadata: Mapping[str, Any], *, device_id: str, seq
     video_view = memoryview(video)
     out_view = memoryview(out)
     pos = payload_start
+    chunk: bytes | memoryview
     for i in range(segments):
         lo, hi = i * segment_bytes, min((i + 1) * segment_bytes, plaintext_len)
         if hi <= len(prelude):

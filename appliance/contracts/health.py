@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from appliance.contracts.envelope import canonical_json
+from appliance.common.durable import atomic_write
+from appliance.contracts.canonical import canonical_json
 
 HEALTH_CONTEXT = b"appliance-health-v1\x00"
 MAX_STATEMENT_BYTES = 64 * 1024
@@ -55,9 +55,8 @@ def write_signed_health(path: str | Path, health: dict[str, Any], *, device_id: 
                         signing_key: Ed25519PrivateKey) -> None:
     """Atomically replaces ``path`` with a signed statement of ``health`` (pixel process)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(sign_health(health, device_id=device_id, signing_key=signing_key)))
-    os.replace(tmp, path)
+    signed = json.dumps(sign_health(health, device_id=device_id, signing_key=signing_key))
+    atomic_write(path, signed.encode("utf-8"), mode=0o666)
 
 
 def verify_health(signed: Any, device_id: str, public: Ed25519PublicKey) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from appliance.common.durable import atomic_write
 from appliance.common.errors import InputError
 
 KEMS = ("MLKEM768_X25519", "X25519")
@@ -45,18 +45,11 @@ def write_private_file(path: str | Path, data: bytes, *, overwrite: bool = False
     """Writes ``data`` to a new file with mode 0600 (refuses to replace one unless asked)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if overwrite and path.exists():
-        path.unlink()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        atomic_write(path, data, mode=0o600, exact_mode=True, replace=overwrite)
     except FileExistsError:
         raise KeyFileError(f"{path}: already exists; refusing to overwrite a key "
                            f"(move it away first if you really mean to replace it)") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(path, 0o600)  # in case of an unusual umask on an existing inode
     return path
 
 
@@ -65,10 +58,7 @@ def write_public_file(path: str | Path, data: bytes, *, overwrite: bool = True) 
     path.parent.mkdir(parents=True, exist_ok=True)
     if not overwrite and path.exists():
         raise KeyFileError(f"{path}: already exists; refusing to overwrite it")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode=0o644, exact_mode=True)
     return path
 
 
@@ -159,7 +149,7 @@ class HpkePublicKey:
         if len(self.raw) != _PUBLIC_LEN[self.kem]:
             raise KeyFileError(f"{self.kem} public key must be {_PUBLIC_LEN[self.kem]} bytes, got {len(self.raw)}")
 
-    def to_cryptography(self):
+    def to_cryptography(self) -> x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey:
         """The object ``hpke.Suite.encrypt`` takes."""
         if self.kem == "X25519":
             return x25519.X25519PublicKey.from_public_bytes(self.raw)
@@ -195,13 +185,13 @@ class HpkePrivateKey:
             return cls(kem, mlkem.MLKEM768PrivateKey.generate().private_bytes_raw() + x)
         raise KeyFileError(f"unknown HPKE KEM {kem!r} (use one of {', '.join(KEMS)})")
 
-    def _parts(self):
+    def _parts(self) -> tuple[mlkem.MLKEM768PrivateKey | None, x25519.X25519PrivateKey]:
         if self.kem == "X25519":
             return None, x25519.X25519PrivateKey.from_private_bytes(self.raw)
         return (mlkem.MLKEM768PrivateKey.from_seed_bytes(self.raw[:_MLKEM_SEED]),
                 x25519.X25519PrivateKey.from_private_bytes(self.raw[_MLKEM_SEED:]))
 
-    def to_cryptography(self):
+    def to_cryptography(self) -> x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey:
         """The object ``hpke.Suite.decrypt`` takes."""
         m, x = self._parts()
         return x if m is None else hpke.MLKEM768X25519PrivateKey(m, x)
@@ -272,7 +262,7 @@ def load_hpke_private_key(path: str | Path) -> HpkePrivateKey:
 # ---------------------------------------------------------------------------------------
 
 
-def public_key_fingerprint(key) -> str:
+def public_key_fingerprint(key: Ed25519PrivateKey | Ed25519PublicKey | HpkePrivateKey | HpkePublicKey | bytes) -> str:
     """Short human fingerprint of an Ed25519 public/private key, HPKE key, or raw bytes."""
     if isinstance(key, Ed25519PrivateKey):
         key = key.public_key()

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from appliance.common.errors import InputError
-from appliance.contracts.envelope import DEFAULT_MAX_ENVELOPE_BYTES, canonical_json
+from appliance.contracts.canonical import canonical_json
+from appliance.contracts.envelope import DEFAULT_MAX_ENVELOPE_BYTES
 
 __all__ = ["canonical_json"]
 

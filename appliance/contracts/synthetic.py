@@ -23,14 +23,14 @@ def encode_webm(frames: list[np.ndarray], fps: float) -> bytes:
     fd, path = tempfile.mkstemp(suffix=".webm")
     os.close(fd)
     try:
-        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"VP80"), fps, (w, h))
+        writer = cv2.VideoWriter(path, cv2.VideoWriter.fourcc(*"VP80"), fps, (w, h))
         if not writer.isOpened():
             raise RuntimeError("OpenCV cannot write VP8 WebM here")
         for f in frames:
             writer.write(f)
         writer.release()
-        with open(path, "rb") as f:
-            return f.read()
+        with open(path, "rb") as webm:
+            return webm.read()
     finally:
         os.unlink(path)
 
@@ -38,7 +38,7 @@ def encode_webm(frames: list[np.ndarray], fps: float) -> bytes:
 def decoded_frame_hashes(webm_path: str) -> list[str]:
     """SHA-256 of each decoded frame (uint8 BGR, C order), as in ``Clip.frame_sha256``."""
     cap = cv2.VideoCapture(webm_path)
-    hashes = []
+    hashes: list[str] = []
     try:
         while len(hashes) < 100_000:  # bound: a clip is seconds long
             ok, frame = cap.read()

@@ -24,8 +24,9 @@ def add_arguments(p, *, station_dir_flag: str = "--dir") -> None:
     p.add_argument("request", metavar="REQUEST", help="the device's enrolment request (*.enrol.json)")
     p.add_argument(station_dir_flag, dest="station_dir", required=True, metavar="DIR",
                    help="the station directory (keys/, station.db)")
-    p.add_argument("--endpoint", required=True,
-                   help="the station endpoint the device connects to, e.g. tcp://203.0.113.5:7100")
+    p.add_argument("--endpoint", required=True, action="append", dest="endpoints", metavar="ENDPOINT",
+                   help="the station endpoint the device connects to, e.g. tcp://203.0.113.5:7100; repeat for "
+                        "several receivers (PostgreSQL + S3 tier, docs/storage.md), in failover order")
     p.add_argument("--profile", dest="profiles", action="append", required=True, metavar="ID",
                    help="a legal profile the device may use (repeat for several)")
     p.add_argument("--out", required=True, metavar="BUNDLE", help="where to write the signed station bundle")
@@ -50,7 +51,7 @@ def cmd_add(args) -> int:
     out = Path(args.out)
     if out.exists():
         raise InputError(f"{out} already exists (fix: choose another --out or remove it)")
-    added = station_add_device(args.station_dir, request, endpoint=args.endpoint,
+    added = station_add_device(args.station_dir, request, endpoint=args.endpoints,
                                allowed_profiles=args.profiles, replace=args.replace)
     write_public_file(out, added.bundle)
     print(f"device {added.device_id} enrolled (signing {added.device_fingerprints['signing']}, "
@@ -69,7 +70,7 @@ class AddedDevice:
     device_fingerprints: dict[str, str]
 
 
-def station_add_device(station_dir: str | Path, request: bytes, *, endpoint: str,
+def station_add_device(station_dir: str | Path, request: bytes, *, endpoint: str | list[str] | tuple[str, ...],
                        allowed_profiles: list[str] | tuple[str, ...], replace: bool = False,
                        profiles_dir: str | None = None) -> AddedDevice:
     """Verifies an enrolment request, registers the device, returns the signed station bundle.
@@ -82,7 +83,12 @@ def station_add_device(station_dir: str | Path, request: bytes, *, endpoint: str
     from appliance.station.registry import DeviceRegistry
 
     req = parse_request(request)
-    endpoint_host(endpoint)  # syntax only: the box resolves and confines it
+    endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+    if not endpoints or len(set(endpoints)) != len(endpoints):
+        raise InputError("give each station endpoint once (fix: --endpoint tcp://HOST:PORT, repeated for "
+                         "several receivers)")
+    for e in endpoints:
+        endpoint_host(e)  # syntax only: the box resolves and confines it
     if not allowed_profiles:
         raise InputError("no allowed profile (fix: --profile ID, e.g. --profile bw-polg-44-4)")
     known = available_profiles(profiles_dir)
@@ -105,7 +111,8 @@ def station_add_device(station_dir: str | Path, request: bytes, *, endpoint: str
         "device_id": req.device_id,
         "device_fingerprints": req.fingerprints,
         "request_sha256": req.sha256,
-        "endpoint": endpoint,
+        "endpoint": endpoints[0],
+        **({"endpoints": endpoints} if len(endpoints) > 1 else {}),
         "station_signing_public": b64(raw_public(station_key.public_key())),
         "station_hpke_public": hpke_text.decode("ascii"),
         "station_curve_public": curve.decode("ascii"),

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 DEFAULT_RETENTION_HOURS = 72.0
 HOLDS_FILE = "holds.sqlite"
 MIN_HOLD_REASON_CHARS = 1
+#: Deletions per batch where the store offers ``delete_clips``.
+DELETE_BATCH = 500
 
 
 def _legal_max() -> float:
@@ -266,7 +268,9 @@ class RetentionJob:
         deleted: list[Deletion] = []
         held: list[tuple[RetainedClip, Hold]] = []
         errors: list[str] = []
+        due: list[tuple[RetainedClip, float]] = []
         kept = 0
+        failures: tuple[type[BaseException], ...] = (OSError, ApplianceError, *storage_errors())
         for clip in sorted(self.store.list_clips(), key=lambda c: (c.received_at, c.clip_id)):
             expires = self.policy.expires_at(clip)
             if now < expires:
@@ -278,21 +282,37 @@ class RetentionJob:
             if dry_run:
                 deleted.append(Deletion(clip, expires, now, 0))
                 continue
-            try:
-                files = self.store.delete_clip(clip.clip_id)
-            except (OSError, ApplianceError, *storage_errors()) as exc:
-                errors.append(f"{clip.clip_id}: {exc}")
-                log.error("retention: could not delete %s: %s", clip.clip_id, exc)
-                continue
-            deleted_at = self.clock()
-            # Recorded after the deletion succeeded: a record never claims a deletion that
-            # did not happen (docs/audit-log.md §5).
-            self.audit.append(
-                "retention.delete", clip_id=clip.clip_id, device_id=clip.device_id, profile_id=clip.profile_id,
-                pattern=clip.pattern, envelope_sha256=clip.envelope_sha256,
-                received_at=utc_iso(clip.received_at), expires_at=utc_iso(expires),
-                retention_hours=self.policy.hours_for(clip.profile_id), files=files)
-            deleted.append(Deletion(clip, expires, deleted_at, files))
+            due.append((clip, expires))
+        # In batches where the store can (bytes removed in parallel or with one fsync per
+        # directory, rows in one commit); each deletion is still recorded on its own.
+        batch_delete = getattr(self.store, "delete_clips", None)
+        step = DELETE_BATCH if batch_delete is not None else 1
+        for i in range(0, len(due), step):
+            chunk = due[i:i + step]
+            if batch_delete is not None:
+                outcomes = batch_delete([c.clip_id for c, _ in chunk])
+            else:
+                outcomes = {}
+                for c, _ in chunk:
+                    try:
+                        outcomes[c.clip_id] = self.store.delete_clip(c.clip_id)
+                    except failures as exc:
+                        outcomes[c.clip_id] = exc
+            for clip, expires in chunk:
+                files = outcomes.get(clip.clip_id, ApplianceError("not deleted"))
+                if isinstance(files, BaseException):
+                    errors.append(f"{clip.clip_id}: {files}")
+                    log.error("retention: could not delete %s: %s", clip.clip_id, files)
+                    continue
+                deleted_at = self.clock()
+                # Recorded after the deletion succeeded: a record never claims a deletion that
+                # did not happen (docs/audit-log.md §5).
+                self.audit.append(
+                    "retention.delete", clip_id=clip.clip_id, device_id=clip.device_id, profile_id=clip.profile_id,
+                    pattern=clip.pattern, envelope_sha256=clip.envelope_sha256,
+                    received_at=utc_iso(clip.received_at), expires_at=utc_iso(expires),
+                    retention_hours=self.policy.hours_for(clip.profile_id), files=files)
+                deleted.append(Deletion(clip, expires, deleted_at, files))
         if not dry_run:
             self.audit.append("retention.run", deleted=len(deleted), held=len(held), kept=kept,
                               errors=len(errors), held_clips=sorted(c.clip_id for c, _ in held))
@@ -323,6 +343,9 @@ class StationClipStore:
 
     def delete_clip(self, clip_id: str) -> int:
         return self._store.remove(clip_id)[1]
+
+    def delete_clips(self, clip_ids: list[str]) -> dict[str, int | BaseException]:
+        return self._store.remove_many(clip_ids)
 
     def close(self) -> None:
         self._store.close()

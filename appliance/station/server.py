@@ -14,7 +14,6 @@ systemd restarts the unit), a ``STATUS=`` line with the counts, and ``STOPPING=1
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
+from appliance.common.durable import atomic_write
 from appliance.contracts import protocol as p
 from appliance.contracts.curve import load_curve_keypair
 from appliance.contracts.envelope import (
@@ -131,9 +131,7 @@ class StationServer:
             log.info("station listening on %s (max envelope %d bytes; %s)", self.endpoint, self.max_envelope_bytes,
                      self.storage_settings.describe())
             if self.ready_file is not None:
-                tmp = self.ready_file.with_name(self.ready_file.name + ".tmp")
-                tmp.write_text(self.endpoint + "\n")
-                os.replace(tmp, self.ready_file)
+                atomic_write(self.ready_file, (self.endpoint + "\n").encode("utf-8"), mode=0o666)
             self.ready.set()
             if self.notifier is not None:
                 self.notifier.ready(f"listening on {self.endpoint}")
@@ -187,7 +185,7 @@ class StationServer:
         frames = sock.recv_multipart(copy=False)
         routing_id = frames[0].bytes
         try:
-            user_id = frames[-1].get("User-Id") or ""
+            user_id = str(frames[-1].get("User-Id") or "")
         except zmq.ZMQError:
             user_id = ""
         data = [f.bytes for f in frames[1:]]

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from appliance.common.errors import InputError
+from appliance.contracts.canonical import canonical_json
 from appliance.contracts.envelope import (
     EnvelopeError,
     ParsedEnvelope,
-    canonical_json,
     parse_envelope,
 )
 from appliance.station.storage import Storage, StorageSettings, open_storage
@@ -180,7 +180,7 @@ class ClipStore:
         return self._clip(row)
 
     def list_clips(self, device_id: str | None = None, *, older_than_unix_ms: int | None = None) -> list[StoredClip]:
-        sql, args = "SELECT * FROM clips WHERE 1=1", []
+        sql, args = "SELECT * FROM clips WHERE 1=1", list[str | int]()
         if device_id is not None:
             sql += " AND device_id=?"
             args.append(device_id)
@@ -214,6 +214,31 @@ class ClipStore:
 
     def delete_clip(self, clip_id: str) -> StoredClip:
         return self.remove(clip_id)[0]
+
+    def remove_many(self, clip_ids: list[str]) -> dict[str, int | BaseException]:
+        """:meth:`remove` for many clips: the bytes first (in parallel on S3, one fsync per
+        directory for files), then the rows of those whose bytes went, in one commit. Returns
+        clip id -> files/object versions removed, or the error that kept it."""
+        outcome: dict[str, int | BaseException] = {}
+        clips: dict[str, StoredClip] = {}
+        for i in range(0, len(clip_ids), 500):
+            part = clip_ids[i:i + 500]
+            marks = ", ".join("?" for _ in part)
+            for row in self.db.execute(f"SELECT * FROM clips WHERE clip_id IN ({marks})", part):
+                clips[row["clip_id"]] = self._clip(row)
+        for clip_id in clip_ids:
+            if clip_id not in clips:
+                outcome[clip_id] = InputError(f"no stored clip {clip_id!r}")
+        removed = self.blobs.delete_many([c.location for c in clips.values()])
+        gone = []
+        for clip_id, clip in clips.items():
+            outcome[clip_id] = removed[clip.location]
+            if not isinstance(removed[clip.location], BaseException):
+                gone.append(clip_id)
+        with self.db.durable(), self.db.transaction() as tx:
+            for clip_id in gone:
+                tx.execute("DELETE FROM clips WHERE clip_id=?", (clip_id,))
+        return outcome
 
     # -- devices seen, heartbeats, checkpoints -----------------------------------------
 

@@ -9,8 +9,8 @@ from appliance.box.capture.source import (
                                       downscale,
                                       open_source,
                                       probe_video,
-                                      redact,
 )
+from appliance.common.urls import redact_url as redact  # the camera URL for logs (one redactor)
 
 __all__ = [
                                       "FileSource",

@@ -67,7 +67,7 @@ class RingBuffer:
                     return False
                 self._allocate(image.shape)
             slot = self._count % self.capacity
-            np.copyto(self._pixels[slot], image)
+            np.copyto(self._held_pixels()[slot], image)
             self._index[slot] = index
             self._t[slot] = t
             self._wall[slot] = wall
@@ -104,10 +104,15 @@ class RingBuffer:
         n = min(self._count, self.capacity)
         return range(self._count - n, self._count)
 
+    def _held_pixels(self) -> np.ndarray:
+        """The pixel store; only called where a frame is held, so it is allocated."""
+        assert self._pixels is not None
+        return self._pixels
+
     def _frame(self, seq: int) -> Frame:
         slot = seq % self.capacity
         return Frame(int(self._index[slot]), float(self._t[slot]), float(self._wall[slot]),
-                     self._pixels[slot].copy())
+                     self._held_pixels()[slot].copy())
 
     def latest(self) -> Frame | None:
         with self._lock:
@@ -144,7 +149,7 @@ class RingBuffer:
             frames = []
             for s in seqs:
                 slot = s % self.capacity
-                view = self._pixels[slot].view()
+                view = self._held_pixels()[slot].view()
                 view.flags.writeable = False
                 frames.append(Frame(int(self._index[slot]), float(self._t[slot]), float(self._wall[slot]), view))
             self._pinned_from = seqs[0] if seqs else None

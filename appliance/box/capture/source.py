@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from appliance.common.errors import InputError
+from appliance.common.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -169,20 +170,20 @@ class LiveSource:
             cap = self._open()
             if cap is None:
                 self.health.connected = False
-                self.health.last_error = f"cannot open {redact(self.source)}"
-                log.warning("camera %s unavailable; retrying in %.1f s", redact(self.source), delay)
+                self.health.last_error = f"cannot open {redact_url(self.source)}"
+                log.warning("camera %s unavailable; retrying in %.1f s", redact_url(self.source), delay)
                 stop.wait(delay)
                 delay = min(delay * 2, self.reconnect_max_s)
                 self.health.reconnects += 1
                 continue
             self.health.connected = True
-            log.info("camera %s connected", redact(self.source))
+            log.info("camera %s connected", redact_url(self.source))
             try:
                 while not stop.is_set():
                     ok, image = cap.read()
                     if not ok or image is None:
                         self.health.last_error = "stream ended or read failed"
-                        log.warning("camera %s dropped", redact(self.source))
+                        log.warning("camera %s dropped", redact_url(self.source))
                         break
                     delay = self.reconnect_initial_s   # a good frame resets the back-off
                     now_wall = time.time()
@@ -197,14 +198,6 @@ class LiveSource:
                 stop.wait(delay)
                 delay = min(delay * 2, self.reconnect_max_s)
                 self.health.reconnects += 1
-
-
-def redact(source: str) -> str:
-    """An RTSP URL without its password, for logs."""
-    if "://" in source and "@" in source:
-        scheme, rest = source.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return source
 
 
 def open_source(camera_cfg, max_width: int) -> FileSource | LiveSource:

@@ -145,7 +145,7 @@ def decode_frames(video: bytes) -> list[np.ndarray]:
             view = view[os.write(mem.fd, view):]
         cap = cv2.VideoCapture(mem.link, cv2.CAP_FFMPEG)
         try:
-            frames = []
+            frames: list[np.ndarray] = []
             while True:
                 ok, image = cap.read()
                 if not ok:
@@ -160,7 +160,7 @@ def _hash_decoded(path: str) -> list[str]:
     try:
         if not cap.isOpened():
             raise ClipError("the encoded clip cannot be re-opened for hashing")
-        hashes = []
+        hashes: list[str] = []
         while True:
             ok, image = cap.read()
             if not ok:
@@ -244,7 +244,7 @@ def build_clip(trigger: Trigger, frames: Sequence[Frame], tracks: Mapping[str, A
     if not is_ram_dir(ram_dir):
         raise ClipError(f"{ram_dir} is not a writable RAM-backed (tmpfs) directory (fix: use /dev/shm)")
     with _MemoryWebM(ram_dir) as mem:
-        writer = cv2.VideoWriter(mem.link, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*FOURCC),
+        writer = cv2.VideoWriter(mem.link, cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*FOURCC),
                                  container_fps, (width, height))
         try:
             if not writer.isOpened():

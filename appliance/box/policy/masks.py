@@ -74,8 +74,8 @@ class MaskSet:
         scale = np.array([width, height], np.float64) * (1 << _SHIFT)
         polys = [np.round(np.asarray(r.polygon, np.float64) * scale).astype(np.int32) for r in self.regions]
         cv2.fillPoly(masked, polys, 255, lineType=cv2.LINE_8, shift=_SHIFT)
-        masked = cv2.dilate(masked, _GROW)
-        keep = cv2.merge([cv2.bitwise_not(masked)] * 3)
+        grown = cv2.dilate(masked, _GROW)
+        keep = cv2.merge([cv2.bitwise_not(grown)] * 3)
         keep.setflags(write=False)
         return keep
 

@@ -95,9 +95,9 @@ class PoseEstimator:
         cand = raw[:, keep].T  # [K, 56]
         cx, cy, bw, bh = cand[:, 0], cand[:, 1], cand[:, 2], cand[:, 3]
         xywh = np.stack([cx - bw / 2, cy - bh / 2, bw, bh], axis=1)
-        idx = cv2.dnn.NMSBoxes(xywh.tolist(), cand[:, 4].tolist(), self.score_threshold, self.nms_iou,
-                               top_k=self.max_persons)
-        idx = np.asarray(idx, dtype=np.int64).reshape(-1)[: self.max_persons]
+        kept = cv2.dnn.NMSBoxes(xywh.tolist(), cand[:, 4].tolist(), self.score_threshold, self.nms_iou,
+                                top_k=self.max_persons)
+        idx = np.asarray(kept, dtype=np.int64).reshape(-1)[: self.max_persons]
         sel = cand[idx]
         boxes = np.empty((len(idx), 4), np.float32)
         boxes[:, 0] = (sel[:, 0] - sel[:, 2] / 2 - lb.pad_x) / lb.scale

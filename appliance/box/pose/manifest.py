@@ -11,11 +11,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.box.config import package_root
 from appliance.common.errors import ModelError
-
-REQUIRED_KEYS = ("name", "file", "sha256", "licence", "source", "keypoint_order",
-                 "input_name", "input_layout", "output_name", "output_layout")
+from appliance.common.resources import data_dir
+from appliance.common.schema import build, opt
 
 
 @dataclass(frozen=True)
@@ -33,8 +31,33 @@ class ModelEntry:
     quantized_from: str = ""   # name of the fp32 model an INT8 variant was derived from
 
 
+# The file as written, validated by appliance.common.schema (unknown keys refused, each problem
+# naming its key and the fix).
+@dataclass(frozen=True, kw_only=True)
+class ManifestModel:
+    name: str = opt(nonempty=True, fix="the name configs use, e.g. name = \"yolo11n-pose\"")
+    file: str = opt(nonempty=True, fix="the file beside manifest.toml, e.g. file = \"yolo11n-pose.onnx\"")
+    sha256: str = opt(nonempty=True, fix="the file's SHA-256 (sha256sum), 64 hex digits")
+    licence: str = opt(nonempty=True, fix="the licence of the weights, e.g. licence = \"AGPL-3.0\"")
+    source: str = opt(nonempty=True, fix="where the weights come from and how the file was made")
+    task: str = opt("", fix="what the model does, e.g. task = \"multi-person 2D pose\"")
+    keypoint_order: str = opt(nonempty=True, choices=("coco17",),
+                              fix="keypoint_order = \"coco17\" (the only order the appliance reads)")
+    input_name: str = opt(nonempty=True, fix="the graph's input tensor name, e.g. \"images\"")
+    input_layout: str = opt(nonempty=True, fix="shape, type and meaning of the input")
+    output_name: str = opt(nonempty=True, fix="the graph's output tensor name, e.g. \"output0\"")
+    output_layout: str = opt(nonempty=True, fix="shape, type and meaning of the output")
+    quantized_from: str = opt("", fix="the name of the fp32 model an INT8 variant was made from")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    manifest_version: int = opt(1, choices=(1,), fix="manifest_version = 1")
+    model: tuple[ManifestModel, ...] = opt((), fix="one [[model]] table per file")
+
+
 def default_models_dir() -> Path:
-    return package_root() / "models"
+    return data_dir("models")
 
 
 def load_manifest(models_dir: str | Path | None = None) -> dict[str, ModelEntry]:
@@ -43,26 +66,19 @@ def load_manifest(models_dir: str | Path | None = None) -> dict[str, ModelEntry]
     path = models_dir / "manifest.toml"
     try:
         data = tomllib.loads(path.read_text("utf-8"))
-    except OSError as exc:
-        raise ModelError(f"cannot read model manifest {path}: {exc.strerror or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"cannot read model manifest {path}: {getattr(exc, 'strerror', None) or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ModelError(f"model manifest {path} is not valid TOML: {exc}") from None
-    entries: dict[str, ModelEntry] = {}
-    for i, raw in enumerate(data.get("model", [])):
-        missing = [k for k in REQUIRED_KEYS if not isinstance(raw.get(k), str) or not raw.get(k)]
-        if missing:
-            raise ModelError(f"model manifest {path}: model[{i}] lacks {', '.join(missing)}")
-        if raw["keypoint_order"] != "coco17":
-            raise ModelError(f"model manifest {path}: model {raw['name']!r} has keypoint_order "
-                             f"{raw['keypoint_order']!r}; only 'coco17' is supported")
-        entries[raw["name"]] = ModelEntry(
-            name=raw["name"], path=models_dir / raw["file"], sha256=raw["sha256"].lower(),
-            licence=raw["licence"], source=raw["source"], keypoint_order=raw["keypoint_order"],
-            input_name=raw["input_name"], input_layout=raw["input_layout"],
-            output_name=raw["output_name"], output_layout=raw["output_layout"],
-            quantized_from=raw.get("quantized_from", ""),
-        )
-    return entries
+    problems: list[str] = []
+    manifest = build(Manifest, data, "", problems)
+    if problems or manifest is None:
+        raise ModelError(f"model manifest {path}: " + "; ".join(problems))
+    return {m.name: ModelEntry(
+        name=m.name, path=models_dir / m.file, sha256=m.sha256.lower(), licence=m.licence, source=m.source,
+        keypoint_order=m.keypoint_order, input_name=m.input_name, input_layout=m.input_layout,
+        output_name=m.output_name, output_layout=m.output_layout, quantized_from=m.quantized_from,
+    ) for m in manifest.model}
 
 
 def file_sha256(path: Path) -> str:

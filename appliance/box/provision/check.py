@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.box.capture.source import redact
 from appliance.box.config import AppConfig, load_config
 from appliance.common.errors import ApplianceError
+from appliance.common.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _camera(ctx: CheckContext) -> str:
     sample = grab_camera(cam, ctx.cfg.ring.max_width, FPS_FRAMES, timeout_s=10.0)
     ctx.frames = sample.frames
     h, w = ctx.frames[0].shape[:2]
-    detail = (f"{redact(cam.source)}: {len(ctx.frames)} frames decoded, {w}x{h}, "
+    detail = (f"{redact_url(cam.source)}: {len(ctx.frames)} frames decoded, {w}x{h}, "
               f"{time.monotonic() - t0:.1f} s")
     native_w, native_h = sample.native_size
     if native_w > OVERSIZED_STREAM * ctx.cfg.ring.max_width:
@@ -268,7 +268,8 @@ def _clock(ctx: CheckContext) -> str:
         raise ApplianceError(f"wall clock reads {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(now))} UTC: "
                              "not plausible (fix: enable NTP, e.g. timedatectl set-ntp true)")
     text = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(now))} UTC"
-    if ctx.station_unix_ms is not None:
+    if (ctx.station_unix_ms is not None and ctx.probe_sent_unix_ms is not None
+            and ctx.probe_received_unix_ms is not None):
         midpoint = (ctx.probe_sent_unix_ms + ctx.probe_received_unix_ms) / 2
         skew = (midpoint - ctx.station_unix_ms) / 1000
         text += f", {skew:+.1f} s from the station"

@@ -29,8 +29,9 @@ from appliance.box.provision.files import (
     record,
     write_config_document,
 )
-from appliance.box.provision.network import _redact, camera_kind
+from appliance.box.provision.network import camera_kind
 from appliance.common.errors import InputError
+from appliance.common.urls import redact_url
 from appliance.contracts.curve import (
     curve_fingerprint,
     generate_curve_keypair,
@@ -187,7 +188,7 @@ def build_request(cfg: AppConfig) -> bytes:
     body = {
         "device_id": cfg.device.id,
         "description": cfg.device.description,
-        "camera": {"kind": camera_kind(source) if source else "none", "source": _redact(source)},
+        "camera": {"kind": camera_kind(source) if source else "none", "source": redact_url(source, keep_username=True)},
         "signing_public": b64(raw_public(key.public_key())),
         "curve_public": curve_public.decode("ascii"),
         "fingerprints": {"signing": public_key_fingerprint(key), "curve": curve_fingerprint(curve_public)},
@@ -253,6 +254,8 @@ def import_bundle(config_path: str | Path, data: bytes, typed_fingerprint: str, 
         "uplink": {"endpoint": bundle.endpoint, "station_curve_public": str(layout.station_curve_public)},
         "policy": {"profile": profile},
     }
+    # Several station receivers: the uplink fails over in this order (empty: uplink.endpoint alone).
+    updates["station"] = {"endpoints": list(bundle.receivers) if len(bundle.receivers) > 1 else []}
     if "station_signing_public" in UplinkConfig.__dataclass_fields__:
         updates["uplink"]["station_signing_public"] = str(layout.station_signing_public)
     doc = apply_updates(read_config_document(config_path), updates)
@@ -266,7 +269,7 @@ def import_bundle(config_path: str | Path, data: bytes, typed_fingerprint: str, 
             write_dropins,
         )
 
-        planned = [station_dropin(bundle.endpoint)]
+        planned = [station_dropin(bundle.receivers)]
         if cfg.camera is not None:
             planned.insert(0, camera_dropin(cfg.camera.source))
     layout.make_dirs()
@@ -281,6 +284,7 @@ def import_bundle(config_path: str | Path, data: bytes, typed_fingerprint: str, 
         dropins = tuple(write_dropins(planned, Path(unit_dir)))
     layout.hand_over()
     record(layout, "import", station_fingerprint=bundle.fingerprint, endpoint=bundle.endpoint,
+           endpoints=list(bundle.receivers),
            profile=profile, dropins=[str(p) for p in dropins])
     return ImportResult(new_cfg, bundle.fingerprint, profile, changed, dropins)
 

@@ -16,6 +16,7 @@ from typing import Any
 import tomli_w
 
 from appliance.box.config import AppConfig, ConfigError, parse_config
+from appliance.common.durable import atomic_write
 from appliance.contracts.layout import DeviceLayout
 
 
@@ -65,12 +66,9 @@ def write_config_document(path: Path, doc: dict[str, Any]) -> AppConfig:
     """Validates ``doc`` as a config, then replaces ``path`` atomically (keeps a ``.bak``)."""
     cfg = parse_config(doc, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(HEADER + tomli_w.dumps(doc), "utf-8")
-    os.chmod(tmp, 0o644)
+    text = HEADER + tomli_w.dumps(doc)
     if path.exists():
         with contextlib.suppress(OSError):
-            bak = path.with_name(path.name + ".bak")
-            bak.write_bytes(path.read_bytes())
-    os.replace(tmp, path)
+            atomic_write(path.with_name(path.name + ".bak"), path.read_bytes(), mode=0o666)
+    atomic_write(path, text.encode("utf-8"), mode=0o644, exact_mode=True)
     return cfg

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from appliance.common.durable import atomic_write
 from appliance.common.errors import InputError
+from appliance.common.urls import redact_url
 from appliance.contracts.protocol import endpoint_host
 
 PIXEL_UNIT = "appliance-pixel.service"
@@ -88,7 +90,7 @@ def camera_dropin(source: str, resolve=socket.getaddrinfo) -> DropIn:
     else:
         host = urlsplit(source).hostname
         if not host:
-            raise InputError(f"camera.source {_redact(source)!r}: no host in the URL "
+            raise InputError(f"camera.source {redact_url(source, keep_username=True)!r}: no host in the URL "
                              "(fix: e.g. rtsp://192.0.2.10:554/stream1)")
         text = _allow_only("camera", host, _addresses(host, resolve))
     return DropIn(PIXEL_UNIT, DROPIN_NAME[PIXEL_UNIT], text)
@@ -121,14 +123,6 @@ def write_dropins(dropins: list[DropIn], unit_dir: Path) -> list[Path]:
     for d in dropins:
         path = d.path(unit_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(d.text)
-        tmp.chmod(0o644)
-        tmp.replace(path)
+        atomic_write(path, d.text.encode("utf-8"), mode=0o644, exact_mode=True)
         written.append(path)
     return written
-
-
-def _redact(url: str) -> str:
-    """A camera URL without its password, for messages and logs."""
-    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)

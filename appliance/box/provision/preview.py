@@ -18,11 +18,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from appliance.box.capture.source import classify_source, downscale, redact
+from appliance.box.capture.source import classify_source, downscale
 from appliance.box.config import AppConfig, CameraConfig, load_config
 from appliance.box.policy.masks import MaskSet
 from appliance.box.provision.files import layout_for, record
 from appliance.common.errors import InputError
+from appliance.common.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def grab_camera(camera: CameraConfig, max_width: int, count: int = 1, timeout_s:
     cap = cv2.VideoCapture(target, cv2.CAP_ANY, params)
     try:
         if not cap.isOpened():
-            raise InputError(f"cannot open camera {redact(camera.source)} (check address, credentials, cable)")
+            raise InputError(f"cannot open camera {redact_url(camera.source)} (check address, credentials, cable)")
         frames, native = [], (0, 0)
         for i in range(count * every):
             ok, image = cap.read()
@@ -63,7 +64,7 @@ def grab_camera(camera: CameraConfig, max_width: int, count: int = 1, timeout_s:
             native = (image.shape[1], image.shape[0])
             frames.append(downscale(image, max_width))
         if not frames:
-            raise InputError(f"camera {redact(camera.source)} opened but no frame decoded")
+            raise InputError(f"camera {redact_url(camera.source)} opened but no frame decoded")
         return CameraSample(frames, native)
     finally:
         cap.release()
@@ -108,7 +109,7 @@ def write_preview(config_path: str | Path, out: str | Path, *, timeout_s: float 
     entry = {"out": str(out.resolve()), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
              "width": int(rendered.shape[1]), "height": int(rendered.shape[0]),
              "masks": [m.name for m in cfg.privacy_masks], "zones": [z.name for z in cfg.zones],
-             "camera": redact(cfg.camera.source)}
+             "camera": redact_url(cfg.camera.source)}
     layout = layout_for(cfg)
     try:
         record(layout, "preview", **entry)

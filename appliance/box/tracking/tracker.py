@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -80,7 +81,7 @@ class Tracker:
         if cfg.low_score >= cfg.high_score:
             raise ValueError(f"tracking.low_score {cfg.low_score} must be below high_score {cfg.high_score}")
         self.cfg = cfg
-        self.frame_size = tuple(frame_size) if frame_size is not None else (0, 0)
+        self.frame_size = cast(tuple[int, int], tuple(frame_size)) if frame_size is not None else (0, 0)
         self._next_id = 1
         self.reset()
 

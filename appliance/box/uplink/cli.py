@@ -38,7 +38,7 @@ class AuditCheckpointFeed:
         return self.audit.checkpoints_since(self.after_n, limit=100)
 
     def acked(self, checkpoints: list[Any]) -> None:
-        ns = [c.get("n") for c in checkpoints if isinstance(c, dict) and isinstance(c.get("n"), int)]
+        ns = [c["n"] for c in checkpoints if isinstance(c, dict) and isinstance(c.get("n"), int)]
         if ns:
             self.after_n = max(self.after_n, *ns)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,21 +20,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from appliance.common.errors import InputError
+from appliance.contracts.canonical import canonical_json_utf8
 
 FORMAT_VERSION = 1
 GENESIS_PREV = "0" * 64
 RECORD_DOMAIN = b"appliance-audit-record-v1\n"
 CHECKPOINT_DOMAIN = b"appliance-audit-checkpoint-v1\n"
 
-
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def canonical(obj: Any) -> bytes:
-    """The one serialisation every hash and signature is computed over (what
-    ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-    allow_nan=False)`` returns, with one encoder reused)."""
-    return _ENCODER.encode(obj).encode("utf-8")
+#: The serialisation every audit hash and signature is computed over (docs/audit-log.md §1).
+canonical = canonical_json_utf8
 
 
 def record_hash(record: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ import heapq
 import itertools
 import json
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,188 +275,229 @@ def verify_log(path: str | Path, keys: Sequence[Ed25519PublicKey] = (),
     """Checks the log at ``path``. ``keys`` are the trusted device keys (none = the key the
     genesis record names, self-asserted); ``station_checkpoints`` are the checkpoint objects
     the station holds for this device (JSON, as received)."""
-    path = Path(path)
-    files = _files(path)
-    station = None if station_checkpoints is None else _parse_station(list(station_checkpoints))
-    station_cps = [c for c in station or () if isinstance(c, Checkpoint)]
-    station_ns = {c.n for c in station_cps}
-    index = _Index({0, *(c.count for c in station_cps), *(c.count - 1 for c in station_cps)})
-
-    problems = _Problems()
-    stray_notes = [f"{stray.name} beside the log is not a segment name and was not read "
-                   "(a renamed segment or a copy?)" for stray in stray_files(path)]
-    torn_note: list[str] = []
-    genesis_note: list[str] = []
-    segment_notes: list[str] = []
-    segmented = len(files) > 1 or files[0].span is not None
-
-    log_id = origin = device = None
-    trusted: dict[str, Ed25519PublicKey] = {key_id(k): k for k in keys}
-    key_source = "given" if keys else "none"
-    log_cps: dict[int, Checkpoint] = {}        # verified log checkpoints the station also holds
-    last_cover = 0                             # the highest count a verified log checkpoint covers
-    pending_keys: list[tuple[int, dict[str, Any], int]] = []   # rotation records not yet anchored
-    gaps: list[_Gap] = []                      # seq jumps not yet known to be deletions or moves
-    gaps_below = 0                             # the highest seq a gap is waiting for, + 1
-    verified_cps = 0
-    expected_seq, prev_hash = 0, GENESIS_PREV
-    prev_line: int | None = None
-    expected_n = 0
-    resync_n = False     # after deleted records, the next checkpoint's index is a consequence
-    lines = rows = 0
-
-    for f in files:
-        f.first_line = lines + 1
-        for raw, offset, torn in _read(f):
-            lines += 1
-            f.lines += 1
-            line = lines
-            rec = _parse(raw)
-            if rec is None and torn and f.span is None:
-                # Power lost inside the last write: not an edit; the writer cuts it off (and
-                # records audit.recovered) on its next append.
-                torn_note.append(f"line {line} is an incomplete, unterminated record ({len(raw)} bytes): "
-                                 "an interrupted write, ignored")
-                continue
-            rows += 1
-            f.rows += 1
-            claimed = rec.get("seq") if rec is not None else None
-            if not isinstance(claimed, int):
-                claimed = None
-            _file_row(f, line, rec, claimed, offset, problems)
-
-            if rows == 1:
-                log_id, origin, device, key_source = _genesis(rec, keys, trusted, key_source, genesis_note,
-                                                              problems)
-            if gaps and claimed is not None and claimed < gaps_below:
-                for gap in gaps:
-                    gap.see(claimed, line)
-                if any(gap.settled for gap in gaps):
-                    gaps = [gap for gap in gaps if not gap.settled]
-                    gaps_below = max((gap.seq for gap in gaps), default=0)
-
-            if rec is None:
-                problems.add(Problem(line, None, "not a JSON object: edited or corrupted"))
-                expected_seq, prev_hash, prev_line = expected_seq + 1, None, None
-                continue
-            seq = claimed
-            shape = _shape_problem(rec)
-            if shape:
-                problems.add(Problem(line, seq, shape))
-                expected_seq, prev_hash, prev_line = (seq if seq is not None else expected_seq) + 1, None, None
-                continue
-            assert seq is not None
-            if canonical(rec) != raw:
-                problems.add(Problem(line, seq, "not in canonical form (bytes changed after writing): edited"))
-            elif _hash_of_line(raw, rec) != rec["hash"]:
-                problems.add(Problem(line, seq, f"{rec['kind']} record: content does not match its hash: edited"))
-            seq_reported = False
-            if seq != expected_seq:
-                seq_reported = True
-                if seq > expected_seq:
-                    if f.first_line == line and segmented:
-                        otherwise = _missing_segment(rec, expected_seq, seq, path)
-                    else:
-                        otherwise = (f"record {expected_seq} is" if seq == expected_seq + 1
-                                     else f"records {expected_seq}..{seq - 1} are") + " missing before this one: deleted"
-                    gap = _Gap(line, seq, expected_seq, otherwise)
-                    problems.add(gap)
-                    if not gap.dead:
-                        gaps.append(gap)
-                        gaps_below = max(gaps_below, seq)
-                    resync_n = True
-                else:
-                    problems.add(Problem(line, seq, f"out of order: seq {seq} after seq {expected_seq - 1}: "
-                                         "records reordered or duplicated"))
-            elif prev_hash is not None and rec["prev"] != prev_hash and prev_line is None:
-                # Only the first record has no predecessor: its prev must be the all-zero hash.
-                problems.add(Problem(line, seq, f"first record: prev is not {prev_hash[:8]}…: edited "
-                                     "(a log starts from the all-zero hash)"))
-            elif prev_hash is not None and rec["prev"] != prev_hash:
-                assert prev_line is not None
-                problems.add(Problem(prev_line, seq - 1, f"chain broken: record {seq} (line {line}) does "
-                                     f"not chain to this record's hash: this record (or the next) was edited "
-                                     "and re-hashed, or a record was replaced"))
-            index.note(seq, rec["hash"], line, seq_reported)
-            expected_seq, prev_hash, prev_line = seq + 1, rec["hash"], line
-
-            if rec["kind"] == "audit.key_rotation":
-                pending_keys.append((seq, rec["fields"], line))
-            elif rec["kind"] == "audit.checkpoint":
-                n = rec["fields"].get("n")
-                if resync_n and isinstance(n, int) and not isinstance(n, bool) and n > expected_n:
-                    expected_n = n            # already reported as deleted records; do not repeat it
-                resync_n = False
-                expected_n, ok = _check_log_checkpoint(line, rec, seq, log_id, expected_n, index, trusted,
-                                                       problems)
-                if ok:
-                    verified_cps += 1
-                    last_cover = max(last_cover, ok.count)
-                    if ok.n in station_ns:
-                        log_cps[ok.n] = ok
-                        index.pin(ok.count)
-                    for rot_seq, fields, rot_line in list(pending_keys):
-                        if rot_seq < ok.count:
-                            try:
-                                k = public_key_from_raw_b64(fields.get("public_key", ""))
-                                trusted[key_id(k)] = k
-                            except (ValueError, TypeError):
-                                problems.add(Problem(index.line_at(rot_seq, rot_line), rot_seq,
-                                                     "key rotation names a malformed public key"))
-                            pending_keys.remove((rot_seq, fields, rot_line))
-        _file_end(f, log_id, problems, segment_notes)
-
-    if not rows:
-        return VerifyResult(str(path), 0, None, None, None, 0, 0, (), "none",
-                            (Problem(1, None, "the log is empty: no genesis record"),),
-                            files=tuple(f.path.name for f in files))
-
-    warnings = stray_notes + torn_note + genesis_note + segment_notes
-    total = expected_seq
-    tail = rows - (last_cover + 1) if verified_cps else rows
-    if tail > 0:
-        warnings.append(f"{tail} record(s) after the last valid checkpoint are not yet covered by a signature")
-
-    matched = 0
-    if station is None:
-        warnings.append("no --checkpoints given: a truncated tail or a rollback cannot be detected "
-                        "without the station's checkpoints")
-    else:
-        matched = _check_station(station, log_id, rows + 1, total, index, log_cps, trusted, problems, warnings)
-
-    found = problems.sorted()
-    if segmented:
-        starts = [f.first_line for f in files]
-        found = [_localise(p, files, starts) for p in found]
-    return VerifyResult(str(path), rows, log_id, origin, device, verified_cps, matched,
-                        tuple(sorted(trusted)), key_source, tuple(found), tuple(warnings),
-                        tuple(f.path.name for f in files), problems.omitted)
+    return _Verifier(Path(path), keys, station_checkpoints).run()
 
 
-def _genesis(genesis: dict[str, Any] | None, keys: Sequence[Ed25519PublicKey],
-             trusted: dict[str, Ed25519PublicKey], key_source: str, notes: list[str],
-             problems: _Problems) -> tuple[Any, Any, Any, str]:
-    """The first record: the log's id, origin and device, and (without ``keys``) its key."""
-    log_id = origin = device = None
-    if genesis is not None and genesis.get("kind") == "audit.genesis" and isinstance(genesis.get("fields"), dict):
-        g = genesis["fields"]
-        log_id, origin, device = g.get("log"), g.get("origin"), g.get("device")
-        if not keys and isinstance(g.get("public_key"), str):
-            try:
-                k = public_key_from_raw_b64(g["public_key"])
-                trusted[key_id(k)] = k
-                key_source = "genesis (self-asserted)"
-                notes.append("no --key given: signatures were checked against the key the log itself "
-                             "names, which proves consistency, not who wrote it")
-            except ValueError:
-                problems.add(Problem(1, 0, "genesis public_key is not an Ed25519 key"))
-    else:
-        problems.add(Problem(1, _seq(genesis), "the first record is not an audit.genesis record: "
-                             "the log's beginning was removed or replaced"))
+class _Verifier:
+    """One streaming pass over a log's files: each line is checked as a record (shape, bytes,
+    hash, sequence, chain), then handed to the handler of its kind; the end-of-log and station
+    checks run once all lines are read. Problems are added in the order they are found; their
+    report order is :class:`_Problems`'."""
+
+    def __init__(self, path: Path, keys: Sequence[Ed25519PublicKey], station_checkpoints: Iterable[Any] | None):
+        self.path = path
+        self.keys = keys
+        self.files = _files(path)
+        self.station = None if station_checkpoints is None else _parse_station(list(station_checkpoints))
+        station_cps = [c for c in self.station or () if isinstance(c, Checkpoint)]
+        self.station_ns = {c.n for c in station_cps}
+        self.index = _Index({0, *(c.count for c in station_cps), *(c.count - 1 for c in station_cps)})
+        self.problems = _Problems()
+        self.stray_notes = [f"{stray.name} beside the log is not a segment name and was not read "
+                            "(a renamed segment or a copy?)" for stray in stray_files(path)]
+        self.torn_notes: list[str] = []
+        self.genesis_notes: list[str] = []
+        self.segment_notes: list[str] = []
+        self.segmented = len(self.files) > 1 or self.files[0].span is not None
+
+        self.log_id: Any = None
+        self.origin: Any = None
+        self.device: Any = None
+        self.trusted: dict[str, Ed25519PublicKey] = {key_id(k): k for k in keys}
+        self.key_source = "given" if keys else "none"
+        self.log_cps: dict[int, Checkpoint] = {}   # verified log checkpoints the station also holds
+        self.last_cover = 0                       # the highest count a verified log checkpoint covers
+        self.pending_keys: list[tuple[int, dict[str, Any], int]] = []   # rotations not yet anchored
+        self.gaps: list[_Gap] = []                # seq jumps not yet known to be deletions or moves
+        self.gaps_below = 0                       # the highest seq a gap is waiting for, + 1
+        self.verified_cps = 0
+        self.expected_seq = 0
+        self.prev_hash: str | None = GENESIS_PREV
+        self.prev_line: int | None = None
+        self.expected_n = 0
+        self.resync_n = False    # after deleted records, the next checkpoint's index is a consequence
+        self.lines = self.rows = 0
+        self.on_kind: dict[str, Callable[[dict[str, Any], int, int], None]] = {
+            "audit.key_rotation": self._key_rotation,
+            "audit.checkpoint": self._checkpoint,
+        }
+
+    def run(self) -> VerifyResult:
+        for f in self.files:
+            f.first_line = self.lines + 1
+            for raw, offset, torn in _read(f):
+                self._line(f, raw, offset, torn)
+            _file_end(f, self.log_id, self.problems, self.segment_notes)
+        if not self.rows:
+            return VerifyResult(str(self.path), 0, None, None, None, 0, 0, (), "none",
+                                (Problem(1, None, "the log is empty: no genesis record"),),
+                                files=tuple(f.path.name for f in self.files))
+        return self._result()
+
+    # -- one line -----------------------------------------------------------------------
+
+    def _line(self, f: _File, raw: bytes, offset: int, torn: bool) -> None:
+        self.lines += 1
+        f.lines += 1
+        line = self.lines
+        rec = _parse(raw)
+        if rec is None and torn and f.span is None:
+            # Power lost inside the last write: not an edit; the writer cuts it off (and
+            # records audit.recovered) on its next append.
+            self.torn_notes.append(f"line {line} is an incomplete, unterminated record ({len(raw)} bytes): "
+                                   "an interrupted write, ignored")
+            return
+        self.rows += 1
+        f.rows += 1
+        claimed = rec.get("seq") if rec is not None else None
+        if not isinstance(claimed, int):
+            claimed = None
+        _file_row(f, line, rec, claimed, offset, self.problems)
+        if self.rows == 1:
+            self._genesis(rec)
+        self._settle_gaps(claimed, line)
+
+        if rec is None:
+            self.problems.add(Problem(line, None, "not a JSON object: edited or corrupted"))
+            self._chain_broken(self.expected_seq + 1)
+            return
+        shape = _shape_problem(rec)
+        if shape:
+            self.problems.add(Problem(line, claimed, shape))
+            self._chain_broken((claimed if claimed is not None else self.expected_seq) + 1)
+            return
+        seq: int = rec["seq"]
+        self._check_bytes(raw, rec, line, seq)
+        reported = self._check_order(f, rec, line, seq)
+        self.index.note(seq, rec["hash"], line, reported)
+        self.expected_seq, self.prev_hash, self.prev_line = seq + 1, rec["hash"], line
+        handler = self.on_kind.get(rec["kind"])
+        if handler is not None:
+            handler(rec, seq, line)
+
+    def _chain_broken(self, next_seq: int) -> None:
+        self.expected_seq, self.prev_hash, self.prev_line = next_seq, None, None
+
+    def _settle_gaps(self, claimed: int | None, line: int) -> None:
+        """A record whose seq a gap is missing turns that gap from a deletion into a move."""
+        if not self.gaps or claimed is None or claimed >= self.gaps_below:
+            return
+        for gap in self.gaps:
+            gap.see(claimed, line)
+        if any(gap.settled for gap in self.gaps):
+            self.gaps = [gap for gap in self.gaps if not gap.settled]
+            self.gaps_below = max((gap.seq for gap in self.gaps), default=0)
+
+    def _check_bytes(self, raw: bytes, rec: dict[str, Any], line: int, seq: int) -> None:
+        if canonical(rec) != raw:
+            self.problems.add(Problem(line, seq, "not in canonical form (bytes changed after writing): edited"))
+        elif _hash_of_line(raw, rec) != rec["hash"]:
+            self.problems.add(Problem(line, seq, f"{rec['kind']} record: content does not match its hash: edited"))
+
+    def _check_order(self, f: _File, rec: dict[str, Any], line: int, seq: int) -> bool:
+        """Sequence and chain; True when the seq was out of order (already reported)."""
+        expected, prev_hash, prev_line = self.expected_seq, self.prev_hash, self.prev_line
+        if seq > expected:
+            if f.first_line == line and self.segmented:
+                otherwise = _missing_segment(rec, expected, seq, self.path)
+            else:
+                otherwise = (f"record {expected} is" if seq == expected + 1
+                             else f"records {expected}..{seq - 1} are") + " missing before this one: deleted"
+            gap = _Gap(line, seq, expected, otherwise)
+            self.problems.add(gap)
+            if not gap.dead:
+                self.gaps.append(gap)
+                self.gaps_below = max(self.gaps_below, seq)
+            self.resync_n = True
+            return True
+        if seq < expected:
+            self.problems.add(Problem(line, seq, f"out of order: seq {seq} after seq {expected - 1}: "
+                                      "records reordered or duplicated"))
+            return True
+        if prev_hash is not None and rec["prev"] != prev_hash and prev_line is None:
+            # Only the first record has no predecessor: its prev must be the all-zero hash.
+            self.problems.add(Problem(line, seq, f"first record: prev is not {prev_hash[:8]}…: edited "
+                                      "(a log starts from the all-zero hash)"))
+        elif prev_hash is not None and rec["prev"] != prev_hash:
+            assert prev_line is not None
+            self.problems.add(Problem(prev_line, seq - 1, f"chain broken: record {seq} (line {line}) does "
+                                      f"not chain to this record's hash: this record (or the next) was edited "
+                                      "and re-hashed, or a record was replaced"))
+        return False
+
+    # -- handlers per record kind -------------------------------------------------------
+
+    def _genesis(self, genesis: dict[str, Any] | None) -> None:
+        """The first row: the log's id, origin and device, and (without keys) its key."""
+        if genesis is not None and genesis.get("kind") == "audit.genesis" and isinstance(genesis.get("fields"), dict):
+            g = genesis["fields"]
+            self.log_id, self.origin, self.device = g.get("log"), g.get("origin"), g.get("device")
+            if not self.keys and isinstance(g.get("public_key"), str):
+                try:
+                    k = public_key_from_raw_b64(g["public_key"])
+                    self.trusted[key_id(k)] = k
+                    self.key_source = "genesis (self-asserted)"
+                    self.genesis_notes.append("no --key given: signatures were checked against the key the log "
+                                              "itself names, which proves consistency, not who wrote it")
+                except ValueError:
+                    self.problems.add(Problem(1, 0, "genesis public_key is not an Ed25519 key"))
+            return
+        self.problems.add(Problem(1, _seq(genesis), "the first record is not an audit.genesis record: "
+                                  "the log's beginning was removed or replaced"))
         if genesis is not None and genesis.get("kind") == "audit.segment_start" \
                 and isinstance(genesis.get("fields"), dict):
-            log_id = genesis["fields"].get("log")     # so the checkpoints can still be checked
-    return log_id, origin, device, key_source
+            self.log_id = genesis["fields"].get("log")     # so the checkpoints can still be checked
+
+    def _key_rotation(self, rec: dict[str, Any], seq: int, line: int) -> None:
+        """Trusted only once a checkpoint signed with an already trusted key covers it."""
+        self.pending_keys.append((seq, rec["fields"], line))
+
+    def _checkpoint(self, rec: dict[str, Any], seq: int, line: int) -> None:
+        n = rec["fields"].get("n")
+        if self.resync_n and isinstance(n, int) and not isinstance(n, bool) and n > self.expected_n:
+            self.expected_n = n            # already reported as deleted records; do not repeat it
+        self.resync_n = False
+        self.expected_n, ok = _check_log_checkpoint(line, rec, seq, self.log_id, self.expected_n, self.index,
+                                                    self.trusted, self.problems)
+        if not ok:
+            return
+        self.verified_cps += 1
+        self.last_cover = max(self.last_cover, ok.count)
+        if ok.n in self.station_ns:
+            self.log_cps[ok.n] = ok
+            self.index.pin(ok.count)
+        for rot_seq, fields, rot_line in list(self.pending_keys):
+            if rot_seq < ok.count:
+                try:
+                    k = public_key_from_raw_b64(fields.get("public_key", ""))
+                    self.trusted[key_id(k)] = k
+                except (ValueError, TypeError):
+                    self.problems.add(Problem(self.index.line_at(rot_seq, rot_line), rot_seq,
+                                              "key rotation names a malformed public key"))
+                self.pending_keys.remove((rot_seq, fields, rot_line))
+
+    # -- end of the log -----------------------------------------------------------------
+
+    def _result(self) -> VerifyResult:
+        warnings = self.stray_notes + self.torn_notes + self.genesis_notes + self.segment_notes
+        total = self.expected_seq
+        tail = self.rows - (self.last_cover + 1) if self.verified_cps else self.rows
+        if tail > 0:
+            warnings.append(f"{tail} record(s) after the last valid checkpoint are not yet covered by a signature")
+        matched = 0
+        if self.station is None:
+            warnings.append("no --checkpoints given: a truncated tail or a rollback cannot be detected "
+                            "without the station's checkpoints")
+        else:
+            matched = _check_station(self.station, self.log_id, self.rows + 1, total, self.index, self.log_cps,
+                                     self.trusted, self.problems, warnings)
+        found = self.problems.sorted()
+        if self.segmented:
+            starts = [f.first_line for f in self.files]
+            found = [_localise(p, self.files, starts) for p in found]
+        return VerifyResult(str(self.path), self.rows, self.log_id, self.origin, self.device, self.verified_cps,
+                            matched, tuple(sorted(self.trusted)), self.key_source, tuple(found), tuple(warnings),
+                            tuple(f.path.name for f in self.files), self.problems.omitted)
 
 
 def _localise(p: Problem, files: list[_File], starts: list[int]) -> Problem:

@@ -249,8 +249,9 @@ def _retention(recs: Iterable[_Rec], start: float, end: float, now: float, grace
     for r in recs:
         if r.t >= end:
             break
-        if r.kind == "trigger.permitted" and _envelope(r.fields) and _profile_id(r.fields):
-            profile_of_envelope[_envelope(r.fields)] = _profile_id(r.fields)
+        envelope = _envelope(r.fields)
+        if r.kind == "trigger.permitted" and envelope and _profile_id(r.fields):
+            profile_of_envelope[envelope] = _profile_id(r.fields)
         cid = r.fields.get("clip_id")
         if not isinstance(cid, str):
             continue

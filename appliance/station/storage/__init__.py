@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.common.errors import InputError
+from appliance.common.urls import redact_url
 from appliance.station.storage import schema
 from appliance.station.storage.blobs import EnvelopeBlobs, open_blobs
 from appliance.station.storage.database import (
     Database,
     PostgresDatabase,
     SqliteDatabase,
-    redact_url,
 )
 
 STORAGE_FILE = "storage.toml"
@@ -55,7 +55,7 @@ class StorageSettings:
         return not self.db and not self.store
 
     def describe(self) -> str:
-        return (f"database {redact_url(self.db) if self.db else 'SQLite station.db'}, "
+        return (f"database {redact_url(self.db, keep_username=True) if self.db else 'SQLite station.db'}, "
                 f"envelopes {self.store or 'files in envelopes/'}")
 
 
@@ -84,7 +84,7 @@ def read_storage_file(station_dir: str | Path) -> StorageSettings:
 
 def _checked(settings: StorageSettings, source: str) -> StorageSettings:
     if settings.db and not settings.db.startswith(("postgresql://", "postgres://")):
-        raise InputError(f"{source}: db = {redact_url(settings.db)!r}: not a postgresql:// URL (fix: e.g. "
+        raise InputError(f"{source}: db = {redact_url(settings.db, keep_username=True)!r}: not a postgresql:// URL (fix: e.g. "
                          f"postgresql://station@127.0.0.1:5432/appliance, or leave it out for SQLite)")
     if settings.store and not settings.store.startswith("s3://"):
         raise InputError(f"{source}: store = {settings.store!r}: not an s3:// URL (fix: e.g. "

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +45,9 @@ class EnvelopeBlobs(Protocol):
 
     def delete(self, location: str) -> int:
         """Removes every copy (every object version); returns how many were removed."""
+
+    def delete_many(self, locations: list[str]) -> dict[str, int | BaseException]:
+        """:meth:`delete` for many; location -> removed count, or the error."""
 
     def exists(self, location: str) -> bool: ...
 
@@ -89,12 +93,32 @@ class EnvelopeFiles:
         fsync_dir(path.parent)
         return 1
 
+    def delete_many(self, locations: list[str]) -> dict[str, int | BaseException]:
+        out: dict[str, int | BaseException] = {}
+        parents: set[Path] = set()
+        for location in locations:
+            path = self.station_dir / location
+            try:
+                path.unlink()
+                out[location] = 1
+                parents.add(path.parent)
+            except FileNotFoundError:
+                out[location] = 0
+            except OSError as exc:
+                out[location] = exc
+        for d in parents:   # one fsync per directory makes all its unlinks durable
+            fsync_dir(d)
+        return out
+
     def exists(self, location: str) -> bool:
         return (self.station_dir / location).exists()
 
     def locations(self) -> Iterator[str]:
         for leftover in self.tmp.glob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
+            # ".<name>.<pid>.tmp": another receiver on this directory may be writing it now.
+            pid = leftover.name.rsplit(".", 2)[-2]
+            if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+                leftover.unlink(missing_ok=True)
         for device_dir in sorted(p for p in self.envelope_dir.iterdir() if p.is_dir()):
             for path in sorted(device_dir.glob("*.env")):
                 yield str(path.relative_to(self.station_dir))
@@ -241,6 +265,16 @@ class S3Envelopes:
                 self.s3.delete_object(Bucket=self.bucket, Key=location, VersionId=v["VersionId"])
                 removed += "ETag" in v   # versions, not markers
         return removed
+
+    def delete_many(self, locations: list[str]) -> dict[str, int | BaseException]:
+        def one(location: str) -> int | BaseException:
+            try:
+                return self.delete(location)
+            except (ApplianceError, self._errors.BotoCoreError) as exc:
+                return exc
+
+        with ThreadPoolExecutor(8) as pool:
+            return dict(zip(locations, pool.map(one, locations), strict=True))
 
     def exists(self, location: str) -> bool:
         try:

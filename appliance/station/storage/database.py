@@ -25,13 +25,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.common.errors import ApplianceError, InputError
+from appliance.common.urls import redact_url
 
 log = logging.getLogger("appliance.station.storage")
 
@@ -40,7 +40,8 @@ _MIGRATION_LOCK = 0x6170706C
 
 
 class Cursor(Protocol):
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
 
@@ -64,11 +65,6 @@ class Database(Protocol):
     def greatest(self, a: str, b: str) -> str: ...
 
     def close(self) -> None: ...
-
-
-def redact_url(url: str) -> str:
-    """A database or store URL without its password, for messages and logs."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 # ---------------------------------------------------------------------------------------
@@ -173,7 +169,7 @@ class Row(tuple):
         row._index = index
         return row
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             return tuple.__getitem__(self, self._index[key])
         return tuple.__getitem__(self, key)
@@ -212,7 +208,7 @@ class PostgresDatabase:
             self.pool.open(wait=True, timeout=connect_timeout_s)
         except (PoolTimeout, psycopg.Error) as exc:
             self.pool.close()
-            raise InputError(f"cannot connect to the station database {redact_url(url)}: {exc} (fix: start "
+            raise InputError(f"cannot connect to the station database {redact_url(url, keep_username=True)}: {exc} (fix: start "
                              f"PostgreSQL, check host, port, user and password in --db)") from None
         self._migrate(migrations)
 
@@ -222,9 +218,10 @@ class PostgresDatabase:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
                          "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
-            version = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+            row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
+            version = row[0] if row is not None else 0
             if version > latest:
-                raise ApplianceError(f"{redact_url(self.url)}: schema version {version}, this software knows "
+                raise ApplianceError(f"{redact_url(self.url, keep_username=True)}: schema version {version}, this software knows "
                                      f"{latest} (fix: run the newer software on every receiver)")
             for v, sql in migrations:
                 if v > version:
