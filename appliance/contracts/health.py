@@ -119,8 +119,9 @@ class CameraTamper:
         since = doc.get("since", {})
         since = {str(k): float(v) for k, v in since.items() if isinstance(v, (int, float))} \
             if isinstance(since, dict) else {}
-        mode = doc.get("mode") if isinstance(doc.get("mode"), str) else "unknown"
-        return CameraTamper(doc["state"] == "tampered" and bool(kinds), tuple(sorted(kinds)), since, mode[:16])
+        mode = doc.get("mode")
+        return CameraTamper(doc["state"] == "tampered" and bool(kinds), tuple(sorted(kinds)), since,
+                            mode[:16] if isinstance(mode, str) else "unknown")
 
     def describe(self) -> str:
         if not self.tampered:

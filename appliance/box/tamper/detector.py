@@ -117,9 +117,9 @@ class TamperStateMachine:
         self.persist_s = persist_s
         self.clear_s = clear_s
         self.state = KindState.OK
-        self.since_t: float | None = None      # start of the current PENDING / CLEARING phase
+        self.since_t = 0.0                     # start of the current PENDING / CLEARING phase
         self.raised_t: float | None = None
-        self.phase_start: float | None = None  # after a transition: when its condition began / ended
+        self.phase_start = 0.0                 # after a transition: when its condition began / ended
         self._last_t: float | None = None
 
     def step(self, active: bool, t: float) -> str | None:
@@ -133,7 +133,7 @@ class TamperStateMachine:
             return None
         if s is KindState.PENDING:
             if not active:
-                self.state, self.since_t = KindState.OK, None
+                self.state = KindState.OK
             elif gap:
                 self.since_t = t
             elif t - self.since_t >= self.persist_s:
@@ -146,12 +146,12 @@ class TamperStateMachine:
             return None
         # CLEARING
         if active:
-            self.state, self.since_t = KindState.TAMPERED, None
+            self.state = KindState.TAMPERED
         elif gap:
             self.since_t = t
         elif t - self.since_t >= self.clear_s:
             self.phase_start = self.since_t
-            self.state, self.since_t, self.raised_t = KindState.OK, None, None
+            self.state, self.raised_t = KindState.OK, None
             return "cleared"
         return None
 

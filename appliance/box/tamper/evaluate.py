@@ -65,7 +65,7 @@ def _blur(sigma: float) -> Transform:
 def _shift(share: float) -> Transform:
     def apply(f: np.ndarray, _: np.ndarray) -> np.ndarray:
         h, w = f.shape[:2]
-        m = np.float32([[1, 0, share * w], [0, 1, 0]])
+        m = np.array([[1, 0, share * w], [0, 1, 0]], np.float32)
         return cv2.warpAffine(f, m, (w, h), borderMode=cv2.BORDER_REFLECT)
     return apply
 
@@ -227,7 +227,9 @@ def run_timeline(detector: TamperDetector, frames: Iterable[tuple[float, np.ndar
         result.samples += 1
         t0 = t if t0 is None else t0
         result.seconds = max(result.seconds, t - t0)
-        if detector.last.condition is not None or detector.last.frozen:
+        last = detector.last
+        assert last is not None
+        if last.condition is not None or last.frozen:
             result.condition_samples += 1
         result.raised += [(e.t, e.kind.value) for e in events if e.state == "raised"]
     return result
@@ -400,7 +402,7 @@ def evaluate_night(path: Path, cfg: AppConfig, persons: Persons) -> dict[str, An
     footage = Footage(path, cfg.ring.max_width,
                            lambda d: reference_times(d) + [ping_pong(t, d) for t in times])
     reference = learn_reference([footage.at(t) for t in reference_times(footage.duration)], persons, cfg)
-    learnt: list[float] = []
+    learnt: list[str] = []
     detector = TamperDetector(cfg.tamper, reference, on_reference=lambda mode, ref: learnt.append(mode))
     blur = _blur(4.0)
 

@@ -42,7 +42,7 @@ _ORB: cv2.ORB | None = None
 def _orb() -> cv2.ORB:
     global _ORB
     if _ORB is None:
-        _ORB = cv2.ORB_create(nfeatures=ORB_FEATURES, fastThreshold=12)
+        _ORB = cv2.ORB.create(nfeatures=ORB_FEATURES, fastThreshold=12)
     return _ORB
 
 
