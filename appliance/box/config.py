@@ -189,9 +189,9 @@ class TamperConfig:
                               fix="grey-level standard deviation below which the contrast has collapsed, e.g. 8")
     min_entropy_bits: float = opt(2.5, lo=0.1, hi=7.0,
                                   fix="histogram entropy in bits below which the view counts as covered, e.g. 2.5")
-    covered_fraction: float = opt(0.4, lo=0.1, hi=1.0,
+    covered_fraction: float = opt(0.35, lo=0.1, hi=1.0,
                                   fix="share of the reference's textured cells that turned flat and lost their "
-                                      "edges for a partial cover, e.g. 0.4")
+                                      "edges for a partial cover, e.g. 0.35")
     saturated_fraction: float = opt(0.6, lo=0.1, hi=1.0,
                                     fix="share of saturated pixels (grey >= 250) that counts as blinded, e.g. 0.6")
     defocus_ratio: float = opt(0.5, lo=0.05, hi=0.95,
@@ -206,9 +206,9 @@ class TamperConfig:
     max_rotation_deg: float = opt(5.0, lo=0.5, hi=90.0,
                                   fix="rotation of the view against the reference, in degrees, beyond which it "
                                       "counts as moved, e.g. 5")
-    frozen_max_diff: float = opt(0.1, lo=0.0, hi=10.0,
+    frozen_max_diff: float = opt(0.2, lo=0.0, hi=10.0,
                                  fix="mean grey-level difference between samples at or below which frames count "
-                                     "as identical (frozen stream), e.g. 0.1")
+                                     "as identical (frozen stream), e.g. 0.2")
     night_max_chroma: float = opt(3.0, lo=0.0, hi=50.0,
                                   fix="mean colour saturation below which the camera is in its monochrome "
                                       "(infrared night) mode and the night reference is used, e.g. 3")

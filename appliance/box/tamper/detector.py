@@ -31,10 +31,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from appliance.box.config import TamperConfig
 from appliance.box.tamper.measure import (
+    CELL_H,
+    CELL_W,
+    GRID_COLS,
+    GRID_ROWS,
     Corners,
     FrameMeasures,
     ViewMatch,
@@ -71,6 +76,8 @@ COVER_CELL_STD_SHARE = 0.25
 COVER_CELL_STD = 6.0
 #: The shift is trusted only with this many RANSAC inliers.
 MIN_RELIABLE_INLIERS = 15
+#: Cells with at least this grey-level spread take part in the frozen check.
+FROZEN_CELL_STD = 2.0
 #: Samples in a row of the other lighting mode before the detector switches references.
 MODE_SWITCH_SAMPLES = 3
 #: Samples a runtime reference is learnt from (spread over relearn_s).
@@ -188,7 +195,7 @@ class TamperDetector:
         self.machines = {k: TamperStateMachine(k, cfg.persist_s, cfg.clear_s) for k in TamperKind}
         self.mode: str | None = None
         self._mode_votes = 0
-        self._prev_frozen: np.ndarray | None = None
+        self._prev_thumb: np.ndarray | None = None
         self._last_sample_t: float | None = None
         self._learning: collections.deque[tuple[float, FrameMeasures, Corners, int]] = collections.deque()
         self._clean_since: float | None = None
@@ -264,10 +271,15 @@ class TamperDetector:
         return self.mode
 
     def _frozen(self, m: FrameMeasures) -> float | None:
-        prev, self._prev_frozen = self._prev_frozen, m.frozen_thumb
-        if prev is None:
+        """Mean grey-level change since the previous sample over the cells with texture now: a
+        flat part of the view (a partial cover, a white wall) must not dilute a live scene's
+        noise into "identical". None when nothing has texture (that is a cover, not a freeze)."""
+        prev, self._prev_thumb = self._prev_thumb, m.thumb
+        textured = m.cell_std >= FROZEN_CELL_STD
+        if prev is None or not textured.any():
             return None
-        return float(np.abs(m.frozen_thumb.astype(np.int16) - prev).mean())
+        diff = cv2.absdiff(m.thumb, prev).reshape(GRID_ROWS, CELL_H, GRID_COLS, CELL_W).mean(axis=(1, 3))
+        return float(diff[textured].mean())
 
     def _condition(self, m: FrameMeasures, ref: ModeReference | None,
                    view: ViewMatch | None) -> tuple[TamperKind | None, dict[str, float]]:

@@ -10,8 +10,8 @@ Shapes (documented at the boundary):
     Corners.descriptors            uint8[K, 32] ORB (rBRIEF, 256 bits)
 
 The thumbnail and the grey image exist only inside :func:`measure_frame` (RAM, freed on return);
-the only thing carried from one sample to the next for the frozen check is a 64x48 grey
-thumbnail in the detector (RAM only).
+the only thing carried from one sample to the next for the frozen check is the 320x240 grey
+thumbnail in the detector (RAM only, replaced at every sample).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ CELL_W, CELL_H = THUMB_W // GRID_COLS, THUMB_H // GRID_ROWS
 #: ORB runs on the frame downscaled to this width (aspect kept).
 ORB_WIDTH = 480
 ORB_FEATURES = 500
-#: Frozen check: a tiny grey thumbnail compared between samples.
-FROZEN_W, FROZEN_H = 64, 48
+#: Colour is judged on a tiny thumbnail.
+CHROMA_W, CHROMA_H = 64, 48
 #: Grey level counted as saturated.
 SATURATED_LEVEL = 250
 #: Sharpness is the variance of the Laplacian over the cell's variance plus this floor, so a
@@ -74,7 +74,7 @@ class FrameMeasures:
     chroma: float              # 90th percentile of (max - min) over B, G, R: ~0 for an infrared image
     cell_sharpness: np.ndarray  # float32[GRID_ROWS, GRID_COLS], NaN under a person
     cell_std: np.ndarray        # float32[GRID_ROWS, GRID_COLS]
-    frozen_thumb: np.ndarray    # uint8[FROZEN_H, FROZEN_W] (RAM only, for the next sample)
+    thumb: np.ndarray           # uint8[THUMB_H, THUMB_W] grey (RAM only: the next sample's frozen check)
 
 
 def person_cell_mask(person_boxes: np.ndarray | None, width: int, height: int, margin: float = 0.1) -> np.ndarray:
@@ -98,7 +98,7 @@ def _prepare(image: np.ndarray) -> tuple[np.ndarray, float]:
     h, w = image.shape[:2]
     ow = min(ORB_WIDTH, w)
     oh = max(1, round(h * ow / w))
-    tiny = cv2.resize(image, (FROZEN_W, FROZEN_H), interpolation=cv2.INTER_AREA)
+    tiny = cv2.resize(image, (CHROMA_W, CHROMA_H), interpolation=cv2.INTER_AREA)
     b, g, r = cv2.split(tiny)
     # The 90th percentile, not the mean: a grey cloth over most of the lens must not read as
     # the camera's monochrome night mode while the rest of the view is still in colour.
@@ -135,12 +135,11 @@ def _measure(grey_orb: np.ndarray, chroma: float, person_boxes: np.ndarray | Non
     cell_var = g.reshape(GRID_ROWS, CELL_H, GRID_COLS, CELL_W).var(axis=(1, 3))
     sharp = lap.reshape(GRID_ROWS, CELL_H, GRID_COLS, CELL_W).var(axis=(1, 3)) / (cell_var + SHARPNESS_VAR_FLOOR)
     sharp[person_cell_mask(person_boxes, w, h)] = np.nan
-    frozen = cv2.resize(grey, (FROZEN_W, FROZEN_H), interpolation=cv2.INTER_AREA)
     mean, std = cv2.meanStdDev(grey)
     return FrameMeasures(brightness=float(mean[0, 0]), contrast=float(std[0, 0]), entropy_bits=entropy,
                          saturated=float(np.count_nonzero(grey >= SATURATED_LEVEL)) / grey.size, chroma=chroma,
                          cell_sharpness=sharp.astype(np.float32), cell_std=np.sqrt(cell_var).astype(np.float32),
-                         frozen_thumb=frozen)
+                         thumb=grey)
 
 
 def _corners(grey: np.ndarray, person_boxes: np.ndarray | None, w: int) -> Corners:
