@@ -40,6 +40,7 @@ COMMAND_MODULES = (
     "appliance.box.provision.cli",
     "appliance.station.audit.cli",
     "appliance.box.pose.cli",
+    "appliance.demo",
 )
 
 

@@ -3,6 +3,7 @@
 #   libsystemd-dev + pkg-config  (systemd-python compiles against them)
 #   systemd                      (systemd-analyze verify/security for the unit tests)
 #   strace, util-linux           (privacy trace tests, two-user spool permission test)
+#   chromium, chromium-driver    (the operator console's real-browser tests, with selenium)
 #   postgresql                   (the station's scale-out tier: the tests start a real server, run
 #                                 as the package's 'postgres' account because initdb refuses root)
 # Runs apt only when something is missing, so a prepared machine needs no network.
@@ -13,6 +14,8 @@ pkg-config --exists libsystemd 2>/dev/null || missing+=(libsystemd-dev)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v strace >/dev/null 2>&1 || missing+=(strace)       # the privacy trace tests
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)  # the two-user spool test
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)           # console browser tests
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && getent passwd postgres >/dev/null \
     || missing+=(postgresql)
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi

@@ -20,6 +20,10 @@ and threshold chosen by CV on all clips and writes the model file (``--write``).
     .venv/bin/python scripts/train_fight_classifier.py --cache /tmp/skeleton-cache-v2 --pose-score 0.2
     .venv/bin/python scripts/train_fight_classifier.py --cache /tmp/skeleton-cache-v2 --pose-score 0.2 --write
 
+Operators' verdicts as extra data: ``--extra-windows verdicts.jsonl`` (from ``appliance station
+training-export --since ...``; skeletons only). Each true/false verdict becomes one more clip
+(label 1/0; "unclear" is left out) in the cross-validation and the final fit.
+
 Logistic regression in numpy (IRLS with an L2 penalty): no training dependency beyond numpy.
 """
 
@@ -43,7 +47,7 @@ from appliance.box.behaviour.evaluate import run_analyzer  # noqa: E402
 from appliance.box.behaviour.fight_model import FEATURE_NAMES, FrameWindow, has_pair, window_features  # noqa: E402
 from appliance.box.config import TrackingConfig  # noqa: E402
 from appliance.box.tracking import Tracker  # noqa: E402
-from appliance.contracts.types import Detections, Pattern, TrackedFrame  # noqa: E402
+from appliance.contracts.types import Detections, Pattern, TrackedFrame, TrackedPerson  # noqa: E402
 
 FPS = 10.0
 #: Left out a priori: how many persons a camera sees, how boxes change under occlusion and how
@@ -80,6 +84,27 @@ def tracked_from_cache(cache: Path, name: str, pose_score: float,
         dets = Detections(int(z["frame_index"][i]), float(t), z["boxes"][i, keep], z["scores"][i, keep],
                           z["keypoints"][i, keep])
         out.append(tracker.update(dets))
+    return out
+
+
+def tracked_from_training_export(row: dict) -> list[TrackedFrame]:
+    """One line of `station training-export` as the analyzer saw it (the involved tracks only)."""
+    size = tuple(int(v) for v in row["frame_size"])
+    return [TrackedFrame(i, float(f["t_s"]), tuple(
+        TrackedPerson(int(p["track"]), np.array(p["box"], np.float32), 1.0, np.array(p["keypoints"], np.float32),
+                      age=i, lost_frames=0) for p in f["persons"]), size)
+            for i, f in enumerate(row["frames"])]
+
+
+def read_training_export(path: Path) -> list[tuple[str, int, list[TrackedFrame]]]:
+    """(alarm id, label, frames) of every true/false verdict in the file."""
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        row = json.loads(line)
+        if row.get("format") != "appliance-training-window" or row.get("version") != 1:
+            raise SystemExit(f"{path}:{n}: not an appliance-training-window version 1 line")
+        if row["label"] is not None:
+            out.append((row["alarm_id"], int(row["label"]), tracked_from_training_export(row)))
     return out
 
 
@@ -254,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="choose thresholds keeping no-fight recall >= this on the training clips, e.g. 0.9")
     ap.add_argument("--consecutive", type=int, default=2,
                     help="windows in a row that must reach the threshold before 'fight' fires")
+    ap.add_argument("--extra-windows", type=Path, action="append", default=[], metavar="JSONL",
+                    help="operators' verdicts from 'appliance station training-export' (repeatable)")
     args = ap.parse_args(argv)
     global K_GRID, FIXED_THRESHOLD, MIN_SPECIFICITY, CONSECUTIVE
     CONSECUTIVE = args.consecutive
@@ -278,6 +305,14 @@ def main(argv: list[str] | None = None) -> int:
         frames = tracked_from_cache(args.cache, n, args.pose_score, tracking)
         rows.append(clip_windows(frames, args.window, args.min_window))
         rules.append(any(e.pattern in RULE_PATTERNS for e in run_analyzer(frames, cfg)))
+    extra = [item for path in args.extra_windows for item in read_training_export(path)]
+    for alarm_id, _label, frames in extra:
+        names.append(f"verdict:{alarm_id}")
+        rows.append(clip_windows(frames, args.window, args.min_window))
+        rules.append(any(e.pattern in RULE_PATTERNS for e in run_analyzer(frames, cfg)))
+    if extra:
+        y = np.concatenate([y, [label for _, label, _ in extra]])
+        print(f"extra data: {len(extra)} operator verdicts ({sum(label for _, label, _ in extra)} true alarms)")
     data = Data(rows, y, np.array(rules))
     no_pair = [n for n, r, label in zip(names, rows, y) if not len(r)]
     print(f"clips never showing two persons (classifier cannot fire): {len(no_pair)} "

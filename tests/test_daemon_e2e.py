@@ -46,9 +46,10 @@ def wait_for(predicate, timeout: float, what: str, step: float = 0.2):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_run_delivers_a_triggered_clip_and_stops_on_sigterm(tmp_path, capsys, station):  # noqa: F811
-    station_dir, server = station
-    cfg_path, bundle, fingerprint = provision_device(tmp_path, capsys, station_dir, server.endpoint)
+def sensitive_box(tmp_path: Path, capsys, station_dir: Path, endpoint: str, **sections) -> Path:
+    """A provisioned, imported box config that loops the sample clip in real time with the
+    lowered fight thresholds; ``sections`` update top-level tables (e.g. ``uplink={...}``)."""
+    cfg_path, bundle, fingerprint = provision_device(tmp_path, capsys, station_dir, endpoint)
     code, out = run(capsys, "provision", "import", str(bundle), "--config", str(cfg_path),
                     "--station-fingerprint", fingerprint, "--unit-dir", str(tmp_path / "units"))
     assert code == 0, out
@@ -57,8 +58,15 @@ def test_run_delivers_a_triggered_clip_and_stops_on_sigterm(tmp_path, capsys, st
     doc["analysis"] = {"fps": 10.0}
     doc["zones"] = []
     doc["behaviour"] = SENSITIVE_BEHAVIOUR
-    doc["audit"]["checkpoint_every"] = 5
+    for name, values in sections.items():
+        doc[name].update(values)
     cfg_path.write_text(tomli_w.dumps(doc))
+    return cfg_path
+
+
+def test_run_delivers_a_triggered_clip_and_stops_on_sigterm(tmp_path, capsys, station):  # noqa: F811
+    station_dir, server = station
+    cfg_path = sensitive_box(tmp_path, capsys, station_dir, server.endpoint, audit={"checkpoint_every": 5})
     cfg = tomllib.loads(cfg_path.read_text())
     spool_dir = Path(cfg["spool"]["dir"])
 

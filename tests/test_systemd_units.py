@@ -19,7 +19,7 @@ from tests.systemd_util import (
 
 UNITS = ("appliance-pixel.service", "appliance-uplink.service")
 STATION_UNITS = ("appliance-station.service", "appliance-station-watch.service", "appliance-station-watch.timer",
-                 "appliance-retention.service", "appliance-retention.timer")
+                 "appliance-retention.service", "appliance-retention.timer", "appliance-console.service")
 MAX_EXPOSURE = 2.0
 
 #: What the issue asks of both units (exact values where the value is the point).
@@ -164,7 +164,8 @@ def test_sysusers_and_tmpfiles_create_the_layout(tmp_path):
 
 #: Measured with systemd 252 (docs/provisioning.md, "Station deployment"): receiver 1.2 (it must
 #: accept connections from anywhere the boxes are: no PrivateNetwork=/IPAddressDeny=), watch 0.2.
-STATION_MAX_EXPOSURE = {"appliance-station.service": 1.5, "appliance-station-watch.service": 0.5}
+STATION_MAX_EXPOSURE = {"appliance-station.service": 1.5, "appliance-station-watch.service": 0.5,
+                        "appliance-console.service": 1.6}
 STATION_DIR = "/var/lib/appliance-station"
 
 
@@ -195,8 +196,9 @@ def test_station_receiver_unit_settings():
         if value is not None:
             assert value in s.get(key, []), f"{key}={value} missing"
     assert s["User"] == ["appliance-station"] and s["Group"] == ["appliance-station"]
-    assert s["ExecStart"] == [f"/opt/appliance/.venv/bin/appliance station serve --dir {STATION_DIR}"]
-    assert s["StateDirectory"] == ["appliance-station"] and s["StateDirectoryMode"] == ["0700"]
+    assert s["ExecStart"] == [f"/opt/appliance/.venv/bin/appliance station serve --station-dir {STATION_DIR}"]
+    assert s["StateDirectory"] == ["appliance-station"] and s["StateDirectoryMode"] == ["0750"]
+    assert s["UMask"] == ["0027"]        # station.db group-readable for the console
     assert "ReadWritePaths" not in s                     # the state directory is the only writable path
     assert s["InaccessiblePaths"] == [f"-{STATION_DIR}/keys/hpke.key"]   # cannot decrypt a clip
     assert s["WatchdogSec"] == ["60s"] and s["NotifyAccess"] == ["main"]
@@ -209,7 +211,7 @@ def test_station_receiver_unit_settings():
 def test_station_watch_unit_and_timer_settings():
     s = unit_settings(SYSTEMD_DIR / "appliance-station-watch.service")
     assert s["Type"] == ["oneshot"] and "Restart" not in s
-    assert s["ExecStart"] == [f"/opt/appliance/.venv/bin/appliance station devices list --dir {STATION_DIR} "
+    assert s["ExecStart"] == [f"/opt/appliance/.venv/bin/appliance station devices list --station-dir {STATION_DIR} "
                               "--stale-after 120"]
     assert s["User"] == ["appliance-station"] and s["Group"] == ["appliance-station"]
     assert s["ReadWritePaths"] == [STATION_DIR]        # SQLite WAL readers write station.db-shm
@@ -239,7 +241,7 @@ def test_station_sysusers_and_tmpfiles_create_the_station_layout(tmp_path):
                    check=True, capture_output=True, timeout=60)
     passwd = (root / "etc/passwd").read_text()
     users = {line.split(":")[0]: line.split(":") for line in passwd.splitlines()}
-    assert set(users) == {"appliance-station"}
+    assert set(users) == {"appliance-station", "appliance-console"}
     for name in ("appliance-station.service", "appliance-station-watch.service", "appliance-retention.service"):
         s = unit_settings(SYSTEMD_DIR / name)
         assert s["User"] == ["appliance-station"] and s["Group"] == ["appliance-station"], name
@@ -251,5 +253,20 @@ def test_station_sysusers_and_tmpfiles_create_the_station_layout(tmp_path):
                           check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     d = root / STATION_DIR.lstrip("/")
-    assert (d.stat().st_mode & 0o7777) == 0o700
+    assert (d.stat().st_mode & 0o7777) == 0o750       # the console's group reads station.db
     assert (str(d.stat().st_uid), str(d.stat().st_gid)) == (users["appliance-station"][2], gid)
+    members = next(line for line in group.splitlines() if line.startswith("appliance-station:")).split(":")[3]
+    assert members.split(",") == ["appliance-console"]
+
+
+def test_console_unit_settings():
+    s = unit_settings(SYSTEMD_DIR / "appliance-console.service")
+    for key, value in {**REQUIRED, "IPAddressDeny": None}.items():
+        if value is not None:
+            assert value in s.get(key, []), f"{key}={value} missing"
+    assert s["User"] == ["appliance-console"] and s["SupplementaryGroups"] == ["appliance-station"]
+    assert s["ExecStart"][0].startswith("/opt/appliance/.venv/bin/appliance station console serve ")
+    assert "--tls-cert" in s["ExecStart"][0]
+    assert s["StateDirectory"] == ["appliance-console"] and s["StateDirectoryMode"] == ["0700"]
+    # the station's keys and ciphertext are not even visible to the console
+    assert s["InaccessiblePaths"] == [f"-{STATION_DIR}/keys -{STATION_DIR}/envelopes -{STATION_DIR}/tmp"]

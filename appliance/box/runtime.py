@@ -92,7 +92,8 @@ class Pipeline:
                  on_decision: Callable[[Decision], None] | None = None,
                  tamper_reference: TamperReference | None = None,
                  on_tamper: Callable[[TamperEvent], None] | None = None,
-                 on_tamper_reference: Callable[[str, ModeReference], None] | None = None):
+                 on_tamper_reference: Callable[[str, ModeReference], None] | None = None,
+                 on_trigger: Callable[[Trigger, dict[str, Any]], None] | None = None):
         self.cfg = cfg
         self.ring = RingBuffer(cfg.ring.seconds, cfg.ring.max_fps)
         self.pose = estimator or estimator_from_config(cfg.pose)
@@ -103,6 +104,9 @@ class Pipeline:
         self._gate: PolicyGate | None = None
         self._frame_size: tuple[int, int] | None = None
         self.on_decision = on_decision
+        # Called at once when a permitted trigger fires (before its clip exists) with the
+        # involved tracks' skeletons so far: the daemon sends the alarm message from it.
+        self.on_trigger = on_trigger
         self.stats = PipelineStats()
         self.pending: list[Trigger] = []
         # Skeletons kept for clip metadata: as long as the ring, so any clip window is covered.
@@ -113,6 +117,7 @@ class Pipeline:
         self.tamper = (TamperDetector(cfg.tamper, tamper_reference, on_reference=on_tamper_reference)
                        if cfg.tamper.enabled else None)
         self.on_tamper = on_tamper
+        self._wall_offset = 0.0   # wall - stream time of the newest analysed frame
 
     # -- geometry-dependent parts are built on the first frame -------------------------
 
@@ -157,6 +162,7 @@ class Pipeline:
         t1 = time.perf_counter()
         tracked = self.tracker.update(dets)
         self._tracked_history.append(tracked)
+        self._wall_offset = frame.wall - frame.t
         events = self.behaviour.update(tracked)
         decisions = tuple(self._decide(e, tracked) for e in events)
         tamper_events = self._check_tamper(frame, tracked)
@@ -199,6 +205,8 @@ class Pipeline:
             trigger = gate.trigger_for(decision)
             if trigger is not None:
                 self.pending.append(trigger)
+                if self.on_trigger is not None:
+                    self.on_trigger(trigger, self.alarm_skeletons(trigger))
         else:
             st.not_permitted += 1
         if self.on_decision:
@@ -247,6 +255,22 @@ class Pipeline:
                         "keypoints": np.round(p.keypoints, 2).tolist(),
                     })
         return {"keypoint_order": "coco17", "event_tracks": list(trigger.event.track_ids), "tracks": tracks}
+
+    def alarm_skeletons(self, trigger: Trigger) -> dict[str, Any]:
+        """The involved tracks' skeletons from the clip window's start until now (no bystanders).
+
+        ``{"frame_size": (w, h), "frames": [(t, [(track, box[4], keypoints[17][3]), ...]), ...],
+        "wall_offset": wall - t}``
+        """
+        involved = set(trigger.event.track_ids)
+        frames = []
+        for tf in self._tracked_history:
+            if tf.t >= trigger.window_start_t:
+                persons = [(p.track_id, p.box.tolist(), p.keypoints.tolist())
+                           for p in tf.persons if p.track_id in involved]
+                if persons:
+                    frames.append((tf.t, persons))
+        return {"frame_size": self._frame_size or (0, 0), "frames": frames, "wall_offset": self._wall_offset}
 
     def drop_pixels(self) -> None:
         """Shutdown: forget pending triggers' frames and zero the ring."""

@@ -1,0 +1,1 @@
+"""What box and station both speak (docs/): formats, wire protocol, audit records."""

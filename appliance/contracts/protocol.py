@@ -26,9 +26,9 @@ from appliance.contracts.envelope import DEFAULT_MAX_ENVELOPE_BYTES
 __all__ = ["canonical_json"]
 
 PROTOCOL = b"APW1"
-ENVELOPE, HEARTBEAT, PROBE = b"ENVELOPE", b"HEARTBEAT", b"PROBE"
+ENVELOPE, HEARTBEAT, PROBE, ALARM = b"ENVELOPE", b"HEARTBEAT", b"PROBE", b"ALARM"
 ACK, NACK = b"ACK", b"NACK"
-REQUEST_TYPES = (ENVELOPE, HEARTBEAT, PROBE)
+REQUEST_TYPES = (ENVELOPE, HEARTBEAT, PROBE, ALARM)
 PROBE_CONTEXT = b"appliance-probe-v1\x00"
 REPLY_CONTEXT = b"appliance-reply-v1\x00"
 REQUEST_ID_BYTES = 8
@@ -102,7 +102,7 @@ def parse_request(frames: list[bytes]) -> Request:
     kind, request_id, body = frames[1], frames[2], frames[3]
     if len(request_id) != REQUEST_ID_BYTES:
         raise ProtocolError("garbage", "request id is not 8 bytes")
-    if kind in (ENVELOPE, HEARTBEAT):  # self-signed content; the frame is CURVE-authenticated
+    if kind in (ENVELOPE, HEARTBEAT, ALARM):  # self-signed content; the frame is CURVE-authenticated
         if len(frames) != 4:
             raise ProtocolError("garbage", f"{kind.decode()} takes exactly 4 frames")
         return Request(kind, request_id, body, b"")

@@ -2,12 +2,14 @@
 
 The default tier of :mod:`appliance.station.storage` (PostgreSQL is the other).
 
-Tables (schema version 1):
+Tables (schema version 2; the migrations are in appliance/station/storage/schema.py):
 
     devices        enrolled devices: signing key, CURVE key, enabled flag
     clips          one row per stored envelope (the ciphertext lives in a file beside it)
     devices_seen   last-seen time, last health, highest stored sequence per device
     checkpoints    audit-log checkpoints carried by heartbeats, once each
+    alarms         (v2) one row per alarm id ``<device>#<sequence>``: the signed alarm message
+                   (docs/alarm-message.md) and/or the clip that carries the same sequence
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from appliance.common.errors import InputError
 
-SCHEMA_VERSION = 1   # the migrations: appliance/station/storage/schema.py
+SCHEMA_VERSION = 2   # the migrations: appliance/station/storage/schema.py
 
 
 def db_path(station_dir: str | Path) -> Path:
@@ -57,3 +59,16 @@ def connect(station_dir: str | Path, *, synchronous: str = "FULL") -> sqlite3.Co
 
     require_owner(station_dir)
     return SqliteDatabase(db_path(station_dir), schema.STATION_SQLITE, synchronous=synchronous).conn
+
+
+def connect_readonly(station_dir: str | Path) -> sqlite3.Connection:
+    """A read-only connection to the embedded database (the console): refuses to write, never
+    creates or migrates (the receiver migrates at its start)."""
+    path = db_path(station_dir)
+    if not path.exists():
+        raise InputError(f"{path}: no station database (fix: point --station-dir at a station directory "
+                         f"made by 'appliance station keygen' and served by 'appliance station serve')")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None,
+                           check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    return conn

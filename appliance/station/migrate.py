@@ -45,6 +45,8 @@ _TABLES = {
     "devices": ("device_id", "signing_public", "curve_public", "description", "added_unix_ms", "enabled"),
     "devices_seen": ("device_id", "last_seen_unix_ms", "last_kind", "health_json", "highest_sequence"),
     "checkpoints": ("id", "device_id", "received_unix_ms", "checkpoint_sha256", "checkpoint_json"),
+    "alarms": ("alarm_id", "device_id", "sequence", "pattern", "created_unix_ms", "received_unix_ms",
+               "updated_unix_ms", "message_sha256", "message", "body_json", "clip_id"),
 }
 _HOLD_COLUMNS = ("id", "clip_id", "reason", "set_by", "set_at", "until", "released_at", "released_by",
                  "release_reason")

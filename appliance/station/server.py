@@ -26,6 +26,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from appliance.common.durable import atomic_write
 from appliance.contracts import protocol as p
+from appliance.contracts.alarm import AlarmError, parse_alarm, verify_alarm
 from appliance.contracts.curve import load_curve_keypair
 from appliance.contracts.envelope import (
     DEFAULT_MAX_ENVELOPE_BYTES,
@@ -42,7 +43,7 @@ from appliance.contracts.keys import (
 from appliance.station.keys import StationKeyPaths
 from appliance.station.registry import AllowListProvider, DeviceRecord, DeviceRegistry
 from appliance.station.storage import StorageSettings, open_storage, resolve_settings
-from appliance.station.store import ClipStore
+from appliance.station.store import AlarmConflict, ClipStore
 
 log = logging.getLogger("appliance.station")
 
@@ -170,7 +171,8 @@ class StationServer:
         """``listening on tcp://0.0.0.0:7100; stored 12, duplicate 1, heartbeat 240, rejected 0``."""
         c = self.counts
         rejected = sum(v for k, v in c.items() if k.startswith("rejected."))
-        return (f"listening on {self.endpoint}; stored {c.get('stored', 0)}, duplicate {c.get('duplicate', 0)}, "
+        return (f"listening on {self.endpoint}; alarms {c.get('alarm.stored', 0)}, "
+                f"stored {c.get('stored', 0)}, duplicate {c.get('duplicate', 0)}, "
                 f"heartbeat {c.get('heartbeat', 0)}, probe {c.get('probe', 0)}, rejected {rejected}")
 
     def _log_monitor(self, monitor: zmq.Socket) -> None:
@@ -197,7 +199,7 @@ class StationServer:
             ok, body = self._handle(data, user_id, peer, registry, store)
         except Rejected as r:
             ok, body = False, self._reject(r, peer)
-        except EnvelopeError as exc:
+        except (EnvelopeError, AlarmError) as exc:
             ok, body = False, self._reject(Rejected(exc.reason, exc.detail), peer)
         except Exception as exc:
             log.exception("internal error handling a message from %s", peer)
@@ -232,6 +234,8 @@ class StationServer:
             raise Rejected(exc.reason, exc.detail) from None
         if req.kind == p.ENVELOPE:
             return self._handle_envelope(req, user_id, peer, registry, store)
+        if req.kind == p.ALARM:
+            return self._handle_alarm(req, user_id, peer, registry, store)
         try:
             doc = p.parse_json_body(req.body)
         except p.ProtocolError as exc:
@@ -287,6 +291,29 @@ class StationServer:
                     since={k: round(v, 3) for k, v in sorted(new.since.items())}, mode=new.mode)
         (log.warning if new.tampered else log.info)("device %s camera tamper: %s", device_id, new.describe())
 
+    def _handle_alarm(self, req: p.Request, user_id: str, peer: str, registry: DeviceRegistry,
+                      store: ClipStore) -> tuple[bool, dict[str, Any]]:
+        """An alarm message (docs/alarm-message.md): verify the device's signature, store, ack."""
+        parsed = parse_alarm(req.body)
+        device = self._device_for(parsed.device_id, user_id, registry)
+        try:
+            verify_alarm(parsed, device.signing_public)
+        except AlarmError as exc:
+            raise Rejected(exc.reason, exc.detail, parsed.device_id) from None
+        try:
+            alarm, duplicate = store.store_alarm(parsed)
+        except AlarmConflict as exc:
+            raise Rejected("replayed_sequence", str(exc), parsed.device_id) from None
+        status = "duplicate" if duplicate else "stored"
+        self._count(f"alarm.{status}")
+        log.info("alarm %s %s (%s, %d skeleton frames)", alarm.alarm_id, status, alarm.pattern,
+                 len(parsed.body["skeletons"]["frames"]))
+        self._audit("station.alarm", alarm_id=alarm.alarm_id, device_id=parsed.device_id,
+                    sequence=parsed.sequence, alarm_sha256=parsed.sha256, status=status, pattern=alarm.pattern,
+                    profile=parsed.body["profile"]["id"], peer=peer)
+        return True, {"type": "ack", "for": "alarm", "status": status, "device_id": parsed.device_id,
+                      "sequence": parsed.sequence, "alarm_sha256": parsed.sha256, "alarm_id": alarm.alarm_id}
+
     def _handle_envelope(self, req: p.Request, user_id: str, peer: str, registry: DeviceRegistry,
                          store: ClipStore) -> tuple[bool, dict[str, Any]]:
         parsed = parse_envelope(req.body, max_bytes=self.max_envelope_bytes)
@@ -308,9 +335,10 @@ class StationServer:
             store.record_seen(header.device_id, "envelope")
         status = "duplicate" if result.duplicate else "stored"
         self._count(status)
-        log.info("%s %s#%d as clip %s (%d bytes)", status, header.device_id, header.sequence,
+        log.info("%s the clip of alarm %s#%d (envelope %s, %d bytes)", status, header.device_id, header.sequence,
                  result.clip.clip_id, len(parsed.data))
-        self._audit("station.stored", clip_id=result.clip.clip_id, device_id=header.device_id,
+        self._audit("station.stored", alarm_id=f"{header.device_id}#{header.sequence}",
+                    clip_id=result.clip.clip_id, device_id=header.device_id,
                     sequence=header.sequence, envelope_sha256=parsed.sha256, status=status,
                     profile=header.profile["id"], pattern=header.pattern)
         return True, {"type": "ack", "for": "envelope", "status": status, "device_id": header.device_id,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.common.errors import InputError
+from appliance.contracts.alarm import ParsedAlarm, alarm_id, split_alarm_id
 from appliance.contracts.canonical import canonical_json
 from appliance.contracts.envelope import (
     EnvelopeError,
@@ -56,6 +57,30 @@ class StoredClip:
 class StoreResult:
     clip: StoredClip
     duplicate: bool   # True: this exact envelope was stored before (idempotent re-send)
+
+
+@dataclass(frozen=True)
+class StoredAlarm:
+    """An alarm as the station holds it: the signed message (skeletons), the clip, or both."""
+
+    alarm_id: str
+    device_id: str
+    sequence: int
+    pattern: str
+    created_unix_ms: int
+    received_unix_ms: int
+    updated_unix_ms: int
+    message_sha256: str      # '' when only the clip arrived (a box without alarm messages)
+    body: dict[str, Any]
+    clip_id: str | None
+
+    @property
+    def has_message(self) -> bool:
+        return bool(self.message_sha256)
+
+
+class AlarmConflict(Exception):
+    """A different alarm message already holds this alarm id (``replayed_sequence``)."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +192,17 @@ class ClipStore:
                 f"highest_sequence={tx.greatest('devices_seen.highest_sequence', 'excluded.highest_sequence')}, "
                 "last_seen_unix_ms=excluded.last_seen_unix_ms, last_kind=excluded.last_kind",
                 (header.device_id, header.sequence, now))
+            # The clip attaches to its alarm (same device and sequence); a box that sends no alarm
+            # messages still gets one alarm per clip, summarised from the signed header.
+            summary = {"format": "appliance-clip-header", "pattern": header.pattern,
+                       "profile": dict(header.profile), "event_window_ms": list(header.event_window_ms),
+                       "event_wall_unix_ms": list(header.clip_wall_unix_ms), "frames": header.frames}
+            tx.execute(
+                "INSERT INTO alarms(alarm_id, device_id, sequence, pattern, created_unix_ms, received_unix_ms, "
+                "updated_unix_ms, body_json, clip_id) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(alarm_id) DO UPDATE "
+                "SET clip_id=excluded.clip_id, updated_unix_ms=excluded.updated_unix_ms",
+                (alarm_id(header.device_id, header.sequence), header.device_id, header.sequence, header.pattern,
+                 header.created_unix_ms, now, now, canonical_json(summary).decode("ascii"), sha[:16]))
         return True
 
     def highest_sequence(self, device_id: str) -> int:
@@ -174,7 +210,12 @@ class ClipStore:
         return 0 if row is None else int(row[0])
 
     def get(self, clip_id: str) -> StoredClip:
-        row = self.db.execute("SELECT * FROM clips WHERE clip_id=?", (clip_id,)).fetchone()
+        """A clip by its alarm id (``walk-box-01#2``) or its envelope-hash clip id."""
+        pair = split_alarm_id(clip_id)
+        if pair is not None:
+            row = self._row_for(*pair)
+        else:
+            row = self.db.execute("SELECT * FROM clips WHERE clip_id=?", (clip_id,)).fetchone()
         if row is None:
             raise InputError(f"no stored clip {clip_id!r} (see 'appliance station list')")
         return self._clip(row)
@@ -205,11 +246,15 @@ class ClipStore:
 
     def remove(self, clip_id: str) -> tuple[StoredClip, int]:
         """Removes the envelope's bytes (every copy), then its row (retention); the device's
-        sequence floor stays. Returns the clip and how many files/object versions went."""
+        sequence floor stays; the alarm of the same id goes too. Returns the clip and how many
+        files/object versions went."""
         clip = self.get(clip_id)
         removed = self.blobs.delete(clip.location)
-        with self.db.durable():   # a deletion must not come back as a dangling row
-            self.db.execute("DELETE FROM clips WHERE clip_id=?", (clip_id,))
+        # The alarm message of the same id (its skeletons) goes with it: skeletons are personal
+        # data too, kept no longer than the clip.
+        with self.db.durable(), self.db.transaction() as tx:   # must not come back as a dangling row
+            tx.execute("DELETE FROM clips WHERE clip_id=?", (clip.clip_id,))
+            tx.execute("DELETE FROM alarms WHERE device_id=? AND sequence=?", (clip.device_id, clip.sequence))
         return clip, removed
 
     def delete_clip(self, clip_id: str) -> StoredClip:
@@ -238,7 +283,60 @@ class ClipStore:
         with self.db.durable(), self.db.transaction() as tx:
             for clip_id in gone:
                 tx.execute("DELETE FROM clips WHERE clip_id=?", (clip_id,))
+                # the alarm's skeletons go with its clip (as in remove)
+                tx.execute("DELETE FROM alarms WHERE device_id=? AND sequence=?",
+                           (clips[clip_id].device_id, clips[clip_id].sequence))
         return outcome
+
+    # -- alarms -----------------------------------------------------------------------
+
+    def store_alarm(self, parsed: ParsedAlarm) -> tuple[StoredAlarm, bool]:
+        """Stores a *signature-verified* alarm message; returns (alarm, duplicate).
+
+        Raises :class:`AlarmConflict` when other bytes already hold this alarm id.
+        """
+        now = int(time.time() * 1000)
+        body = parsed.body
+        with self.db.transaction() as tx:
+            row = tx.execute("SELECT message_sha256 FROM alarms WHERE alarm_id=?", (parsed.alarm_id,)).fetchone()
+            if row is not None and row["message_sha256"]:
+                if row["message_sha256"] != parsed.sha256:
+                    raise AlarmConflict(f"{parsed.alarm_id} already holds another alarm message")
+                duplicate = True
+            else:
+                duplicate = False
+                # A clip that came first (it should not: alarms use the priority lane) keeps its
+                # clip_id; the message replaces the header summary.
+                tx.execute(
+                    "INSERT INTO alarms(alarm_id, device_id, sequence, pattern, created_unix_ms, received_unix_ms, "
+                    "updated_unix_ms, message_sha256, message, body_json) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT(alarm_id) DO UPDATE SET message_sha256=excluded.message_sha256, "
+                    "message=excluded.message, body_json=excluded.body_json, pattern=excluded.pattern, "
+                    "created_unix_ms=excluded.created_unix_ms, updated_unix_ms=excluded.updated_unix_ms",
+                    (parsed.alarm_id, parsed.device_id, parsed.sequence, body["pattern"], body["created_unix_ms"],
+                     now, now, parsed.sha256, parsed.data, parsed.raw_body.decode("ascii")))
+                tx.execute(
+                    "INSERT INTO devices_seen(device_id, last_seen_unix_ms, last_kind) VALUES (?,?,'alarm') "
+                    "ON CONFLICT(device_id) DO UPDATE SET last_seen_unix_ms=excluded.last_seen_unix_ms, "
+                    "last_kind=excluded.last_kind", (parsed.device_id, now))
+        return self.get_alarm(parsed.alarm_id), duplicate
+
+    def get_alarm(self, alarm_id_: str) -> StoredAlarm:
+        row = self.db.execute("SELECT * FROM alarms WHERE alarm_id=?", (alarm_id_,)).fetchone()
+        if row is None:
+            raise InputError(f"no alarm {alarm_id_!r} (see 'appliance station list')")
+        return alarm_from_row(row)
+
+    def alarm_message(self, alarm_id_: str) -> bytes | None:
+        row = self.db.execute("SELECT message FROM alarms WHERE alarm_id=?", (alarm_id_,)).fetchone()
+        return None if row is None or row["message"] is None else bytes(row["message"])
+
+    def list_alarms(self, *, since_unix_ms: int | None = None) -> list[StoredAlarm]:
+        sql, args = "SELECT * FROM alarms", []
+        if since_unix_ms is not None:
+            sql += " WHERE updated_unix_ms >= ?"
+            args.append(since_unix_ms)
+        return [alarm_from_row(r) for r in self.db.execute(sql + " ORDER BY received_unix_ms, alarm_id", args)]
 
     # -- devices seen, heartbeats, checkpoints -----------------------------------------
 
@@ -287,6 +385,12 @@ class ClipStore:
                 for r in self.db.execute(
                     "SELECT received_unix_ms, checkpoint_json FROM checkpoints WHERE device_id=? ORDER BY id",
                     (device_id,))]
+
+
+def alarm_from_row(row: Any) -> StoredAlarm:
+    return StoredAlarm(row["alarm_id"], row["device_id"], row["sequence"], row["pattern"], row["created_unix_ms"],
+                       row["received_unix_ms"], row["updated_unix_ms"], row["message_sha256"],
+                       json.loads(row["body_json"]), row["clip_id"])
 
 
 def checkpoints_for(station_dir: str | Path, device_id: str) -> list[dict[str, Any]]:

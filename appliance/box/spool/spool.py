@@ -3,6 +3,8 @@
 Layout of the spool directory (one device per box)::
 
     <dir>/<sequence:016d>.<device_id>.env   pending envelopes, sent in sequence order
+    <dir>/<sequence:016d>.<device_id>.alarm pending alarm messages (docs/alarm-message.md): the
+                                            priority lane, sent before any envelope
     <dir>/tmp/                              half-written files (removed at start-up)
     <dir>/rejected/                         envelopes the station refused permanently (kept)
     <dir>/sequence/<device_id>              last sequence number handed out (monotonic)
@@ -35,6 +37,7 @@ from appliance.common.errors import ApplianceError
 
 STALE_TMP_S = 600.0  # a put() takes well under a second; older temp files are wreckage
 _NAME_RE = re.compile(r"(\d{16})\.([A-Za-z0-9._-]{1,64})\.env")
+_ALARM_RE = re.compile(r"(\d{16})\.([A-Za-z0-9._-]{1,64})\.alarm")
 _DEVICE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -146,10 +149,10 @@ class Spool:
     # -- envelopes --------------------------------------------------------------------
 
     @staticmethod
-    def _scan(directory: Path) -> list[SpoolEntry]:
+    def _scan(directory: Path, pattern: re.Pattern[str] = _NAME_RE) -> list[SpoolEntry]:
         entries = []
         for p in directory.iterdir():
-            m = _NAME_RE.fullmatch(p.name)
+            m = pattern.fullmatch(p.name)
             if not m:
                 continue
             try:
@@ -165,7 +168,27 @@ class Spool:
         return self._scan(self.dir)
 
     def rejected(self) -> list[SpoolEntry]:
-        return self._scan(self._rejected)
+        return self._scan(self._rejected) + self._scan(self._rejected, _ALARM_RE)
+
+    def pending_alarms(self) -> list[SpoolEntry]:
+        """Alarm messages waiting for the station's ack (the priority lane), oldest first."""
+        return self._scan(self.dir, _ALARM_RE)
+
+    def put_alarm(self, message: bytes, *, device_id: str, sequence: int) -> SpoolEntry:
+        """Stores a signed alarm message for ``device_id#sequence`` (the sequence its clip will carry).
+
+        Alarm messages are small (skeletons only) and are never refused for space: an alarm
+        must reach the black monitor even when the spool is full of clips.
+        """
+        if not _DEVICE_RE.fullmatch(device_id):
+            raise ApplianceError(f"device id {device_id!r} must match {_DEVICE_RE.pattern}")
+        path = self.dir / f"{sequence:016d}.{device_id}.alarm"
+        with self._locked():
+            if path.exists() or (self._rejected / path.name).exists():
+                raise ApplianceError(f"{path.name}: alarm {device_id}#{sequence} is already spooled")
+            atomic_write(path, message, self._tmp)
+        self._audit("spool.insert", device_id=device_id, sequence=sequence, bytes=len(message), lane="alarm")
+        return SpoolEntry(path, device_id, sequence, len(message))
 
     def health(self) -> SpoolHealth:
         pending, rejected = self.pending(), self.rejected()

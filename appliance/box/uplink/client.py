@@ -282,16 +282,19 @@ class Uplink:
             log.warning("station refused our heartbeat: %s", reply.reason)
         return reply
 
-    def send_entry(self, entry: SpoolEntry) -> str:
-        """One attempt: 'stored'/'duplicate' (acked, removed), 'rejected' (moved aside), or raises."""
+    def send_entry(self, entry: SpoolEntry, kind: bytes = p.ENVELOPE) -> str:
+        """One attempt: 'stored'/'duplicate' (acked, removed), 'rejected' (moved aside), or raises.
+
+        ``kind``: ``ENVELOPE`` (a sealed clip) or ``ALARM`` (an alarm message, docs/alarm-message.md).
+        """
         try:
             data = entry.read()
         except FileNotFoundError:
             return "gone"
         sha = hashlib.sha256(data).hexdigest()
-        reply = self.client.request(p.ENVELOPE, data)
+        reply = self.client.request(kind, data)
         if reply.ok:
-            if reply.body.get("envelope_sha256") != sha:
+            if reply.body.get("envelope_sha256" if kind == p.ENVELOPE else "alarm_sha256") != sha:
                 raise UplinkTimeout("ack names other bytes than we sent")
             self.spool.ack(entry, envelope_sha256=sha, status=reply.status)
             self.sent += 1
@@ -304,7 +307,16 @@ class Uplink:
             return "rejected"
         raise UplinkTimeout(f"station could not store it: {reply.reason}")
 
-    def run(self, stop: threading.Event, *, idle_poll_s: float = 0.2,
+    def send_alarms(self) -> int:
+        """The priority lane: every pending alarm message, before any clip; returns how many went."""
+        sent = 0
+        for entry in self.spool.pending_alarms():
+            status = self.send_entry(entry, p.ALARM)
+            if status in ("stored", "duplicate"):
+                sent += 1
+        return sent
+
+    def run(self, stop: threading.Event, *, idle_poll_s: float = 0.1,
             on_tick: Callable[[], None] | None = None) -> None:
         """Loops until ``stop`` is set: heartbeats when due, envelopes oldest first, back-off on failure.
 
@@ -317,14 +329,17 @@ class Uplink:
                 if time.monotonic() >= self._next_heartbeat:
                     self._next_heartbeat = time.monotonic() + self.heartbeat_s
                     self.send_heartbeat()
+                alarms = self.send_alarms()
                 pending = self.spool.pending()
-                if not pending:
+                if not pending and not alarms:
                     self.client.drain_monitor()
                     stop.wait(idle_poll_s)
                     continue
                 for entry in pending:
                     if stop.is_set() or time.monotonic() >= self._next_heartbeat:
                         break  # a long backlog must not starve the heartbeats
+                    if self.spool.pending_alarms():
+                        break  # an alarm overtakes the clips still queued
                     self.send_entry(entry)
                     self.backoff.reset()
                     self.last_error = ""

@@ -122,8 +122,47 @@ CREATE TABLE IF NOT EXISTS legal_holds (
 CREATE INDEX IF NOT EXISTS legal_holds_clip ON legal_holds (clip_id)
 """
 
-STATION_SQLITE: list[tuple[int, str]] = [(1, _STATION_SQLITE_1)]
-STATION_POSTGRESQL: list[tuple[int, str]] = [(1, _STATION_POSTGRESQL_1)]
+# Version 2 (issue 13): the alarms, one row per alarm id "<device_id>#<sequence>": the signed
+# alarm message (docs/alarm-message.md) sent when the trigger fired, and the clip (same device
+# and sequence) once it arrived. The console reads it; retention deletes a row with its clip.
+_STATION_SQLITE_2 = """
+CREATE TABLE IF NOT EXISTS alarms (
+    alarm_id          TEXT PRIMARY KEY,
+    device_id         TEXT NOT NULL,
+    sequence          INTEGER NOT NULL,
+    pattern           TEXT NOT NULL,
+    created_unix_ms   INTEGER NOT NULL,
+    received_unix_ms  INTEGER NOT NULL,
+    updated_unix_ms   INTEGER NOT NULL,
+    message_sha256    TEXT NOT NULL DEFAULT '',
+    message           BLOB,
+    body_json         TEXT NOT NULL,
+    clip_id           TEXT,
+    UNIQUE (device_id, sequence)
+);
+CREATE INDEX IF NOT EXISTS alarms_updated ON alarms (updated_unix_ms)
+"""
+
+_STATION_POSTGRESQL_2 = """
+CREATE TABLE alarms (
+    alarm_id          TEXT PRIMARY KEY,
+    device_id         TEXT NOT NULL,
+    sequence          BIGINT NOT NULL,
+    pattern           TEXT NOT NULL,
+    created_unix_ms   BIGINT NOT NULL,
+    received_unix_ms  BIGINT NOT NULL,
+    updated_unix_ms   BIGINT NOT NULL,
+    message_sha256    TEXT NOT NULL DEFAULT '',
+    message           BYTEA,
+    body_json         TEXT NOT NULL,
+    clip_id           TEXT,
+    UNIQUE (device_id, sequence)
+);
+CREATE INDEX alarms_updated ON alarms (updated_unix_ms)
+"""
+
+STATION_SQLITE: list[tuple[int, str]] = [(1, _STATION_SQLITE_1), (2, _STATION_SQLITE_2)]
+STATION_POSTGRESQL: list[tuple[int, str]] = [(1, _STATION_POSTGRESQL_1), (2, _STATION_POSTGRESQL_2)]
 HOLDS_SQLITE: list[tuple[int, str]] = [(1, _HOLDS_SQLITE_1)]
 
 assert [v for v, _ in STATION_SQLITE] == [v for v, _ in STATION_POSTGRESQL], "one version list per dialect"

@@ -1,0 +1,181 @@
+// The console's only script: live alarms (Server-Sent Events), sound, keyboard, skeleton canvas.
+// No inline script anywhere (the Content-Security-Policy forbids it); data comes from data-*
+// attributes and same-origin JSON.
+"use strict";
+
+const EDGES = [[15, 13], [13, 11], [16, 14], [14, 12], [11, 12], [5, 11], [6, 12], [5, 6], [5, 7], [6, 8],
+  [7, 9], [8, 10], [1, 2], [0, 1], [0, 2], [1, 3], [2, 4], [3, 5], [4, 6]];
+const COLOURS = ["#ff3b30", "#0af", "#ffd400", "#30d158", "#bf5af2", "#ff9f0a"];
+window.consoleState = { seen: [], soundArmed: false, beeps: 0 };
+
+let audio = null;
+function armSound() {
+  audio = audio || new (window.AudioContext || window.webkitAudioContext)();
+  audio.resume();
+  window.consoleState.soundArmed = true;
+  const b = document.getElementById("arm-sound");
+  if (b) { b.textContent = "Sound armed"; }
+}
+function beep() {
+  window.consoleState.beeps += 1;
+  if (!audio) { return; }
+  const o = audio.createOscillator(), g = audio.createGain();
+  o.frequency.value = 880; g.gain.value = 0.2;
+  o.connect(g); g.connect(audio.destination);
+  o.start(); o.stop(audio.currentTime + 0.4);
+}
+
+function utc(ms) { return new Date(ms).toISOString().replace("T", " ").slice(0, 19) + "Z"; }
+
+function alarmItem(a) {
+  const li = document.createElement("li");
+  li.className = "alarm new " + (a.kind || "behaviour");
+  li.dataset.alarmId = a.alarm_id;
+  li.dataset.created = a.created_unix_ms;
+  const link = document.createElement("a");
+  link.href = "/alarms/" + encodeURIComponent(a.alarm_id);
+  const parts = [["pattern", a.pattern], ["device", a.device_id], ["time", utc(a.created_unix_ms)], ["state", "new"],
+    ["clip", a.kind === "device_stale" ? "" : (a.clip ? "clip stored" : "clip follows")]];
+  for (const [cls, text] of parts) {
+    const s = document.createElement(cls === "pattern" ? "strong" : "span");
+    s.className = cls; s.textContent = text; link.appendChild(s);
+  }
+  li.appendChild(link);
+  return li;
+}
+
+function startMonitor() {
+  const list = document.getElementById("alarms");
+  const live = document.getElementById("live");
+  const armButton = document.getElementById("arm-sound");
+  if (armButton) { armButton.addEventListener("click", armSound); }
+  const source = new EventSource("/events");
+  source.onopen = () => { live.textContent = "live"; live.classList.add("connected"); };
+  source.onerror = () => { live.textContent = "reconnecting"; live.classList.remove("connected"); };
+  source.addEventListener("alarm", (e) => {
+    const a = JSON.parse(e.data);
+    if (list.querySelector(`[data-alarm-id="${CSS.escape(a.alarm_id)}"]`)) { return; }
+    list.prepend(alarmItem(a));
+    document.body.classList.add("lit");
+    window.consoleState.seen.push({ alarm_id: a.alarm_id, latency_ms: Date.now() - a.created_unix_ms });
+    beep();
+  });
+  source.addEventListener("alarm-update", (e) => {
+    const a = JSON.parse(e.data);
+    const li = list.querySelector(`[data-alarm-id="${CSS.escape(a.alarm_id)}"]`);
+    if (li && a.clip) { li.querySelector(".clip").textContent = "clip stored"; }
+  });
+  source.addEventListener("workflow", (e) => {
+    const w = JSON.parse(e.data);
+    const li = list.querySelector(`[data-alarm-id="${CSS.escape(w.alarm_id)}"]`);
+    if (!li) { return; }
+    if (w.state === "closed") { li.remove(); } else {
+      li.classList.remove("new"); li.classList.add(w.state);
+      li.querySelector(".state").textContent = `${w.state} (${w.owner})`;
+    }
+    if (!list.children.length) { document.body.classList.remove("lit"); }
+  });
+  let selected = -1;
+  document.addEventListener("keydown", (e) => {
+    if (e.target.matches("input, textarea, select")) { return; }
+    const items = Array.from(list.children);
+    if (e.key === "s" || e.key === "S") { armSound(); return; }
+    if (!items.length) { return; }
+    if (e.key === "j" || e.key === "k") {
+      selected = Math.max(0, Math.min(items.length - 1, selected + (e.key === "j" ? 1 : -1)));
+      items.forEach((li, i) => li.classList.toggle("selected", i === selected));
+      items[selected].querySelector("a").focus();
+    } else if (e.key === "Enter" && selected >= 0) {
+      items[selected].querySelector("a").click();
+    }
+  });
+}
+
+function startAlarmPage() {
+  const canvas = document.getElementById("skeleton");
+  if (canvas) { drawSkeletons(canvas); }
+  // The clip arriving, or another person claiming or closing this alarm, shows at once.
+  const detail = document.querySelector(".alarm-detail");
+  const source = new EventSource("/events");
+  source.addEventListener("alarm-update", (e) => {
+    const a = JSON.parse(e.data);
+    if (a.alarm_id === detail.dataset.alarmId && a.clip) { document.getElementById("clip").textContent = "stored"; }
+  });
+  source.addEventListener("workflow", (e) => {
+    const w = JSON.parse(e.data);
+    if (w.alarm_id === detail.dataset.alarmId) {
+      document.getElementById("state").textContent = `${w.state} (${w.owner})`;
+    }
+  });
+  const verdictForm = document.getElementById("verdict-form");
+  const codes = document.getElementById("reason-code");
+  function filterCodes(verdict) {
+    if (!codes) { return; }
+    let first = null;
+    for (const o of codes.options) {
+      o.hidden = o.dataset.verdict !== verdict;
+      if (!o.hidden && !first) { first = o; }
+    }
+    if (first) { codes.value = first.value; }
+  }
+  if (verdictForm) {
+    verdictForm.addEventListener("change", (e) => { if (e.target.name === "verdict") { filterCodes(e.target.value); } });
+  }
+  document.addEventListener("keydown", (e) => {
+    if (e.target.matches("input, textarea, select")) { if (e.key === "Escape") { e.target.blur(); } return; }
+    const key = e.key.toLowerCase();
+    if (key === "escape") { window.location.href = "/"; }
+    if (key === "c" && document.getElementById("claim")) { document.getElementById("claim").click(); }
+    if (["t", "f", "u"].includes(key) && verdictForm) {
+      const v = { t: "true", f: "false", u: "unclear" }[key];
+      const radio = document.getElementById("verdict-" + v);
+      radio.checked = true; filterCodes(v); codes.focus();
+    }
+    if (key === "r" && document.getElementById("reveal-reason")) {
+      e.preventDefault(); document.getElementById("reveal-reason").focus();
+    }
+  });
+}
+
+async function drawSkeletons(canvas) {
+  const response = await fetch(canvas.dataset.src, { credentials: "same-origin" });
+  if (!response.ok) { canvas.dataset.error = String(response.status); return; }
+  const data = await response.json();
+  const sk = data.skeletons;
+  if (!sk || !sk.frames.length) { canvas.dataset.frames = "0"; return; }
+  const [w, h] = sk.frame_size;
+  const scale = Math.min(canvas.width / w, canvas.height / h);
+  const ctx = canvas.getContext("2d");
+  const tracks = data.tracks;
+  canvas.dataset.frames = String(sk.frames.length);
+  let i = 0;
+  function frame() {
+    const f = sk.frames[i % sk.frames.length];
+    ctx.fillStyle = "#050505"; ctx.fillRect(0, 0, canvas.width, canvas.height);
+    ctx.lineWidth = 3;
+    for (const p of f.persons) {
+      const colour = COLOURS[tracks.indexOf(p.track) % COLOURS.length];
+      ctx.strokeStyle = colour; ctx.fillStyle = colour;
+      const pt = (k) => [p.kp[k][0] / 10 * scale, p.kp[k][1] / 10 * scale, p.kp[k][2]];
+      for (const [a, b] of EDGES) {
+        const [ax, ay, ac] = pt(a), [bx, by, bc] = pt(b);
+        if (ac < 300 || bc < 300) { continue; }
+        ctx.beginPath(); ctx.moveTo(ax, ay); ctx.lineTo(bx, by); ctx.stroke();
+      }
+      ctx.font = "14px sans-serif";
+      ctx.fillText("#" + p.track, p.box[0] / 10 * scale, Math.max(12, p.box[1] / 10 * scale - 4));
+    }
+    ctx.fillStyle = "#9a9a9a";
+    ctx.fillText(`${(f.t_ms / 1000).toFixed(1)} s`, 8, canvas.height - 8);
+    canvas.dataset.drawn = String(i + 1);
+    i += 1;
+    if (i < 100000) { setTimeout(() => requestAnimationFrame(frame), 100); }
+  }
+  frame();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const page = document.body.dataset.page;
+  if (page === "monitor") { startMonitor(); }
+  if (page === "alarm") { startAlarmPage(); }
+});
