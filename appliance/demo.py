@@ -190,6 +190,8 @@ class Demo:
         if not alarms:
             raise DemoError(f"the fight clip raised no alarm: the default detector missed {self.fight.name} "
                             "(see logs/box-*.log)")
+        for line in self._alarm_lines():
+            say(f"  station: {line}")
         clips = self._wait_for_clips(alarms)
         for clip in clips:
             alarm = f"{clip['device_id']}#{clip['sequence']}"
@@ -307,6 +309,18 @@ class Demo:
             raise DemoError(f"`appliance run` failed (exit {proc.returncode}):\n{log_path.read_text()[-3000:]}")
         return alarms
 
+    def _alarm_lines(self) -> list[str]:
+        """The station receiver's log lines for alarm messages (skeletons only, sent at once,
+        ahead of the clip), in plain words; none when this version has no alarm messages."""
+        log_path = self.work / "logs" / "station.log"
+        out = []
+        for line in log_path.read_text().splitlines() if log_path.exists() else []:
+            m = re.search(r"alarm (\S+#\d+) stored \((\w+), (\d+) skeleton frames\)", line)
+            if m:
+                out.append(f"alarm {m.group(1)} arrived at once ({m.group(2)}, {m.group(3)} skeleton frames, no "
+                           "pixels): the console shows it; its sealed clip follows")
+        return out
+
     def _clips(self) -> list[dict]:
         out = self.appliance("station", "list", "--station-dir", str(self.station), "--json")
         return [json.loads(line) for line in out.splitlines() if line.strip()]
@@ -331,7 +345,11 @@ class Demo:
         out = self.appliance("audit", "verify", str(station_log), check=False)
         say("  station log: " + (out.strip().splitlines() or ["(no output)"])[0])
         report = self.work / "audit-report.html"
-        self.appliance("audit", "report", str(box_log), str(station_log), "--format", "html",
+        logs = [str(box_log), str(station_log)]
+        console_log = self.work / "console" / "audit.jsonl"
+        if console_log.exists():
+            logs.append(str(console_log))
+        self.appliance("audit", "report", *logs, "--station-dir", str(self.station), "--format", "html",
                        "-o", str(report))
         say(f"  audit report (who triggered, who viewed which alarm and why, when each clip is deleted): {report}")
 

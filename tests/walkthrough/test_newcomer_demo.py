@@ -25,7 +25,11 @@ def test_make_demo_once_shows_the_product(tmp_path):
     assert "permitted by" not in hug.split("[7]")[0] and "nothing raised: no clip was made" in hug
     assert re.search(r"box log: +OK ", out) and re.search(r"station log: +OK ", out)
     report = re.search(r"audit report .*: (\S+audit-report\.html)", out).group(1)
-    assert (tmp_path / "demo" / "audit-report.html").exists() and report.endswith("audit-report.html")
-    assert "Operator console" in out and re.search(r"Demo done in \d+ s", out)
+    page = (tmp_path / "demo" / "audit-report.html").read_text()
+    assert report.endswith("audit-report.html") and "demo-box-01#" in page and "TAMPERED" not in page
+    assert re.search(r"Demo done in \d+ s", out)
+    # the console (issue 13) is started with a one-time login, and the alarm messages reach it
+    assert re.search(r"Operator console: http://127\.0\.0\.1:\d+ +\(one-time demo login: user \S+, password \S+\)", out)
+    assert re.search(r"station: alarm demo-box-01#\d+ arrived at once", out)
     # --once stopped everything it started: the station's log says so
     assert "station stopped" in (tmp_path / "demo" / "logs" / "station.log").read_text()

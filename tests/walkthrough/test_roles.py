@@ -165,7 +165,7 @@ def test_data_protection_officer(walk):
     assert re.search(r"legal hold #1 by dpo\.meyer until 2027-01-3\d .*; deleted after 2027-01-3", dry.stdout), dry.out
     assert "0 would delete, 1 under legal hold" in dry.stderr
     html = (walk.shell.cwd / "walk/report.html").read_text()
-    assert "All times in time zone" in html and "walk-box-01#1" in html
+    assert "All times in time zone" in html and "walk-box-01#1" in html and "TAMPERED" not in html
     assert "case 2026-0042: checking the alarm" in html and "Refused access attempts (1)" in html
     assert ("installation: checking privacy masks and zones" in html and "Polizeigesetz" in html) or "PolG" in html
     js = walk.shell.run("appliance audit report walk/box/audit/audit.jsonl walk/station/audit.jsonl --format json")

@@ -63,6 +63,9 @@ def register(sub) -> None:
     r.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     r.add_argument("--key", type=Path, action="append", default=[], help="trusted public key(s) for the "
                    "integrity column (PEM)")
+    r.add_argument("--station-dir", "--station", dest="station", type=Path, metavar="DIR",
+                   help="also trust the keys this station knows for the integrity column: every registered "
+                        "device's and the station's own (as `verify --station-dir` does)")
     r.add_argument("--config", type=Path, help="appliance/station config for retention periods")
     r.add_argument("--grace", type=float, default=None, help="seconds past a deadline still on time "
                    "(default: audit.retention_grace_s, 1800)")
@@ -132,6 +135,26 @@ def _station_checkpoints(station: Path, device: str | None) -> list[Any]:
     from appliance.station.store import checkpoints_for
     return [item.get("checkpoint", item) if isinstance(item, dict) else item
             for item in checkpoints_for(station, device)]
+
+
+def _station_known_keys(station: Path) -> dict[str, list[Any]]:
+    """Log device id → the keys to trust for it: every registered device's signing key (disabled
+    ones too) and, for the station's own log (device "station"), the station's signing key."""
+    from appliance.contracts.keys import load_signing_public_key
+    from appliance.station.keys import StationKeyPaths
+    from appliance.station.registry import DeviceRegistry
+    if not _has_station_db(station):
+        raise InputError(f"no station database in {station} (fix: --station-dir DIR of the station)")
+    registry = DeviceRegistry(station)
+    try:
+        keys = {d.device_id: [k] for d in registry.list_devices()
+                if (k := registry.signing_public_any(d.device_id)) is not None}
+    finally:
+        registry.close()
+    own = StationKeyPaths.of(station).signing_public
+    if own.exists():
+        keys["station"] = [load_signing_public_key(own)]
+    return keys
 
 
 def _registered_key(station: Path, device: str) -> Any:
@@ -212,6 +235,7 @@ def cmd_report(args) -> int:
     start = parse_time(args.start) if args.start else end - REPORT_DEFAULT_DAYS * 86400
     zone = check_time_zone(args.tz or _local_zone())
     report = build_report(args.logs, start, end, keys=_keys(args.key),
+                          keys_by_device=_station_known_keys(args.station) if args.station is not None else None,
                           grace_s=grace, default_retention_hours=policy.default_hours,
                           retention_hours=dict(policy.per_profile), time_zone=zone)
     text = RENDERERS[args.format](report)

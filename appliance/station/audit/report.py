@@ -53,7 +53,7 @@ _LISTED = frozenset({"trigger.permitted", "retention.delete", "hold.set", "hold.
 #: Records of a person looking at pixels outside the alarm path (installation previews).
 PIXEL_ACCESSES = frozenset({"provision.preview"})
 #: Access attempts the station refused (no operator or reason, unknown clip, ...).
-REFUSED_ACCESSES = frozenset({"station.access_refused"})
+REFUSED_ACCESSES = frozenset({"station.access_refused", "console.refused", "console.login_failed"})
 # Before the window, the retention check needs a clip's lifecycle (stored, held, deleted).
 _LIFECYCLE = frozenset({"station.stored", "retention.delete", "hold.set", "hold.release"})
 _KNOWN = frozenset({"trigger.permitted", "detection.not_permitted", "frames.hourly", "retention.delete",
@@ -163,7 +163,8 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
                  keys: Sequence[Ed25519PublicKey] = (), grace_s: float = DEFAULT_GRACE_S,
                  default_retention_hours: float = DEFAULT_RETENTION_HOURS,
                  retention_hours: dict[str, float] | None = None, now: float | None = None,
-                 time_zone: str = "UTC") -> dict[str, Any]:
+                 time_zone: str = "UTC", keys_by_device: dict[str, list[Ed25519PublicKey]] | None = None,
+                 ) -> dict[str, Any]:
     """Records of processing for ``[start, end)`` (Unix seconds) over ``logs``."""
     if end <= start:
         raise InputError(f"--to {utc_iso(end)} must be after --from {utc_iso(start)}")
@@ -174,7 +175,10 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
     tally = _Tally()
     for path in map(Path, logs):
         recs, device, origin = _load(path, start, end, tally)
-        result = verify_log(path, keys)
+        # A log is checked against the keys given, plus those the station knows for the device
+        # its genesis names (`--station-dir`); a log of another origin (the console's) keeps
+        # its own genesis key, stated as self-asserted.
+        result = verify_log(path, [*keys, *(keys_by_device or {}).get(device, [])])
         log_rows.append({"path": str(path), "origin": origin, "device": device, "records": result.records,
                          "intact": result.ok, "first_problem": str(result.first) if result.first else None,
                          "key_source": result.key_source})
@@ -207,6 +211,8 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
                     alarm_of_envelope[env] = f"{dev}#{seq}"
 
     def alarm(fields: dict[str, Any]) -> str | None:
+        if isinstance(fields.get("alarm_id"), str):      # the console and the station's alarm records
+            return fields["alarm_id"]
         cid = fields.get("clip_id")
         if isinstance(cid, str) and cid in alarm_of_clip:
             return alarm_of_clip[cid]
@@ -235,9 +241,13 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
                                f"{r.fields.get('out', '')}, masks: {', '.join(r.fields.get('masks') or []) or 'none'}",
                        "sha256": r.fields.get("sha256")}
                       for r in in_window if r.kind in PIXEL_ACCESSES]
-    refused = [{"time": utc_iso(r.t), "action": r.fields.get("action"), "alarm": alarm(r.fields),
-                "clip_id": r.fields.get("clip_id"), "operator": r.fields.get("operator") or "",
-                "reason": r.fields.get("reason") or "", "why_refused": r.fields.get("refused")}
+    refused = [{"time": utc_iso(r.t), "kind": r.kind,
+                "action": (r.fields.get("action") or r.fields.get("layer") or r.fields.get("permission")
+                           or ("login" if r.kind == "console.login_failed" else r.fields.get("path"))),
+                "alarm": alarm(r.fields), "clip_id": r.fields.get("clip_id"),
+                "operator": r.fields.get("operator") or r.fields.get("user") or "",
+                "reason": r.fields.get("reason") if r.kind == "station.access_refused" else "",
+                "why_refused": r.fields.get("refused") or r.fields.get("reason") or r.kind}
                for r in in_window if r.kind in REFUSED_ACCESSES]
     exported_deleted = [{**a, "deleted_at": deleted_at[a["clip_id"]]} for a in accesses
                         if a["action"] == "export" and a["clip_id"] in deleted_at]
