@@ -67,7 +67,7 @@ def test_tamper_state_audited_on_change_and_listed_with_exit_4(tmp_path, capsys)
             third = create_device_keys(tmp_path / "box-new", "box-new")
             enrol_device(station_dir, third)
             heartbeat(cy, yard, tamper_health(["moved"]))
-            assert main(["station", "devices", "list", "--dir", str(station_dir)]) == 3
+            assert main(["station", "devices", "list", "--dir", str(station_dir), "--grace", "0"]) == 3
             err = capsys.readouterr().err
             assert "box-yard (moved)" in err and "stale: 1" in err
         finally:
