@@ -257,6 +257,9 @@ def test_reveal_needs_a_reason_and_full_video_needs_another_persons_approval(con
     assert sup.post(f"/approvals/{req['id']}", data={"csrf": scsrf, "decision": "approve",
                                                       "reason": "case confirmed by the duty officer"}).status_code == 303
     assert console.store.approved_full(alarm_id, "operator")["decided_by"] == "supervisor"
+    page = op.get(f"/alarms/{url(alarm_id)}").text
+    assert f"appliance station export '{alarm_id}' OUT_DIR --operator operator" in page
+    assert "approved by supervisor: case 2026-117" in page
     kinds = [(r["kind"], r.get("reason")) for r in audit_records(console_dir)]
     assert ("console.refused", "no reason given") in kinds
     assert ("console.full_video_approved", "case confirmed by the duty officer") in kinds
