@@ -237,7 +237,8 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
                     "profile": pipeline.profile.ref.id, "camera": camera,
                     "last_frame_wall": source.health.last_frame_wall, "uptime_s": round(now - started, 1),
                     "frames": pipeline.stats.frames, "analysed_frames": pipeline.stats.analysed_frames,
-                    "clips_sealed": sealer.sealed, "clips_refused_spool_full": sealer.refused,
+                    "alarms_sent": sealer.alarms, "clips_sealed": sealer.sealed,
+                    "clips_refused_spool_full": sealer.refused,
                     "written_wall": time.time()}, device_id=cfg.device.id, signing_key=sealer.signing_key)
                 # Anchor a quiet tail too: checkpoints reach the station with the heartbeats.
                 audit.maybe_checkpoint()

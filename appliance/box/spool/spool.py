@@ -65,6 +65,7 @@ class SpoolHealth:
     rejected: int
     used_bytes: int
     max_bytes: int
+    alarms_pending: int = 0   # alarm messages waiting in the priority lane
 
     @property
     def full_fraction(self) -> float:
@@ -74,7 +75,7 @@ class SpoolHealth:
         return {"spool_depth": self.pending, "spool_bytes": self.pending_bytes,
                 "spool_rejected": self.rejected, "spool_used_bytes": self.used_bytes,
                 "spool_max_bytes": self.max_bytes,
-                "spool_full_fraction": round(self.full_fraction, 4)}
+                "spool_full_fraction": round(self.full_fraction, 4), "spool_alarms": self.alarms_pending}
 
 
 class Spool:
@@ -194,7 +195,8 @@ class Spool:
         pending, rejected = self.pending(), self.rejected()
         pending_bytes = sum(e.size for e in pending)
         return SpoolHealth(len(pending), pending_bytes, len(rejected),
-                           pending_bytes + sum(e.size for e in rejected), self.max_bytes)
+                           pending_bytes + sum(e.size for e in rejected), self.max_bytes,
+                           len(self.pending_alarms()))
 
     def put(self, envelope: bytes, *, device_id: str, sequence: int) -> SpoolEntry:
         """Stores an envelope durably; raises :class:`SpoolFullError` if it does not fit."""

@@ -31,7 +31,8 @@ class DeviceState:
         return {"device_id": self.device_id, "description": self.description, "enabled": self.enabled,
                 "last_seen_unix_ms": self.last_seen_unix_ms, "silent_s": self.silent_s, "stale": self.stale,
                 "camera": pixel.get("camera", "-"), "analysis_fps": pixel.get("analysis_fps", "-"),
-                "spool_depth": h.get("spool_depth", "-"),
+                "spool_depth": h.get("spool_depth", "-"), "alarms_waiting": h.get("spool_alarms", "-"),
+                "alarms_sent": pixel.get("alarms_sent", "-"),
                 "quarantined": h.get("quarantined", h.get("spool_quarantined", h.get("spool_rejected", "-"))),
                 "tamper": pixel.get("tamper", h.get("tamper", "-")), "pixel_signed": h.get("pixel_signed", False)}
 
