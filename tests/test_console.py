@@ -290,7 +290,7 @@ def test_device_panel_shows_health_and_a_stale_device_raises_a_console_alarm(sit
     enrol_device(station_dir, silent)
     running = start_console(station_dir, console_dir)
     try:
-        c = httpx.Client(base_url=running.url)
+        c = httpx.Client(base_url=running.url, timeout=60)
         login = c.post("/login", data={"username": "operator", "password": PASSWORD})
         cookie = login.headers["set-cookie"].split(";")[0]
         headers = {"Cookie": cookie, "Accept": "application/json"}
@@ -401,7 +401,7 @@ def test_tls_certificate_from_setup_serves_https_with_a_host_cookie(site, capsys
     running = start_console(station_dir, console_dir, tls_cert=cert, tls_key=key)
     try:
         assert running.url.startswith("https://127.0.0.1:")
-        with httpx.Client(base_url=running.url, verify=ssl.create_default_context(cafile=str(cert))) as c:
+        with httpx.Client(base_url=running.url, verify=ssl.create_default_context(cafile=str(cert)), timeout=60) as c:
             r = c.post("/login", data={"username": name, "password": password})
             assert r.status_code == 303
             assert r.headers["set-cookie"].startswith("__Host-console=")
