@@ -6,12 +6,13 @@ Keys are passed around as Z85 ``bytes`` (40 characters), as pyzmq's socket optio
 
 from __future__ import annotations
 
-import os
+import tempfile
 from pathlib import Path
 
 import zmq
 import zmq.auth
 
+from appliance.common.durable import atomic_write
 from appliance.contracts.keys import KeyFileError, fingerprint_bytes
 
 
@@ -22,12 +23,13 @@ def generate_curve_keypair(directory: str | Path, name: str, *, overwrite: bool 
     public_file, secret_file = directory / f"{name}.key", directory / f"{name}.key_secret"
     if not overwrite and (public_file.exists() or secret_file.exists()):
         raise KeyFileError(f"{secret_file}: already exists; refusing to overwrite a key")
-    # Create the secret file 0600 before zmq.auth writes into it, so it is never world-readable.
-    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.close(fd)
-    pub, sec = zmq.auth.create_certificates(directory, name)
-    os.chmod(sec, 0o600)
-    return Path(pub), Path(sec)
+    # zmq.auth writes the certificate files (its format) into a private 0700 directory; they
+    # are then put in place durably, the secret one 0600 (never world-readable on the way).
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".curve-") as tmp:
+        pub, sec = zmq.auth.create_certificates(tmp, name)
+        atomic_write(secret_file, Path(sec).read_bytes(), mode=0o600, exact_mode=True, replace=overwrite)
+        atomic_write(public_file, Path(pub).read_bytes(), mode=0o666, replace=overwrite)
+    return public_file, secret_file
 
 
 def load_curve_public(path: str | Path) -> bytes:
