@@ -103,7 +103,8 @@ class Spool:
         now = time.time()
         for p in self._tmp.glob(".*.tmp"):
             try:
-                pid = int(p.name.rsplit(".", 2)[-2])
+                # common.durable.atomic_write names them ".<name>.<pid>.<serial>.tmp"
+                pid = int(p.name.rsplit(".", 3)[-3])
                 stale = now - p.stat().st_mtime > STALE_TMP_S
             except (ValueError, FileNotFoundError):
                 continue
