@@ -18,7 +18,7 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(APP) analyze samples/demo_skeleton.mp4 --profile bw-polg-44-4
+	$(APP) demo
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "appliance.box.provision.cli",
     "appliance.station.audit.cli",
     "appliance.box.pose.cli",
+    "appliance.demo",
 )
 
 

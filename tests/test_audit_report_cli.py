@@ -100,7 +100,8 @@ def test_report_counts_accesses_and_retention(tmp_path):
     assert report["not_permitted"] == {"total": 2, "by_pattern": {"fall": 1, "lying": 1},
                                        "by_rule": {"not-listed": 1, "patterns.fall.permitted": 1}}
     assert report["clips"]["stored"] == 4 and report["clips"]["exported"] == 1 and report["clips"]["deleted"] == 2
-    assert report["accesses"] == [{"time": "2026-03-02T07:00:00.000000Z", "action": "export", "clip_id": "c1" * 8,
+    assert report["accesses"] == [{"time": "2026-03-02T07:00:00.000000Z", "action": "export",
+                                   "alarm": "cam-paradeplatz#1", "clip_id": "c1" * 8,
                                    "operator": "officer.k", "reason": "case 2026-114 <b>assault</b>",
                                    "device": "cam-paradeplatz"}]
     assert report["frames"] == {"analysed": 36000, "discarded": 9000}
@@ -149,10 +150,12 @@ def test_html_and_csv(tmp_path):
     assert rows[0] == ["section", "name", "value", "detail"]
     assert ["triggers", "total", "4", ""] in rows
     assert ["triggers_by_pattern", "strike", "2", ""] in rows
-    assert ["access", "c1" * 8, "export", ("2026-03-02T07:00:00.000000Z operator=officer.k "
+    # one alarm id (device#sequence) and human-readable times in the stated zone
+    assert ["period", "time_zone", "UTC", "every time below is in this zone"] in rows
+    assert ["access", "cam-paradeplatz#1", "export", ("2026-03-02 07:00:00 UTC operator=officer.k "
             "reason=case 2026-114 <b>assault</b>")] in rows
     assert sorted(r[1] for r in rows if r[0] == "retention_violation") == ["c3" * 8, "c4" * 8]
-    report["accesses"][0]["clip_id"] = "=HYPERLINK(\"http://x\")"     # a hostile value from a log
+    report["accesses"][0]["alarm"] = "=HYPERLINK(\"http://x\")"     # a hostile value from a log
     rows = list(csv.reader(io.StringIO(render_csv(report))))
     assert [r[1] for r in rows if r[0] == "access"] == ["'=HYPERLINK(\"http://x\")"]
 

@@ -355,8 +355,11 @@ def test_strace_permitted_trigger_writes_only_to_memfd(profiles_dir, tmp_path):
     found = effects(calls)
     names = [n for n, _ in found]
     assert not NETWORK_CALLS & set(names), found
+    # the clip's memfd, and the one appliance.common.video opens the VP8 writer with: it takes
+    # OpenCV's stderr text for that one call (the VP80 warning), never pixels
     memfds = [r for n, r in found if n == "memfd_create"]
-    assert memfds and all('"appliance-clip"' in r for r in memfds)
+    assert memfds and all('"appliance-clip"' in r or '"appliance-stderr"' in r for r in memfds)
+    assert any('"appliance-clip"' in r for r in memfds)
     for name, rest in found:
         if name == "memfd_create":
             continue

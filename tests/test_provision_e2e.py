@@ -16,7 +16,7 @@ from appliance.box.provision.enrolment import import_bundle
 from appliance.cli import main
 from appliance.common.errors import InputError
 from appliance.contracts.canonical import canonical_json
-from appliance.contracts.enrolment import BUNDLE_CONTEXT
+from appliance.contracts.enrolment import BUNDLE_CONTEXT, normalise_fingerprint
 from appliance.contracts.keys import public_key_fingerprint, raw_public
 from appliance.contracts.layout import DeviceLayout
 from appliance.station.keys import generate_station_keys
@@ -105,7 +105,9 @@ def test_enrol_import_and_check_against_a_live_station(tmp_path, capsys, station
     wrong = "0000:0000:0000:0000"
     code, out = run(capsys, "provision", "import", str(bundle), "--config", str(cfg),
                     "--station-fingerprint", wrong)
-    assert code == 2 and "not by the station you named" in out, out
+    assert code == 2 and "not signed by the station whose fingerprint you typed" in out, out
+    # a wrong fingerprint never prints the right one (a hurried technician would copy it)
+    assert normalise_fingerprint(fingerprint) not in normalise_fingerprint(out), out
     assert state_snapshot(tmp_path) == before
 
     # 3. import with the fingerprint the station printed (colons/case do not matter)
@@ -153,7 +155,7 @@ def test_a_bundle_re_signed_by_another_station_is_refused(tmp_path, capsys, stat
     doc["body"]["endpoint"] = "tcp://198.51.100.66:7100"
     doc["signature"] = base64.b64encode(evil_key.sign(BUNDLE_CONTEXT + canonical_json(doc["body"]))).decode()
     before = state_snapshot(tmp_path)
-    with pytest.raises(InputError, match="not by the station you named"):
+    with pytest.raises(InputError, match="not signed by the station whose fingerprint you typed"):
         import_bundle(cfg, json.dumps(doc).encode(), fingerprint)
     assert state_snapshot(tmp_path) == before
     # the fingerprint is the trust anchor: the bundle's own claim is only shown, never trusted

@@ -137,8 +137,15 @@ def test_preview_burns_masks_in_and_is_recorded(tmp_path):
     image = cv2.imread(str(out))
     h, w = image.shape[:2]
     assert (entry["width"], entry["height"]) == (w, h) == (960, 540)
-    assert image[:, : int(w * 0.25) - 2].max() == 0          # masked strip is black
+    strip = slice(0, int(w * 0.25) - 2)
+    assert (image[:, strip] == 0).mean() > 0.8               # masked strip is black but for grid and labels
     assert image[:, int(w * 0.3):].max() > 50                 # the rest shows the scene
+    # no scene pixel shows through the mask: grid and labels are drawn the same on any scene
+    cfg = load_config(cfg_path)
+    scene = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    a, b = render_preview(cfg, scene), render_preview(cfg, 255 - scene)
+    assert np.array_equal(a[:, strip], b[:, strip]) and not np.array_equal(a[:, int(w * 0.3):], b[:, int(w * 0.3):])
+    assert entry["warnings"] == [] and entry["reason"].startswith("installation")
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     log = [json.loads(line) for line in DeviceLayout(tmp_path / "state").provision_log.read_text().splitlines()]
     assert log[-1]["action"] == "preview" and log[-1]["masks"] == ["left"] and log[-1]["out"] == str(out)
@@ -152,7 +159,10 @@ def test_render_preview_outlines_zones_without_touching_masks(tmp_path):
     cfg = load_config(masked_config(tmp_path))
     frame = np.full((100, 200, 3), 200, np.uint8)
     out = render_preview(cfg, frame)
-    assert out[:, :48].max() == 0 and out[50, 40 * 2 + 1].tolist() != [200, 200, 200]
+    other = render_preview(cfg, np.full_like(frame, 90))
+    # the masked strip shows only the grid and the mask's label, the same whatever the scene
+    assert np.array_equal(out[:, :48], other[:, :48]) and (out[:, :48] == 0).mean() > 0.5
+    assert out[50, 40 * 2 + 1].tolist() != [200, 200, 200]
     assert frame.min() == 200  # input untouched
 
 
@@ -195,6 +205,16 @@ def test_network_command_writes_both_dropins(tmp_path, capsys):
     pixel = (tmp_path / "u/appliance-pixel.service.d/10-camera.conf").read_text()
     uplink = (tmp_path / "u/appliance-uplink.service.d/10-station.conf").read_text()
     assert "IPAddressAllow=192.0.2.10" in pixel and "IPAddressAllow=203.0.113.5" in uplink
+
+
+def test_preview_warns_about_a_zone_under_masks(tmp_path):
+    cfg_path = masked_config(tmp_path)
+    doc = tomllib.loads(cfg_path.read_text())
+    doc["zones"].append({"name": "hidden", "polygon": [[0.05, 0.1], [0.2, 0.1], [0.2, 0.3], [0.05, 0.3]]})
+    cfg_path.write_text(tomli_w.dumps(doc))
+    entry = write_preview(cfg_path, tmp_path / "p.png", reason="site survey 2026-12-01")
+    assert len(entry["warnings"]) == 1 and "'hidden' lies entirely under privacy masks" in entry["warnings"][0]
+    assert "site survey 2026-12-01" in DeviceLayout(tmp_path / "state").audit_log.read_text()
 
 
 def test_a_bundle_with_several_receivers_provisions_failover_endpoints(tmp_path):

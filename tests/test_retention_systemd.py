@@ -63,9 +63,9 @@ def test_exec_start_runs_against_a_station(tmp_path):
     argv = shlex.split(unit_settings(SERVICE)["ExecStart"][0])
     assert argv[0] == INSTALLED_EXEC
     args = argv[1:]
-    args[args.index("--station") + 1] = str(station)
+    args[args.index("--station-dir") + 1] = str(station)
     build_parser().parse_args(args)                             # a real command of this CLI
     proc = subprocess.run([LOCAL_EXEC, *args], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert "0 deleted, 0 held, 0 within retention, 0 error(s)" in proc.stderr
+    assert "0 deleted, 0 under legal hold (0 of them past their expiry), 0 within retention, 0 error(s)" in proc.stderr
     assert (station / "audit.jsonl").read_text().count('"kind":"retention.run"') == 1

@@ -62,7 +62,7 @@ def unit_argv(unit: Path, station_dir: Path) -> list[str]:
     argv = shlex.split(unit_settings(unit)["ExecStart"][0])
     assert argv[0] == INSTALLED_EXEC
     args = argv[1:]
-    args[args.index("--dir") + 1] = str(station_dir)
+    args[args.index("--station-dir") + 1] = str(station_dir)
     build_parser().parse_args(args)  # a real command of this CLI
     return args
 
@@ -173,7 +173,7 @@ def test_watch_unit_exec_start_exits_3_with_the_device_ids_then_0(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "stale" not in proc.stderr
     # the unit's serve default binds every address; the watch and serve share the station dir
-    assert unit_settings(SERVE)["ExecStart"][0].endswith(f"station serve --dir {STATION_DIR}")
+    assert unit_settings(SERVE)["ExecStart"][0].endswith(f"station serve --station-dir {STATION_DIR}")
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/unshare").exists(),

@@ -196,7 +196,7 @@ def test_station_receiver_unit_settings():
         if value is not None:
             assert value in s.get(key, []), f"{key}={value} missing"
     assert s["User"] == ["appliance-station"] and s["Group"] == ["appliance-station"]
-    assert s["ExecStart"] == [f"/opt/appliance/.venv/bin/appliance station serve --dir {STATION_DIR}"]
+    assert s["ExecStart"] == [f"/opt/appliance/.venv/bin/appliance station serve --station-dir {STATION_DIR}"]
     assert s["StateDirectory"] == ["appliance-station"] and s["StateDirectoryMode"] == ["0750"]
     assert s["UMask"] == ["0027"]        # station.db group-readable for the console
     assert "ReadWritePaths" not in s                     # the state directory is the only writable path
@@ -211,7 +211,7 @@ def test_station_receiver_unit_settings():
 def test_station_watch_unit_and_timer_settings():
     s = unit_settings(SYSTEMD_DIR / "appliance-station-watch.service")
     assert s["Type"] == ["oneshot"] and "Restart" not in s
-    assert s["ExecStart"] == [f"/opt/appliance/.venv/bin/appliance station devices list --dir {STATION_DIR} "
+    assert s["ExecStart"] == [f"/opt/appliance/.venv/bin/appliance station devices list --station-dir {STATION_DIR} "
                               "--stale-after 120"]
     assert s["User"] == ["appliance-station"] and s["Group"] == ["appliance-station"]
     assert s["ReadWritePaths"] == [STATION_DIR]        # SQLite WAL readers write station.db-shm

@@ -43,7 +43,11 @@ class CameraConfig:
     reconnect_initial_s: float = opt(0.5, lo=0.05, hi=60, fix="first reconnect delay in seconds, e.g. 0.5")
     reconnect_max_s: float = opt(30.0, lo=0.1, hi=3600, fix="longest reconnect delay in seconds, e.g. 30")
     loop: bool = opt(False, fix="true to replay a video file forever (demo/soak only)")
-    realtime: bool = opt(False, fix="true to pace a video file at its own frame rate, as a live camera would")
+    # A video file is paced at its own frame rate by default, as a live camera would deliver it;
+    # false (or `appliance run --fast`) reads it as fast as possible, still analysed at analysis.fps
+    # of its own timeline. Ignored for a live camera.
+    realtime: bool = opt(True, fix="true to pace a video file at its own frame rate (default), false to "
+                                   "analyse it as fast as possible (same as `appliance run --fast`)")
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from appliance import __version__
-from appliance.box.capture import open_source
+from appliance.box.capture import FileSource, open_source
 from appliance.box.config import AppConfig
-from appliance.box.runtime import Pipeline
+from appliance.box.runtime import Pipeline, analyse_video
 from appliance.box.spool.spool import Spool, SpoolFullError
 from appliance.common.errors import ApplianceError
 from appliance.common.service import (
@@ -140,7 +140,13 @@ class ClipSealer:
 
 
 def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: float | None = None,
-               notifier: ServiceNotifier | None = None) -> int:
+               notifier: ServiceNotifier | None = None, fast: bool = False) -> int:
+    """Runs until SIGTERM/SIGINT, ``max_seconds``, or the end of a video file (not looped).
+
+    ``fast`` (a file source only): no capture thread and no wall-clock pacing; every frame is
+    read in order and analysed on the analysis-rate grid of its presentation time, as
+    `appliance analyze` does, so the same frames are analysed however fast the machine is.
+    """
     configure_logging("appliance-pixel")
     stop = install_signal_handlers()
     notifier = notifier or ServiceNotifier()
@@ -152,11 +158,18 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
     sealer = ClipSealer(cfg, spool, audit)
 
     def on_decision(d: Decision) -> None:
+        e = d.event
         if not d.permitted:
             # Pattern and time only: no track ids, no positions, never pixels.
-            audit.append("detection.not_permitted", pattern=d.event.pattern.value,
-                         start=round(d.event.start_t, 3), end=round(d.event.end_t, 3),
+            audit.append("detection.not_permitted", pattern=e.pattern.value,
+                         start=round(e.start_t, 3), end=round(e.end_t, 3),
                          profile=d.profile.id, rule=d.rule)
+            log.info("%s detected at %.1f-%.1f s, not permitted by %s (%s): no clip", e.pattern.value,
+                     e.start_t, e.end_t, d.profile.id, d.rule)
+            return
+        log.warning("ALARM %s at %.1f-%.1f s (confidence %.2f, tracks %s), permitted by %s (%s): "
+                    "sealing a clip for the station", e.pattern.value, e.start_t, e.end_t, e.confidence,
+                    ",".join(map(str, e.track_ids)), d.profile.id, d.rule)
 
     notifier.extend_timeout(60)   # model load + first frame can take a while on a cold box
     def on_trigger(trigger: Trigger, skeletons: dict) -> None:
@@ -175,8 +188,15 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
     if camera_cfg is None:   # `appliance run` refuses such a config before it gets here
         raise ApplianceError("a [camera] table with source = ... is required to run the daemon")
     source = open_source(camera_cfg, cfg.ring.max_width)
+    is_file = isinstance(source, FileSource)
+    if fast and not is_file:
+        raise ApplianceError(f"--fast needs a video file as camera.source, not {redact_url(camera_cfg.source)} "
+                             "(fix: drop --fast for a live camera)")
+    # camera.realtime = false is the config spelling of --fast (a file only).
+    fast = fast or (is_file and not camera_cfg.realtime)
     capture_stop = threading.Event()
     capture_done = threading.Event()
+    health = _HealthTicker(cfg, pipeline, source, spool, sealer, audit, notifier, capture_done)
 
     def capture() -> None:
         try:
@@ -189,24 +209,25 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
         finally:
             capture_done.set()
 
-    capture_thread = threading.Thread(target=capture, name="capture", daemon=True)
-    capture_thread.start()
+    capture_thread = None
+    if not fast:
+        capture_thread = threading.Thread(target=capture, name="capture", daemon=True)
+        capture_thread.start()
+    pace = "as fast as possible" if fast else ("paced at its frame rate" if is_file else "live")
     notifier.ready(f"analysing {redact_url(camera_cfg.source)} at {cfg.analysis.fps:g} fps, "
                    f"profile {pipeline.profile.ref.id}")
-    log.info("appliance %s running: camera %s, profile %s, model %s", __version__, redact_url(camera_cfg.source),
-             pipeline.profile.ref.id, pipeline.pose.entry.name)
+    log.info("appliance %s running: camera %s (%s), analysing at %g fps, profile %s, model %s", __version__,
+             redact_url(camera_cfg.source), pace, cfg.analysis.fps, pipeline.profile.ref.id, pipeline.pose.entry.name)
 
     started = time.monotonic()
     last_index = -1
-    last_health = 0.0
-    last_counts = started
-    counted_frames = counted_analysed = 0
-    recent: list[float] = []
     finished_stream = False
-    health_path = cfg.health_file
-    persons = 0
+    ended_at_eof = False
     try:
-        while not stop.is_set():
+        if fast:
+            finished_stream = ended_at_eof = _run_fast(pipeline, source, sealer, health, stop, started,
+                                                       max_seconds)
+        while not fast and not stop.is_set():
             loop_t = time.monotonic()
             if max_seconds is not None and loop_t - started >= max_seconds:
                 break
@@ -214,46 +235,26 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
             if frame is not None and frame.index != last_index:
                 last_index = frame.index
                 result = pipeline.analyse(frame)
-                persons = len(result.tracked.persons)
-                recent.append(loop_t)
+                health.analysed(loop_t, len(result.tracked.persons))
             elif capture_done.is_set() and not finished_stream:
                 # A file source ended (a live source never ends): close open episodes.
                 pipeline.finish()
                 finished_stream = True
                 for clip in pipeline.due_clips(final=True):
                     sealer(clip)
+                if is_file:
+                    ended_at_eof = True
+                    break
             for clip in pipeline.due_clips():
                 sealer(clip)
-            now = time.monotonic()
-            if now - last_health >= HEALTH_PERIOD_S:
-                last_health = now
-                recent = [r for r in recent if now - r <= 10.0]
-                fps = len(recent) / min(10.0, max(1e-3, now - started))
-                sh = spool.health()
-                camera = "ok" if source.health.connected else ("ended" if capture_done.is_set() else "reconnecting")
-                notifier.health(fps=fps, persons=persons, spool_depth=sh.pending, camera=camera)
-                write_signed_health(health_path, {
-                    "version": __version__, "analysis_fps": round(fps, 2), "model_sha256": pipeline.pose.model_sha256,
-                    "profile": pipeline.profile.ref.id, "camera": camera,
-                    "last_frame_wall": source.health.last_frame_wall, "uptime_s": round(now - started, 1),
-                    "frames": pipeline.stats.frames, "analysed_frames": pipeline.stats.analysed_frames,
-                    "alarms_sent": sealer.alarms, "clips_sealed": sealer.sealed,
-                    "clips_refused_spool_full": sealer.refused,
-                    "written_wall": time.time()}, device_id=cfg.device.id, signing_key=sealer.signing_key)
-                # Anchor a quiet tail too: checkpoints reach the station with the heartbeats.
-                audit.maybe_checkpoint()
-            notifier.ping()
-            if now - last_counts >= COUNTS_PERIOD_S:
-                st = pipeline.stats
-                audit.append("frames.hourly", analysed=st.analysed_frames - counted_analysed,
-                             discarded=(st.frames - counted_frames) - (st.analysed_frames - counted_analysed))
-                counted_frames, counted_analysed, last_counts = st.frames, st.analysed_frames, now
+            health.tick()
             # Sleep until the next analysis slot; never queue behind slow inference.
             stop.wait(max(0.0, pipeline.analysis_period - (time.monotonic() - loop_t)))
     finally:
         notifier.stopping("stopping: sealing triggered clips, dropping all other pixels")
         capture_stop.set()
-        capture_thread.join(timeout=10)
+        if capture_thread is not None:
+            capture_thread.join(timeout=10)
         if not finished_stream:
             pipeline.finish()
         for clip in pipeline.due_clips(final=True):
@@ -263,12 +264,98 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
                 log.exception("sealing a triggered clip at shutdown failed")
         pipeline.drop_pixels()
         st = pipeline.stats
+        health.count_frames(final=True)
         audit.append("appliance.stop", frames=st.frames, analysed=st.analysed_frames, clips=sealer.sealed,
                      refused=sealer.refused)
         audit.checkpoint()
         audit.close()
         log.info("stopped: %d frames, %d analysed, %d clips sealed", st.frames, st.analysed_frames, sealer.sealed)
+    if ended_at_eof:
+        st = pipeline.stats
+        wall = time.monotonic() - started
+        print(f"end of file {redact_url(camera_cfg.source)}: {st.seconds:.1f} s of video in {wall:.1f} s, {st.frames} frames, "
+              f"{st.analysed_frames} analysed at {cfg.analysis.fps:g} fps; {st.events} events "
+              f"({st.permitted} permitted, {st.not_permitted} not permitted); {sealer.sealed} clip(s) sealed "
+              f"into {cfg.spool_dir}" + (f", {sealer.refused} refused (spool full)" if sealer.refused else ""),
+              flush=True)
     return 0
+
+
+def _run_fast(pipeline: Pipeline, source, sealer: ClipSealer, health: _HealthTicker, stop: threading.Event,
+              started: float, max_seconds: float | None) -> bool:
+    """Reads the whole file in order (``--fast``); True when it reached the end of the file."""
+    reached_end = True
+
+    def frames():
+        nonlocal reached_end
+        for item in source.frames(stop):
+            yield item
+            health.tick()
+            if max_seconds is not None and time.monotonic() - started >= max_seconds:
+                reached_end = False
+                return
+        if stop.is_set():
+            reached_end = False
+
+    analyse_video(pipeline, frames(), on_clip=sealer,
+                  on_result=lambda res: health.analysed(time.monotonic(), len(res.tracked.persons)))
+    return reached_end
+
+
+class _HealthTicker:
+    """Health to systemd and <spool>/health.json every HEALTH_PERIOD_S; frame counts to the audit
+    log every hour and at stop (so the officer's report counts every analysed frame)."""
+
+    def __init__(self, cfg: AppConfig, pipeline: Pipeline, source, spool: Spool, sealer: ClipSealer,
+                 audit: AuditLog, notifier: ServiceNotifier, capture_done: threading.Event):
+        self.cfg, self.pipeline, self.source, self.spool = cfg, pipeline, source, spool
+        self.sealer, self.audit, self.notifier, self.capture_done = sealer, audit, notifier, capture_done
+        self.started = time.monotonic()
+        self.last_health = 0.0
+        self.last_counts = self.started
+        self.counted_frames = self.counted_analysed = 0
+        self.recent: list[float] = []
+        self.persons = 0
+
+    def analysed(self, when: float, persons: int) -> None:
+        self.recent.append(when)
+        self.persons = persons
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self.last_health >= HEALTH_PERIOD_S:
+            self.last_health = now
+            self.recent = [r for r in self.recent if now - r <= 10.0]
+            fps = len(self.recent) / min(10.0, max(1e-3, now - self.started))
+            sh = self.spool.health()
+            src = self.source
+            camera = "ok" if src.health.connected else ("ended" if self.capture_done.is_set() else "reconnecting")
+            self.notifier.health(fps=fps, persons=self.persons, spool_depth=sh.pending, camera=camera)
+            st = self.pipeline.stats
+            write_signed_health(self.cfg.health_file, {
+                "version": __version__, "analysis_fps": round(fps, 2), "model_sha256": self.pipeline.pose.model_sha256,
+                "profile": self.pipeline.profile.ref.id, "camera": camera,
+                "last_frame_wall": src.health.last_frame_wall, "uptime_s": round(now - self.started, 1),
+                "frames": st.frames, "analysed_frames": st.analysed_frames,
+                "alarms_sent": self.sealer.alarms, "clips_sealed": self.sealer.sealed,
+                "clips_refused_spool_full": self.sealer.refused,
+                "written_wall": time.time()}, device_id=self.cfg.device.id, signing_key=self.sealer.signing_key)
+            # Anchor a quiet tail too: checkpoints reach the station with the heartbeats.
+            self.audit.maybe_checkpoint()
+        self.notifier.ping()
+        if now - self.last_counts >= COUNTS_PERIOD_S:
+            self.count_frames()
+
+    def count_frames(self, *, final: bool = False) -> None:
+        """Appends `frames.hourly` for the frames since the previous one (at stop: if any)."""
+        st = self.pipeline.stats
+        analysed = st.analysed_frames - self.counted_analysed
+        decoded = st.frames - self.counted_frames
+        if final and decoded == 0:
+            return
+        self.audit.append("frames.hourly", analysed=analysed, discarded=decoded - analysed)
+        self.counted_frames, self.counted_analysed = st.frames, st.analysed_frames
+        self.last_counts = time.monotonic()
 
 
 def _sha256_file(path: str | None) -> str:

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from appliance.common.errors import InputError
+from appliance.common.video import open_vp8_writer
 from appliance.contracts.types import SKELETON_EDGES, TrackedFrame
 
 MIN_KEYPOINT_CONF = 0.3
@@ -61,7 +62,7 @@ class OverlayWriter:
     def write(self, image: np.ndarray) -> None:
         if self._writer is None:
             h, w = image.shape[:2]
-            self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter.fourcc(*"VP80"), self.fps, (w, h))
+            self._writer = open_vp8_writer(self.path, self.fps, (w, h))
             if not self._writer.isOpened():
                 raise InputError(f"--overlay {self.path}: cannot open a VP8 WebM writer there")
         self._writer.write(draw_tracked(image, self._tracked))

@@ -32,6 +32,10 @@ def register(sub) -> None:
     r.add_argument("--config", required=True, help="appliance TOML config, e.g. /etc/appliance/appliance.toml")
     r.add_argument("--max-seconds", type=float, default=None,
                    help="stop after this many seconds (tests and soak runs)")
+    r.add_argument("--fast", action="store_true",
+                   help="camera.source is a video file: read it as fast as possible instead of at its own "
+                        "frame rate, still analysing analysis.fps frames per second of video (the default "
+                        "paces a file like a live camera); the daemon exits at the end of a file either way")
     r.set_defaults(func=cmd_run)
 
 
@@ -172,5 +176,5 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if cfg.camera is None:
         raise InputError(f"{args.config}: a [camera] table with source = ... is required for `run`")
-    return run_daemon(cfg, config_path=args.config, max_seconds=args.max_seconds)
+    return run_daemon(cfg, config_path=args.config, max_seconds=args.max_seconds, fast=args.fast)
 

@@ -155,9 +155,11 @@ def verify_bundle(data: bytes, typed_fingerprint: str) -> StationBundle:
         raise BundleError("the station fingerprint must have 16 hex digits, e.g. 3fa2:91c0:7be4:0d15 "
                           "(fix: type it exactly as the station printed it)")
     if typed != normalise_fingerprint(fp):
-        raise BundleError(f"the bundle was signed by station key {fp}, not by the station you named "
-                          f"({typed_fingerprint}); refusing it (fix: get the bundle from the station again "
-                          "and compare the fingerprint with the operator)")
+        # Never print the bundle's own fingerprint here: a hurried technician would copy it.
+        raise BundleError(f"the bundle was not signed by the station whose fingerprint you typed "
+                          f"({typed_fingerprint}); refusing it, nothing was changed (fix: ask the station "
+                          "operator to read the station fingerprint again; if it is what you typed, the "
+                          "bundle is not from that station: get it from the station again)")
     public = Ed25519PublicKey.from_public_bytes(raw)
     signature = _unb64(doc.get("signature"), "signature", BundleError)
     try:

@@ -15,6 +15,7 @@ import time
 import cv2
 import numpy as np
 
+from appliance.common.video import open_vp8_writer
 from appliance.contracts.types import Clip, Decision, Event, Pattern, ProfileRef, Trigger
 
 
@@ -23,7 +24,7 @@ def encode_webm(frames: list[np.ndarray], fps: float) -> bytes:
     fd, path = tempfile.mkstemp(suffix=".webm")
     os.close(fd)
     try:
-        writer = cv2.VideoWriter(path, cv2.VideoWriter.fourcc(*"VP80"), fps, (w, h))
+        writer = open_vp8_writer(path, fps, (w, h))
         if not writer.isOpened():
             raise RuntimeError("OpenCV cannot write VP8 WebM here")
         for f in frames:

@@ -1,11 +1,11 @@
 """`appliance station ...`: keys, the receiver, listing, and decryption for an operator.
 
-    appliance station keygen  --dir DIR [--kem MLKEM768_X25519|X25519] [--force]
-    appliance station serve   --dir DIR [--bind tcp://0.0.0.0:7100] [--ready-file F]
-    appliance station list    --dir DIR [--device ID] [--json]
-    appliance station export  CLIP_ID OUT_DIR --dir DIR --operator NAME --reason TEXT
-    appliance station decrypt ENVELOPE_FILE OUT_DIR --dir DIR --operator NAME --reason TEXT
-    appliance station devices list --dir DIR
+    appliance station keygen  --station-dir DIR [--kem MLKEM768_X25519|X25519] [--force]
+    appliance station serve   --station-dir DIR [--bind tcp://0.0.0.0:7100] [--ready-file F]
+    appliance station list    --station-dir DIR [--device ID] [--json]
+    appliance station export  CLIP_ID OUT_DIR --station-dir DIR --operator NAME --reason TEXT
+    appliance station decrypt ENVELOPE_FILE OUT_DIR --station-dir DIR --operator NAME --reason TEXT
+    appliance station devices list --station-dir DIR
     appliance station devices add ...     (appliance/station/devices.py)
 """
 
@@ -30,7 +30,9 @@ STALE_AFTER_S = 120.0
 
 
 def _dir_arg(p: argparse.ArgumentParser, *, storage: bool = True) -> None:
-    p.add_argument("--dir", default=DEFAULT_DIR, type=Path,
+    # One name for the station directory in every station and audit command; --dir (the old
+    # spelling of the station commands) and --station (of the audit commands) still work.
+    p.add_argument("--station-dir", "--dir", dest="dir", default=DEFAULT_DIR, type=Path, metavar="DIR",
                    help=f"station directory (keys, database, envelopes); default {DEFAULT_DIR} "
                         f"or $APPLIANCE_STATION_DIR")
     if storage:
@@ -78,10 +80,12 @@ def register(sub) -> None:
     _dir_arg(p)
     p.add_argument("--device", help="only this device")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--config", type=Path, help="config with [audit] retention settings, as `audit retention run` "
+                   "uses (default: each profile's retention_hours, else 72 h)")
     p.set_defaults(func=cmd_list)
 
     p = ssub.add_parser("export", help="verify and decrypt a stored clip: WebM + metadata + report")
-    p.add_argument("clip_id")
+    p.add_argument("clip_id", metavar="CLIP", help="the alarm id DEVICE#SEQUENCE or the clip id, as `station list` shows")
     p.add_argument("out_dir", type=Path)
     _dir_arg(p)
     _access_args(p)
@@ -157,7 +161,10 @@ def cmd_keygen(args) -> int:
     print(f"station keys written to {paths.directory} (private files mode 0600)")
     for name, fp in fingerprints.items():
         print(f"  {name:<22} {fp}")
-    print("give every device these public files: " + ", ".join(str(p) for p in paths.public_files()))
+    print("devices receive the public keys inside the signed station bundle, never as loose files.")
+    print(f"next: start the receiver (appliance station serve --station-dir {args.dir}), then enrol each box: "
+          f"appliance station devices add REQUEST.enrol.json --station-dir {args.dir} "
+          "--endpoint tcp://HOST:7100 --profile bw-polg-44-4 --out bundle.json")
     return 0
 
 
@@ -230,6 +237,7 @@ def cmd_migrate(args) -> int:
 
 
 def cmd_list(args) -> int:
+    from appliance.station.clip_facts import clip_facts
     from appliance.station.store import ClipStore
 
     store = ClipStore(args.dir, settings=_settings(args))
@@ -237,18 +245,37 @@ def cmd_list(args) -> int:
         clips = store.list_clips(args.device)
     finally:
         store.close()
+    facts = clip_facts(args.dir, clips, config=args.config, settings=_settings(args))
+    rows = []
     for c in clips:
-        row = {"clip_id": c.clip_id, "device_id": c.device_id, "sequence": c.sequence, "pattern": c.pattern,
-               "created_unix_ms": c.created_unix_ms, "received_unix_ms": c.received_unix_ms, "bytes": c.bytes,
-               "profile": c.header.get("profile", {}).get("id", "")}
-        if args.json:
+        f = facts[c.clip_id]
+        rows.append({"clip_id": c.clip_id, "alarm": f"{c.device_id}#{c.sequence}", "device_id": c.device_id,
+                     "sequence": c.sequence, "pattern": c.pattern, "created_unix_ms": c.created_unix_ms,
+                     "received_unix_ms": c.received_unix_ms, "bytes": c.bytes,
+                     "profile": c.header.get("profile", {}).get("id", ""), **f})
+    if args.json:
+        for row in rows:
             print(json.dumps(row, sort_keys=True))
-        else:
-            received = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c.received_unix_ms / 1000))
-            print(f"{c.clip_id}  {c.device_id}#{c.sequence:<6} {c.pattern:<9} {row['profile']:<14} "
-                  f"{c.bytes:>10} B  received {received}Z")
-    if not args.json:
-        print(f"{len(clips)} clip(s)", file=sys.stderr)
+        return 0
+
+    def when(ms: float | None) -> str:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000)) if ms else "-"
+
+    zone = time.strftime("%Z")
+    table: list[tuple[str, ...]] = [("ALARM", "CLIP ID", "DEVICE", "PATTERN", f"RECEIVED ({zone})", f"EXPIRES ({zone})", "HELD",
+              "VIEWED", "CLIP")]
+    for r in rows:
+        held = f"until {when(r['held_until_unix_ms'])}" if r["held_until_unix_ms"] else "no"
+        complete = {True: "complete", False: f"INCOMPLETE ({r['covered_s']:.1f} of {r['requested_s']:.1f} s)",
+                    None: "?"}[r["complete"]]
+        table.append((r["alarm"], r["clip_id"], r["device_id"], r["pattern"], when(r["received_unix_ms"]),
+                      when(r["expires_unix_ms"]), held, f"{r['accesses']}x" if r["accesses"] else "never", complete))
+    widths = [max(len(str(cells[i])) for cells in table) for i in range(len(table[0]))]
+    for line in table:
+        print("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip())
+    incomplete = sum(r["complete"] is False for r in rows)
+    print(f"{len(clips)} clip(s)" + (f", {incomplete} shorter than their trigger asked for (see docs/clip.md, "
+                                     "\"Short clips\")" if incomplete else ""), file=sys.stderr)
     return 0
 
 
@@ -257,6 +284,10 @@ def _print_export(result) -> int:
     print(f"wrote {result.webm}, {result.metadata}, {result.report_path}")
     print(f"device {r['device_id']} (key {r['device_signing_key']}), sequence {r['sequence']}: signature valid")
     f = r["frames"]
+    w = r.get("window") or {}
+    if w.get("complete") is False:
+        (a, b), (c, d) = w["requested_s"], w["covered_s"]
+        print(f"INCOMPLETE clip: the trigger asked for {a:.1f}…{b:.1f} s, the clip holds {c:.1f}…{d:.1f} s: {w['note']}")
     if r["verdict"] == "intact":
         print(f"frames: {f['decoded']} decoded, all SHA-256 match the sealed list: intact")
         return 0
@@ -265,28 +296,59 @@ def _print_export(result) -> int:
     return 6
 
 
-def _audit_for_access(args) -> Any:
+def _audit_for_access(args, action: str) -> Any:
     from appliance.station.export import require_operator
 
-    require_operator(args.operator, args.reason)  # refuse before opening anything
+    try:
+        require_operator(args.operator, args.reason)  # refuse before opening any clip
+    except InputError as exc:
+        _record_refusal(args, action, str(exc))
+        raise
     return _station_audit(args.dir)
 
 
+def _record_refusal(args, action: str, why: str, audit: Any = None) -> None:
+    """A refused access attempt goes into the station's audit log too (the officer's report
+    lists them); best effort: the refusal itself must never be masked by a logging error."""
+    from appliance.common.errors import ApplianceError
+    from appliance.station.db import db_path
+
+    fields = {"action": action, "clip_id": getattr(args, "clip_id", None) or str(getattr(args, "envelope", "")),
+              "operator": (args.operator or "").strip(), "reason": (args.reason or "").strip(), "refused": why}
+    try:
+        if audit is not None:
+            audit.append("station.access_refused", **fields)
+        elif db_path(args.dir).exists():
+            log = _station_audit(args.dir)
+            try:
+                log.append("station.access_refused", **fields)
+            finally:
+                log.close()
+    except (ApplianceError, OSError) as exc:
+        logging.getLogger("appliance.station").warning("refused access not recorded: %s", exc)
+
+
 def cmd_export(args) -> int:
+    from appliance.station.clip_facts import resolve_clip_id
     from appliance.station.export import export_clip
 
-    audit = _audit_for_access(args)
+    audit = _audit_for_access(args, "export")
     try:
-        return _print_export(export_clip(args.dir, args.clip_id, args.out_dir, operator=args.operator, settings=_settings(args),
-                                         reason=args.reason, audit=audit))
+        args.clip_id = resolve_clip_id(args.dir, args.clip_id, _settings(args))
+        result = export_clip(args.dir, args.clip_id, args.out_dir, operator=args.operator, reason=args.reason,
+                             audit=audit, settings=_settings(args))
+    except InputError as exc:
+        _record_refusal(args, "export", str(exc), audit)
+        raise
     finally:
         audit.close()
+    return _print_export(result)
 
 
 def cmd_decrypt(args) -> int:
     from appliance.station.export import decrypt_envelope_to
 
-    audit = _audit_for_access(args)
+    audit = _audit_for_access(args, "decrypt")
     try:
         data = args.envelope.read_bytes()
     except OSError as exc:

@@ -20,10 +20,15 @@ from appliance.contracts.keys import hpke_public_from_bytes, load_signing_key, p
 from appliance.contracts.protocol import endpoint_host
 
 
-def add_arguments(p, *, station_dir_flag: str = "--dir") -> None:
+def add_arguments(p) -> None:
     p.add_argument("request", metavar="REQUEST", help="the device's enrolment request (*.enrol.json)")
-    p.add_argument(station_dir_flag, dest="station_dir", required=True, metavar="DIR",
+    # --station-dir as in every station and audit command; --dir is the old spelling.
+    p.add_argument("--station-dir", "--dir", dest="station_dir", required=True, metavar="DIR",
                    help="the station directory (keys/, station.db)")
+    p.add_argument("--fingerprint", metavar="XXXX:XXXX:XXXX:XXXX",
+                   help="the device's signing-key fingerprint as the technician read it from "
+                        "`provision init`/`enrol`; without it the command shows the request's "
+                        "fingerprint and asks you to compare (on a terminal)")
     p.add_argument("--endpoint", required=True, action="append", dest="endpoints", metavar="ENDPOINT",
                    help="the station endpoint the device connects to, e.g. tcp://203.0.113.5:7100; repeat for "
                         "several receivers (PostgreSQL + S3 tier, docs/storage.md), in failover order")
@@ -51,6 +56,7 @@ def cmd_add(args) -> int:
     out = Path(args.out)
     if out.exists():
         raise InputError(f"{out} already exists (fix: choose another --out or remove it)")
+    _confirm_device_fingerprint(parse_request(request).fingerprints, args.fingerprint)
     added = station_add_device(args.station_dir, request, endpoint=args.endpoints,
                                allowed_profiles=args.profiles, replace=args.replace)
     write_public_file(out, added.bundle)
@@ -58,8 +64,36 @@ def cmd_add(args) -> int:
           f"CURVE {added.device_fingerprints['curve']})")
     print(f"station bundle written to {out}")
     print(f"station fingerprint (read it to the technician): {added.station_fingerprint}")
+    print(f"next, on the box: appliance provision import {out.name} --config /etc/appliance/appliance.toml "
+          f"--station-fingerprint {added.station_fingerprint}")
     sys.stdout.flush()
     return 0
+
+
+def _confirm_device_fingerprint(fingerprints: dict[str, str], typed: str | None) -> None:
+    """The request travelled by USB stick or mail: its key is the device's only if the fingerprint
+    the technician reads from the box matches. Checked before anything is registered."""
+    from appliance.contracts.enrolment import normalise_fingerprint
+
+    signing = fingerprints["signing"]
+    if typed:
+        if normalise_fingerprint(typed) != normalise_fingerprint(signing):
+            # The request's own fingerprint is not printed: it is what an attacker's request would say.
+            raise InputError(f"the request's device key does not have the fingerprint you gave ({typed}); "
+                             "nothing was registered (fix: ask the technician to read the signing fingerprint "
+                             "`appliance provision enrol` printed on the box; if it is what you typed, the "
+                             "request is not from that box)")
+        print(f"device fingerprint {signing} matches the one you gave")
+        return
+    print(f"device signing fingerprint in the request: {signing}")
+    print("  compare it with the one the technician reads from the box (`provision enrol` printed it)")
+    if sys.stdin.isatty():
+        answer = input("does it match? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            raise InputError("not confirmed; nothing was registered (fix: compare the fingerprint with the "
+                             "technician, or pass --fingerprint)")
+    else:
+        print("  (not confirmed: no terminal; pass --fingerprint XXXX:XXXX:XXXX:XXXX to have it checked)")
 
 
 @dataclass(frozen=True)

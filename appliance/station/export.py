@@ -70,6 +70,24 @@ def frame_check(webm_path: Path, expected: list[str]) -> dict[str, Any]:
             "ok": not mismatched and len(decoded) == len(expected)}
 
 
+def window_summary(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What the clip covers against what its trigger asked for (docs/clip.md, "Short clips")."""
+    tracks = metadata.get("tracks")
+    window = tracks.get("window") if isinstance(tracks, dict) else None
+    if not isinstance(window, dict):
+        return {"complete": None, "note": "the clip does not record its window"}
+    out = {k: window.get(k) for k in ("requested_s", "covered_s", "missing_before_s", "missing_after_s", "complete")}
+    notes = []
+    if (window.get("missing_before_s") or 0) > 0.2:
+        notes.append(f"{window['missing_before_s']:.1f} s before the first frame were not in the ring "
+                     "(the stream had just started, or the camera reconnected)")
+    if (window.get("missing_after_s") or 0) > 0.2:
+        notes.append(f"{window['missing_after_s']:.1f} s after the last frame never came "
+                     "(the stream ended or the box stopped before the post-roll)")
+    out["note"] = "; ".join(notes)
+    return out
+
+
 def decrypt_envelope_to(data: bytes, out_dir: str | Path, name: str, *, station_dir: str | Path,
                         operator: str | None, reason: str | None, audit: Any = None,
                         clip_id: str | None = None, settings: StorageSettings | None = None) -> ExportResult:
@@ -101,6 +119,7 @@ def decrypt_envelope_to(data: bytes, out_dir: str | Path, name: str, *, station_
         "sequence": parsed.header.sequence, "signature": "valid", "decryption": "ok",
         "header": parsed.header.to_json(), "frames": frames,
         "verdict": "intact" if frames["ok"] else "altered",
+        "window": window_summary(opened.metadata),
         "operator": operator, "reason": reason, "exported_unix_ms": int(time.time() * 1000),
     }
     report_path = out / f"{name}.report.json"

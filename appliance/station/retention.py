@@ -232,12 +232,23 @@ class Deletion:
 
 
 @dataclass(frozen=True)
+class Scheduled:
+    """When a clip the job left in place will be deleted: at its expiry, or when the longest
+    active legal hold on it ends, whichever is later."""
+    clip: RetainedClip
+    expires_at: float
+    hold: Hold | None
+    delete_after: float
+
+
+@dataclass(frozen=True)
 class RetentionResult:
     deleted: tuple[Deletion, ...]
-    held: tuple[tuple[RetainedClip, Hold], ...]
+    held: tuple[tuple[RetainedClip, Hold], ...]   # expired, kept by a legal hold
     kept: int                       # not yet expired
     errors: tuple[str, ...]
     dry_run: bool = False
+    schedule: tuple[Scheduled, ...] = ()          # every clip left in place (held or not yet expired)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -248,6 +259,11 @@ class RetentionResult:
             "held": [{"clip_id": c.clip_id, "until": utc_iso(h.until), "reason": h.reason, "by": h.by}
                      for c, h in self.held],
             "kept": self.kept, "errors": list(self.errors),
+            "schedule": [{"clip_id": x.clip.clip_id, "device_id": x.clip.device_id, "pattern": x.clip.pattern,
+                          "expires_at": utc_iso(x.expires_at), "delete_after": utc_iso(x.delete_after),
+                          "hold": None if x.hold is None else {"id": x.hold.id, "until": utc_iso(x.hold.until),
+                                                               "by": x.hold.by, "reason": x.hold.reason}}
+                         for x in self.schedule],
         }
 
 
@@ -268,16 +284,20 @@ class RetentionJob:
         deleted: list[Deletion] = []
         held: list[tuple[RetainedClip, Hold]] = []
         errors: list[str] = []
+        schedule: list[Scheduled] = []
         due: list[tuple[RetainedClip, float]] = []
         kept = 0
         failures: tuple[type[BaseException], ...] = (OSError, ApplianceError, *storage_errors())
         for clip in sorted(self.store.list_clips(), key=lambda c: (c.received_at, c.clip_id)):
             expires = self.policy.expires_at(clip)
+            hold = active.get(clip.clip_id)
+            if now < expires or hold is not None:
+                schedule.append(Scheduled(clip, expires, hold, max(expires, hold.until) if hold else expires))
             if now < expires:
                 kept += 1
                 continue
-            if clip.clip_id in active:
-                held.append((clip, active[clip.clip_id]))
+            if hold is not None:
+                held.append((clip, hold))
                 continue
             if dry_run:
                 deleted.append(Deletion(clip, expires, now, 0))
@@ -316,7 +336,7 @@ class RetentionJob:
         if not dry_run:
             self.audit.append("retention.run", deleted=len(deleted), held=len(held), kept=kept,
                               errors=len(errors), held_clips=sorted(c.clip_id for c, _ in held))
-        return RetentionResult(tuple(deleted), tuple(held), kept, tuple(errors), dry_run)
+        return RetentionResult(tuple(deleted), tuple(held), kept, tuple(errors), dry_run, tuple(schedule))
 
 
 # ---------------------------------------------------------------------------------------

@@ -27,12 +27,12 @@ import numpy as np
 
 from appliance.box.policy.masks import MaskSet
 from appliance.common.errors import ApplianceError
+from appliance.common.video import open_vp8_writer
 from appliance.contracts.types import Clip, Frame, Trigger
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "video/webm"
-FOURCC = "VP80"
 TRACKS_WINDOW_KEY = "window"
 #: Candidate RAM-backed directories for the encoder's symlink, in order of preference.
 RAM_DIR_CANDIDATES = ("/dev/shm", "/run/user/{uid}", "/run")
@@ -244,8 +244,7 @@ def build_clip(trigger: Trigger, frames: Sequence[Frame], tracks: Mapping[str, A
     if not is_ram_dir(ram_dir):
         raise ClipError(f"{ram_dir} is not a writable RAM-backed (tmpfs) directory (fix: use /dev/shm)")
     with _MemoryWebM(ram_dir) as mem:
-        writer = cv2.VideoWriter(mem.link, cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*FOURCC),
-                                 container_fps, (width, height))
+        writer = open_vp8_writer(mem.link, container_fps, (width, height), backend=cv2.CAP_FFMPEG)
         try:
             if not writer.isOpened():
                 raise ClipError("OpenCV cannot open a VP8/WebM writer (fix: install an opencv build with FFmpeg)")

@@ -103,6 +103,7 @@ def _profile_zones(ctx: CheckContext) -> str:
     from appliance.box.policy.masks import MaskSet
     from appliance.box.policy.zones import ZoneSet
     from appliance.box.provision.enrolment import allowed_profiles
+    from appliance.box.provision.preview import zones_under_masks
     from appliance.contracts.profile import load_profile
 
     cfg = ctx.cfg
@@ -123,9 +124,10 @@ def _profile_zones(ctx: CheckContext) -> str:
         area = _polygon_area(zone.polygon)
         if area < 1e-4:
             raise ApplianceError(f"zone {zone.name!r} has no area (fix: check its polygon points)")
-        inside = _polygon_mask(zone.polygon, w, h)
-        if masked[inside].all():
-            raise ApplianceError(f"zone {zone.name!r} lies entirely under privacy masks: it can never trigger")
+    hidden = zones_under_masks(cfg, w, h)
+    if hidden:
+        raise ApplianceError(f"zone {hidden[0]!r} lies entirely under privacy masks: it can never trigger "
+                             "(fix: move the zone or shrink the masks; `provision preview` shows both)")
     zones = ", ".join(z.name for z in cfg.zones) or "whole frame"
     return (f"{profile.ref.id} v{profile.ref.version} (allowed by the station); zones: {zones}; "
             f"{len(cfg.privacy_masks)} masks cover {masked.mean():.0%} of the frame")
@@ -135,14 +137,6 @@ def _polygon_area(points) -> float:
     p = np.asarray(points, float)
     x, y = p[:, 0], p[:, 1]
     return float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2)
-
-
-def _polygon_mask(points, w: int, h: int) -> np.ndarray:
-    import cv2
-
-    m = np.zeros((h, w), np.uint8)
-    cv2.fillPoly(m, [np.round(np.asarray(points) * [w, h]).astype(np.int32)], 1)
-    return m.astype(bool)
 
 
 def _keys(ctx: CheckContext) -> str:
@@ -199,9 +193,9 @@ def _station(ctx: CheckContext) -> str:
             try:
                 reply = probe(client, cfg.device.id, device_signing_key(cfg))
             except ApplianceError as exc:
-                hint = (" (CURVE handshake failed: is the device added at the station?)"
-                        if client.handshake_failures else "")
-                raise ApplianceError(f"{endpoint}: {exc}{hint}") from None
+                hint = ("CURVE handshake failed: is this device added at the station with these keys?"
+                        if client.handshake_failures else _station_hint(endpoint))
+                raise ApplianceError(f"{endpoint}: {exc}; {hint}") from None
             received = now_ms()
         finally:
             client.close()
@@ -213,6 +207,31 @@ def _station(ctx: CheckContext) -> str:
         results.append(f"{endpoint}: CURVE handshake ok, signed probe acknowledged (not stored), "
                        f"round trip {received - sent} ms")
     return "; ".join(results)
+
+
+def _station_hint(endpoint: str, timeout_s: float = 3.0) -> str:
+    """Why a probe got no reply, narrowed down by a plain TCP connection to the endpoint."""
+    import socket
+
+    from appliance.contracts.protocol import endpoint_host
+
+    host = endpoint_host(endpoint).strip("[]")
+    port = int(endpoint.rsplit(":", 1)[1])
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except ConnectionRefusedError:
+        return (f"nothing listens on {host} port {port}: is the station receiver running "
+                "(on the station: systemctl status appliance-station)? is the port in uplink.endpoint right?")
+    except TimeoutError:
+        return (f"no answer from {host} port {port} within {timeout_s:g} s: is a firewall in the way "
+                f"(TCP {port} from this box to the station)? is the address in uplink.endpoint right?")
+    except OSError as exc:
+        return (f"cannot reach {host} port {port} ({exc.strerror or exc}): is the address in uplink.endpoint "
+                "right (it comes from the station bundle)? is the network up?")
+    return ("the station's port answers but the receiver did not reply to this device: is this device "
+            "added at the station (appliance station devices list) with its current keys? after "
+            "`provision init --force` it must be enrolled again (station devices add --replace)")
 
 
 def _clock(ctx: CheckContext) -> str:
@@ -264,8 +283,15 @@ CHECKS: tuple[tuple[str, Callable[[CheckContext], str]], ...] = (
 )
 
 
-def run_checks(config_path: str | Path) -> list[CheckResult]:
-    """Runs every check; a config that does not load fails them all with the reason."""
+#: What the technician waits for, shown before the slow checks start.
+PROGRESS = {"camera": "opening the camera and decoding 10 frames (up to 10 s)",
+            "analysis fps": "running the pose model on those frames",
+            "station": "probing the station (up to 10 s for a reply)"}
+
+
+def run_checks(config_path: str | Path, progress: Callable[[str], None] | None = None) -> list[CheckResult]:
+    """Runs every check; a config that does not load fails them all with the reason.
+    ``progress`` is told each check's name before it runs (the CLI shows it on stderr)."""
     try:
         cfg = load_config(config_path)
     except ApplianceError as exc:
@@ -274,6 +300,8 @@ def run_checks(config_path: str | Path) -> list[CheckResult]:
     ctx = CheckContext(cfg)
     results = [CheckResult("config", True, f"{config_path}: valid")]
     for name, check in CHECKS:
+        if progress is not None:
+            progress(name)
         try:
             results.append(CheckResult(name, True, check(ctx)))
         except (ApplianceError, OSError, ValueError) as exc:

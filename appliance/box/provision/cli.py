@@ -36,7 +36,7 @@ def register(sub, *, station_add: Callable[..., None] | None = None) -> None:
 
     if station_add is not None:     # the station's command, offered here when it is installed
         p = psub.add_parser("station-add", help="(on the station) enrol a device from its request, sign a bundle")
-        station_add(p, station_dir_flag="--station-dir")
+        station_add(p)
 
     p = psub.add_parser("import", help="verify the station bundle against its fingerprint; write the config")
     config_arg(p)
@@ -53,6 +53,8 @@ def register(sub, *, station_add: Callable[..., None] | None = None) -> None:
     p = psub.add_parser("preview", help="write ONE frame with privacy masks burned in and zones outlined")
     config_arg(p)
     p.add_argument("--out", required=True, help="image to write (.png or .jpg); recorded in provision.jsonl")
+    p.add_argument("--reason", default="installation: checking privacy masks and zones",
+                   help="why pixels are looked at (recorded in the audit log; the officer's report lists it)")
     p.set_defaults(func=cmd_preview)
 
     p = psub.add_parser("check", help="on-site self-test: pass/fail table, exit code 0 only if all pass")
@@ -69,7 +71,8 @@ def cmd_init(args) -> int:
     print(f"  signing key (Ed25519)  {r.signing_fingerprint}")
     print(f"  CURVE key              {r.curve_fingerprint}")
     if r.rotated:
-        print("the station must enrol the new keys: provision enrol, then station-add --replace")
+        print("the station must enrol the new keys: provision enrol, then station devices add --replace")
+    print(f"next: appliance provision enrol --config {args.config} --out {r.device_id}.enrol.json")
     return 0
 
 
@@ -80,11 +83,15 @@ def cmd_enrol(args) -> int:
     print(f"enrolment request for {body['device_id']} written to {out} (public keys only)")
     print(f"  signing {body['fingerprints']['signing']}, CURVE {body['fingerprints']['curve']}, "
           f"model {body['model']['name']} {body['model']['sha256'][:16]}…")
+    print(f"next: carry {out.name} to the station (it holds public keys only) and read the signing "
+          f"fingerprint {body['fingerprints']['signing']} to the operator, who runs: appliance station devices "
+          f"add {out.name} --station-dir DIR --endpoint tcp://HOST:7100 --profile bw-polg-44-4 --out bundle.json "
+          f"--fingerprint {body['fingerprints']['signing']}")
     return 0
 
 
 def cmd_import(args) -> int:
-    from appliance.box.provision.enrolment import bundle_fingerprint, import_bundle
+    from appliance.box.provision.enrolment import import_bundle
 
     try:
         data = Path(args.bundle).read_bytes()
@@ -94,14 +101,16 @@ def cmd_import(args) -> int:
     if not typed:
         if not sys.stdin.isatty():
             raise InputError("no --station-fingerprint given (fix: pass the fingerprint the station printed)")
-        print(f"the bundle says it was signed by station key {bundle_fingerprint(data)}")
-        typed = input("type the fingerprint the station operator reads to you: ")
+        # The bundle's own claim is not shown: the technician must type what the operator reads.
+        typed = input("type the station fingerprint the station operator reads to you: ")
     r = import_bundle(args.config, data, typed, unit_dir=args.unit_dir)
     print(f"station bundle verified (station {r.station_fingerprint}); config {args.config} updated")
     if r.profile_changed:
         print(f"policy.profile set to {r.profile!r}: the configured one is not allowed by the station")
     for path in r.dropins:
         print(f"  wrote {path}")
+    print(f"next: appliance provision preview --config {args.config} --out /root/masks.png "
+          f"(check masks and zones), then appliance provision check --config {args.config}")
     return 0
 
 
@@ -126,15 +135,35 @@ def cmd_network(args) -> int:
 def cmd_preview(args) -> int:
     from appliance.box.provision.preview import write_preview
 
-    entry = write_preview(args.config, args.out)
+    entry = write_preview(args.config, args.out, reason=args.reason)
     print(f"wrote {entry['out']} ({entry['width']}x{entry['height']}, masks: "
           f"{', '.join(entry['masks']) or 'none'}); recorded in provision.jsonl. Delete it after checking.")
+    for warning in entry.get("warnings", []):
+        print(f"WARNING: {warning}")
+    print(f"next: look at the image, fix [[zones]]/[[privacy_masks]] in {args.config} if needed, delete the "
+          f"image, then: appliance provision check --config {args.config}")
     return 0
 
 
 def cmd_check(args) -> int:
-    from appliance.box.provision.check import format_table, run_checks
+    import logging
 
-    results = run_checks(args.config)
-    print(format_table(results))
-    return 0 if all(r.ok for r in results) else 1
+    from appliance.box.provision.check import PROGRESS, format_table, run_checks
+
+    def progress(name: str) -> None:
+        print(f"checking {name}: {PROGRESS.get(name, '…')}", file=sys.stderr, flush=True)
+
+    # Log lines of the checks (camera, uplink client) go to stderr while the checks run, each on
+    # its own line after the progress line it belongs to; the table comes after all of them,
+    # so nothing interleaves with it.
+    results = run_checks(args.config, progress=progress)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    print(format_table(results), flush=True)
+    if all(r.ok for r in results):
+        print("next: systemctl daemon-reload && systemctl enable --now appliance-pixel appliance-uplink")
+        return 0
+    print(f"next: fix the FAIL rows (each names its fix), then run appliance provision check --config "
+          f"{args.config} again")
+    return 1

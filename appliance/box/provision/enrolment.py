@@ -25,6 +25,7 @@ from appliance.box.config import AppConfig, UplinkConfig, load_config, parse_con
 from appliance.box.provision.files import (
     apply_updates,
     layout_for,
+    plain,
     read_config_document,
     record,
     write_config_document,
@@ -107,7 +108,7 @@ def init_device(config_path: str | Path, *, device_id: str | None = None, state_
     if camera is not None:
         updates["camera"] = {"source": camera}
     new_doc = apply_updates(doc, updates)
-    parse_config(new_doc, str(config_path))  # validate before touching any key
+    parse_config(plain(new_doc), str(config_path))  # validate before touching any key
 
     existing = [p for p in (layout.signing_key, layout.curve_secret, layout.curve_public) if p.exists()]
     old: dict[str, str] = {}
@@ -259,7 +260,7 @@ def import_bundle(config_path: str | Path, data: bytes, typed_fingerprint: str, 
     if "station_signing_public" in UplinkConfig.__dataclass_fields__:
         updates["uplink"]["station_signing_public"] = str(layout.station_signing_public)
     doc = apply_updates(read_config_document(config_path), updates)
-    parse_config(doc, str(config_path))  # validate before writing anything
+    parse_config(plain(doc), str(config_path))  # validate before writing anything
 
     dropins: tuple[Path, ...] = ()
     if unit_dir is not None:

@@ -9,11 +9,11 @@ import contextlib
 import json
 import os
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
-import tomli_w
+import tomlkit
+import tomlkit.exceptions
 
 from appliance.box.config import AppConfig, ConfigError, parse_config
 from appliance.common.durable import atomic_write
@@ -38,35 +38,52 @@ def record(layout: DeviceLayout, action: str, **fields: Any) -> None:
 # Config file: read as a TOML document, change keys, validate the result, replace atomically
 
 
-def read_config_document(path: Path) -> dict[str, Any]:
+def read_config_document(path: Path) -> tomlkit.TOMLDocument:
+    """The config as a TOML document that keeps its comments, order and layout (tomlkit)."""
     try:
-        return tomllib.loads(path.read_text("utf-8"))
+        text = path.read_text("utf-8")
     except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return tomlkit.document()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [f"cannot read it as TOML: {exc} (fix: correct or move the file)"]) from None
+    try:
+        return tomlkit.parse(text)
+    except tomlkit.exceptions.ParseError as exc:
         raise ConfigError(str(path), [f"cannot read it as TOML: {exc} (fix: correct or move the file)"]) from None
 
 
-def apply_updates(doc: dict[str, Any], updates: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """A copy of ``doc`` with ``{section: {key: value}}`` set (sections created as needed)."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in doc.items()}
+def apply_updates(doc: tomlkit.TOMLDocument, updates: dict[str, dict[str, Any]]) -> tomlkit.TOMLDocument:
+    """A copy of ``doc`` with ``{section: {key: value}}`` set (sections created as needed); every
+    other line, comment and polygon stays as the technician wrote it."""
+    out = tomlkit.parse(tomlkit.dumps(doc)) if doc else tomlkit.document()
     for section, values in updates.items():
-        table = out.setdefault(section, {})
+        if section not in out:
+            out.add(section, tomlkit.table())
+        table = out[section]
         if not isinstance(table, dict):
             raise ConfigError("<config>", [f"{section}: must be a table (fix: [{section}])"])
-        table.update(values)
+        for key, value in values.items():
+            table[key] = value
     return out
 
 
-HEADER = ("# Appliance configuration (docs/provisioning.md). Rewritten by `appliance provision`:\n"
-          "# comments are not kept. Reference with every key: provisioning/appliance.example.toml\n\n")
+def plain(doc: tomlkit.TOMLDocument | dict[str, Any]) -> dict[str, Any]:
+    """The document as plain Python values, for the config validator."""
+    return doc.unwrap() if isinstance(doc, tomlkit.TOMLDocument) else doc
 
 
-def write_config_document(path: Path, doc: dict[str, Any]) -> AppConfig:
+HEADER = ("# Appliance configuration (docs/provisioning.md), written by `appliance provision init`.\n"
+          "# `provision` commands change only the keys they own and keep your comments and layout.\n"
+          "# Reference with every key: provisioning/appliance.example.toml\n\n")
+
+
+def write_config_document(path: Path, doc: tomlkit.TOMLDocument) -> AppConfig:
     """Validates ``doc`` as a config, then replaces ``path`` atomically (keeps a ``.bak``)."""
-    cfg = parse_config(doc, str(path))
+    cfg = parse_config(plain(doc), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = HEADER + tomli_w.dumps(doc)
+    text = tomlkit.dumps(doc)
+    if not (path.exists() and text.strip()):
+        text = HEADER + text
     if path.exists():
         with contextlib.suppress(OSError):
             atomic_write(path.with_name(path.name + ".bak"), path.read_bytes(), mode=0o666)

@@ -71,20 +71,71 @@ def grab_frames(camera: CameraConfig, max_width: int, count: int = 1, timeout_s:
     return grab_camera(camera, max_width, count, timeout_s).frames
 
 
+GRID_COLOUR = (255, 255, 255)   # white, drawn thin and half transparent over the scene
+MASK_LABEL_COLOUR = (200, 200, 200)
+
+
+def polygon_pixels(points, w: int, h: int) -> np.ndarray:
+    """bool[h, w]: the pixels inside a normalised polygon (as the zone check sees them)."""
+    m = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(m, [np.round(np.asarray(points) * [w, h]).astype(np.int32)], 1)
+    return m.astype(bool)
+
+
+def zones_under_masks(cfg: AppConfig, w: int, h: int) -> list[str]:
+    """Names of zones that lie entirely under privacy masks: they can never trigger."""
+    masked = MaskSet.from_regions(cfg.privacy_masks, w, h).masked_pixels(w, h)
+    out = []
+    for zone in cfg.zones:
+        inside = polygon_pixels(zone.polygon, w, h)
+        if inside.any() and masked[inside].all():
+            out.append(zone.name)
+    return out
+
+
+def _label(img: np.ndarray, text: str, org: tuple[int, int], colour: tuple[int, int, int], scale: float = 0.55) -> None:
+    """Text with a dark outline, readable on any background (and on a black mask)."""
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+
+
+def _draw_grid(img: np.ndarray) -> None:
+    """Lines every 0.1 of width and height, labelled 0.0 … 1.0: polygons are written in these
+    normalised coordinates (x to the right, y downwards), so the technician reads them off."""
+    h, w = img.shape[:2]
+    overlay = img.copy()
+    for i in range(1, 10):
+        x, y = round(w * i / 10), round(h * i / 10)
+        cv2.line(overlay, (x, 0), (x, h - 1), GRID_COLOUR, 1)
+        cv2.line(overlay, (0, y), (w - 1, y), GRID_COLOUR, 1)
+    cv2.addWeighted(overlay, 0.35, img, 0.65, 0, dst=img)
+    for i in range(0, 11, 2):
+        x, y = round(w * i / 10), round(h * i / 10)
+        _label(img, f"{i / 10:.1f}", (min(max(x - 10, 2), w - 30), 14), GRID_COLOUR, 0.4)   # x along the top
+        _label(img, f"{i / 10:.1f}", (2, min(max(y + 5, 28), h - 4)), GRID_COLOUR, 0.4)      # y down the left
+
+
 def render_preview(cfg: AppConfig, image: np.ndarray) -> np.ndarray:
-    """The frame as analysis sees it (masks black) with zone outlines and names drawn on top."""
+    """The frame as analysis sees it (masks black), a 0..1 coordinate grid, each privacy mask
+    labelled with its name and each zone outlined and named."""
     h, w = image.shape[:2]
     out = MaskSet.from_regions(cfg.privacy_masks, w, h).apply(image).copy()
+    _draw_grid(out)
+    for mask in cfg.privacy_masks:
+        pts = np.round(np.asarray(mask.polygon) * [w, h]).astype(np.int32)
+        cx, cy = pts.mean(axis=0)
+        _label(out, f"mask: {mask.name}", (int(max(2, min(cx - 40, w - 120))), int(max(30, min(cy, h - 6)))),
+               MASK_LABEL_COLOUR, 0.5)
     for zone in cfg.zones:
         pts = np.round(np.asarray(zone.polygon) * [w, h]).astype(np.int32)
         cv2.polylines(out, [pts], True, ZONE_COLOUR, 2, cv2.LINE_AA)
         x, y = pts.min(axis=0)
-        cv2.putText(out, zone.name, (int(x) + 4, int(y) + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55,
-                    ZONE_COLOUR, 1, cv2.LINE_AA)
+        _label(out, f"zone: {zone.name}", (int(x) + 4, int(max(y + 18, 30))), ZONE_COLOUR)
     return out
 
 
-def write_preview(config_path: str | Path, out: str | Path, *, timeout_s: float = 10.0) -> dict:
+def write_preview(config_path: str | Path, out: str | Path, *, timeout_s: float = 10.0,
+                  reason: str = "installation: checking privacy masks and zones") -> dict:
     """Renders and writes one masked frame to ``out`` (.png or .jpg); returns what was recorded."""
     cfg = load_config(config_path)
     if cfg.camera is None:
@@ -105,14 +156,17 @@ def write_preview(config_path: str | Path, out: str | Path, *, timeout_s: float 
     entry = {"out": str(out.resolve()), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
              "width": int(rendered.shape[1]), "height": int(rendered.shape[0]),
              "masks": [m.name for m in cfg.privacy_masks], "zones": [z.name for z in cfg.zones],
-             "camera": redact_url(cfg.camera.source)}
+             "camera": redact_url(cfg.camera.source), "reason": reason}
     layout = layout_for(cfg)
     try:
         record(layout, "preview", **entry)
     except OSError as exc:
         log.warning("cannot record the preview in %s: %s", layout.provision_log, exc)
     _audit(cfg, entry)
-    return entry
+    hidden = zones_under_masks(cfg, int(rendered.shape[1]), int(rendered.shape[0]))
+    # Not recorded: a warning for the technician, as `provision check` fails the same config.
+    return {**entry, "warnings": [f"zone {name!r} lies entirely under privacy masks: it can never trigger "
+                                  "(fix: move the zone or shrink the masks)" for name in hidden]}
 
 
 def _audit(cfg: AppConfig, entry: dict) -> None:

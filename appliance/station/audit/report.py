@@ -50,10 +50,14 @@ def _lines(path: Path) -> Iterable[bytes]:
 
 # In the window, these are listed one by one; everything else there is only counted.
 _LISTED = frozenset({"trigger.permitted", "retention.delete", "hold.set", "hold.release", *ACCESS_ACTIONS})
+#: Records of a person looking at pixels outside the alarm path (installation previews).
+PIXEL_ACCESSES = frozenset({"provision.preview"})
+#: Access attempts the station refused (no operator or reason, unknown clip, ...).
+REFUSED_ACCESSES = frozenset({"station.access_refused", "console.refused", "console.login_failed"})
 # Before the window, the retention check needs a clip's lifecycle (stored, held, deleted).
 _LIFECYCLE = frozenset({"station.stored", "retention.delete", "hold.set", "hold.release"})
 _KNOWN = frozenset({"trigger.permitted", "detection.not_permitted", "frames.hourly", "retention.delete",
-                    "hold.set", "hold.release", *ACCESS_ACTIONS})
+                    "hold.set", "hold.release", *ACCESS_ACTIONS, *PIXEL_ACCESSES, *REFUSED_ACCESSES})
 
 
 @dataclass
@@ -115,7 +119,7 @@ def _load(path: Path, start: float, end: float, tally: _Tally) -> tuple[list[_Re
             in_window = t >= start
             if in_window:
                 tally.add(kind, fields)
-            if in_window and kind in _LISTED:
+            if in_window and (kind in _LISTED or kind in PIXEL_ACCESSES or kind in REFUSED_ACCESSES):
                 records.append(_Rec(t, kind, fields, device, origin))
             elif _needed_before(kind, fields):
                 if kind == "trigger.permitted":     # only its envelope → profile is looked up
@@ -158,7 +162,9 @@ def _profile_id(fields: dict[str, Any]) -> str:
 def build_report(logs: Sequence[str | Path], start: float, end: float, *,
                  keys: Sequence[Ed25519PublicKey] = (), grace_s: float = DEFAULT_GRACE_S,
                  default_retention_hours: float = DEFAULT_RETENTION_HOURS,
-                 retention_hours: dict[str, float] | None = None, now: float | None = None) -> dict[str, Any]:
+                 retention_hours: dict[str, float] | None = None, now: float | None = None,
+                 time_zone: str = "UTC", keys_by_device: dict[str, list[Ed25519PublicKey]] | None = None,
+                 ) -> dict[str, Any]:
     """Records of processing for ``[start, end)`` (Unix seconds) over ``logs``."""
     if end <= start:
         raise InputError(f"--to {utc_iso(end)} must be after --from {utc_iso(start)}")
@@ -169,7 +175,10 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
     tally = _Tally()
     for path in map(Path, logs):
         recs, device, origin = _load(path, start, end, tally)
-        result = verify_log(path, keys)
+        # A log is checked against the keys given, plus those the station knows for the device
+        # its genesis names (`--station-dir`); a log of another origin (the console's) keeps
+        # its own genesis key, stated as self-asserted.
+        result = verify_log(path, [*keys, *(keys_by_device or {}).get(device, [])])
         log_rows.append({"path": str(path), "origin": origin, "device": device, "records": result.records,
                          "intact": result.ok, "first_problem": str(result.first) if result.first else None,
                          "key_source": result.key_source})
@@ -187,20 +196,70 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
     for r in triggers:
         by_day[datetime.fromtimestamp(r.t, UTC).date().isoformat()] += 1
 
-    accesses = [{"time": utc_iso(r.t), "action": ACCESS_ACTIONS[r.kind], "clip_id": r.fields.get("clip_id"),
-                 "operator": r.fields.get("operator"), "reason": r.fields.get("reason"),
-                 "device": _device(r.fields)} for r in in_window if r.kind in ACCESS_ACTIONS]
-    holds = [{"time": utc_iso(r.t), "action": r.kind.split(".")[1], "clip_id": r.fields.get("clip_id"),
-              "by": r.fields.get("by"), "reason": r.fields.get("reason"), "until": r.fields.get("until")}
+    # One alarm id from trigger to deletion: <device>#<sequence>. The box's trigger record names
+    # it; the station's records name the stored clip, which station.stored ties to the device
+    # and sequence (and the envelope's SHA-256 ties to the trigger).
+    alarm_of_clip: dict[str, str] = {}
+    alarm_of_envelope: dict[str, str] = {}
+    for r in all_recs:
+        if r.kind == "station.stored" and isinstance(r.fields.get("clip_id"), str):
+            dev, seq = _device(r.fields), r.fields.get("sequence")
+            env = _envelope(r.fields)
+            if dev and isinstance(seq, int):
+                alarm_of_clip[r.fields["clip_id"]] = f"{dev}#{seq}"
+                if env:
+                    alarm_of_envelope[env] = f"{dev}#{seq}"
+
+    def alarm(fields: dict[str, Any]) -> str | None:
+        if isinstance(fields.get("alarm_id"), str):      # the console and the station's alarm records
+            return fields["alarm_id"]
+        cid = fields.get("clip_id")
+        if isinstance(cid, str) and cid in alarm_of_clip:
+            return alarm_of_clip[cid]
+        env = _envelope(fields)
+        if env and env in alarm_of_envelope:
+            return alarm_of_envelope[env]
+        return cid if isinstance(cid, str) and "#" in cid else None
+
+    accesses = [{"time": utc_iso(r.t), "action": ACCESS_ACTIONS[r.kind], "alarm": alarm(r.fields),
+                 "clip_id": r.fields.get("clip_id"), "operator": r.fields.get("operator"),
+                 "reason": r.fields.get("reason"), "device": _device(r.fields)}
+                for r in in_window if r.kind in ACCESS_ACTIONS]
+    holds = [{"time": utc_iso(r.t), "action": r.kind.split(".")[1], "alarm": alarm(r.fields),
+              "clip_id": r.fields.get("clip_id"), "by": r.fields.get("by"), "reason": r.fields.get("reason"),
+              "until": r.fields.get("until")}
              for r in in_window if r.kind in ("hold.set", "hold.release")]
-    deletions = [{"time": utc_iso(r.t), "clip_id": r.fields.get("clip_id"), "device": _device(r.fields),
-                  "profile_id": r.fields.get("profile_id"), "envelope_sha256": _envelope(r.fields),
-                  "expires_at": r.fields.get("expires_at")} for r in in_window if r.kind == "retention.delete"]
+    deletions = [{"time": utc_iso(r.t), "alarm": alarm(r.fields), "clip_id": r.fields.get("clip_id"),
+                  "device": _device(r.fields), "profile_id": r.fields.get("profile_id"),
+                  "envelope_sha256": _envelope(r.fields), "expires_at": r.fields.get("expires_at")}
+                 for r in in_window if r.kind == "retention.delete"]
+    deleted_at = {d["clip_id"]: d["time"] for d in deletions}
+    pixel_accesses = [{"time": utc_iso(r.t), "device": r.device, "kind": r.kind,
+                       "by": r.fields.get("by") or r.fields.get("operator") or "",
+                       "reason": r.fields.get("reason") or "(no reason recorded)",
+                       "what": f"{r.fields.get('width', '?')}x{r.fields.get('height', '?')} image "
+                               f"{r.fields.get('out', '')}, masks: {', '.join(r.fields.get('masks') or []) or 'none'}",
+                       "sha256": r.fields.get("sha256")}
+                      for r in in_window if r.kind in PIXEL_ACCESSES]
+    refused = [{"time": utc_iso(r.t), "kind": r.kind,
+                "action": (r.fields.get("action") or r.fields.get("layer") or r.fields.get("permission")
+                           or ("login" if r.kind == "console.login_failed" else r.fields.get("path"))),
+                "alarm": alarm(r.fields), "clip_id": r.fields.get("clip_id"),
+                "operator": r.fields.get("operator") or r.fields.get("user") or "",
+                "reason": r.fields.get("reason") if r.kind == "station.access_refused" else "",
+                "why_refused": r.fields.get("refused") or r.fields.get("reason") or r.kind}
+               for r in in_window if r.kind in REFUSED_ACCESSES]
+    exported_deleted = [{**a, "deleted_at": deleted_at[a["clip_id"]]} for a in accesses
+                        if a["action"] == "export" and a["clip_id"] in deleted_at]
+    retention = _retention(all_recs, start, end, now, grace_s, default_retention_hours, retention_hours)
+    for row in retention["clips"]:
+        row["alarm"] = alarm_of_clip.get(row["clip_id"])
 
     report = {
         "format": "appliance-audit-report-v1",
         "period": {"from": utc_iso(start), "to": utc_iso(end)},
         "generated": utc_iso(now),
+        "time_zone": time_zone,
         "logs": log_rows,
         "triggers": {
             "total": len(triggers),
@@ -208,11 +267,12 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
             "by_camera": dict(sorted(Counter(str(r.fields.get("camera") or r.device) for r in triggers).items())),
             "by_profile": dict(sorted(Counter(_profile_id(r.fields) or "?" for r in triggers).items())),
             "by_day": dict(sorted(by_day.items())),
-            "list": [{"time": utc_iso(r.t), "camera": r.fields.get("camera") or r.device,
+            "list": [{"time": utc_iso(r.t), "alarm": alarm(r.fields), "camera": r.fields.get("camera") or r.device,
                       "pattern": r.fields.get("pattern"), "profile": _profile_id(r.fields),
                       "rule": r.fields.get("rule"), "clip_id": r.fields.get("clip_id"),
                       "envelope_sha256": _envelope(r.fields)} for r in triggers],
         },
+        "legal_basis": _legal_bases(triggers),
         "not_permitted": {
             "total": tally.not_permitted,
             "by_pattern": dict(sorted(tally.np_pattern.items())),
@@ -228,10 +288,13 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
             "deleted": len(deletions),
         },
         "accesses": accesses,
+        "refused_accesses": refused,
+        "pixel_accesses": pixel_accesses,
+        "exported_copies_of_deleted_clips": exported_deleted,
         "holds": holds,
         "deletions": deletions,
         "frames": {"analysed": tally.frames["analysed"], "discarded": tally.frames["discarded"]},
-        "retention": _retention(all_recs, start, end, now, grace_s, default_retention_hours, retention_hours),
+        "retention": retention,
         "other_records": dict(sorted(tally.other.items())),
     }
     return report
@@ -283,12 +346,17 @@ def _retention(recs: Iterable[_Rec], start: float, end: float, now: float, grace
     judged_at = min(end, now)
     checked = 0
     violations = []
-    for cid, info in sorted(stored.items()):
+    clips = []
+    for cid, info in sorted(stored.items(), key=lambda kv: (kv[1]["received_at"] or 0, kv[0])):
         gone = deleted.get(cid)
         if gone is not None and gone[0] < start:
             continue
         deadline = _deadline(info["expires_at"], hold_sets.get(cid, []), releases.get(cid, []))
         checked += 1
+        clips.append({"clip_id": cid, "received_at": utc_iso(info["received_at"]) if info["received_at"] else None,
+                      "expires_at": utc_iso(info["expires_at"]), "deadline": utc_iso(deadline),
+                      "held": deadline > info["expires_at"],
+                      "deleted_at": utc_iso(gone[0]) if gone is not None else None})
         if gone is not None:
             if gone[0] > deadline + grace_s:
                 violations.append({"clip_id": cid, "status": "deleted late", "expires_at": utc_iso(info["expires_at"]),
@@ -299,7 +367,31 @@ def _retention(recs: Iterable[_Rec], start: float, end: float, now: float, grace
                                "expires_at": utc_iso(info["expires_at"]), "deadline": utc_iso(deadline),
                                "deleted_at": None, "late_by_s": round(judged_at - deadline, 1)})
     return {"compliant": not violations, "clips_checked": checked, "grace_s": grace_s,
-            "violations": violations}
+            "violations": violations, "clips": clips}
+
+
+def _legal_bases(triggers: Sequence[_Rec]) -> list[dict[str, Any]]:
+    """The legal basis of every profile that permitted a trigger, from the profile file itself
+    (the bundled one with the same id; a differing SHA-256 is said, never hidden)."""
+    seen: dict[tuple[str, str, str], int] = Counter(
+        (_profile_id(r.fields), str(r.fields.get("profile_version", "")), str(r.fields.get("profile_sha256", "")))
+        for r in triggers)
+    out = []
+    for (pid, version, sha), n in sorted(seen.items()):
+        row: dict[str, Any] = {"profile": pid, "version": version, "sha256": sha, "triggers": n,
+                               "title": None, "jurisdiction": None, "legal_basis": None, "note": ""}
+        try:
+            from appliance.contracts.profile import load_profile
+            prof = load_profile(pid)
+        except Exception as exc:   # an unknown or unreadable profile: the report still renders
+            row["note"] = f"profile file not found here ({exc}); fetch version {version} by its SHA-256"
+        else:
+            row.update(title=prof.title, jurisdiction=prof.jurisdiction, legal_basis=prof.legal_basis)
+            if sha and prof.ref.sha256 != sha:
+                row["note"] = (f"the profile installed here is version {prof.ref.version}, not the one that "
+                               f"permitted these triggers (SHA-256 differs): its text may have changed")
+        out.append(row)
+    return out
 
 
 def _deadline(expires: float, holds: list[tuple[float, float]], releases: list[float]) -> float:
@@ -343,8 +435,10 @@ def render_csv(report: dict[str, Any]) -> str:
     out = io.StringIO()
     w = _SafeWriter(csv.writer(out, lineterminator="\n"))
     w.writerow(["section", "name", "value", "detail"])
-    w.writerow(["period", "from", report["period"]["from"], ""])
-    w.writerow(["period", "to", report["period"]["to"], ""])
+    zone = report.get("time_zone", "UTC")
+    w.writerow(["period", "from", local_time(report["period"]["from"], zone), report["period"]["from"]])
+    w.writerow(["period", "to", local_time(report["period"]["to"], zone), report["period"]["to"]])
+    w.writerow(["period", "time_zone", zone, "every time below is in this zone"])
     for lg in report["logs"]:
         w.writerow(["log", lg["path"], "intact" if lg["intact"] else "TAMPERED", lg["first_problem"] or ""])
     w.writerow(["triggers", "total", report["triggers"]["total"], ""])
@@ -357,18 +451,35 @@ def render_csv(report: dict[str, Any]) -> str:
     for name, n in report["clips"].items():
         w.writerow(["clips", name, n, ""])
     for a in report["accesses"]:
-        w.writerow(["access", a["clip_id"], a["action"], f"{a['time']} operator={a['operator']} reason={a['reason']}"])
+        w.writerow(["access", a.get("alarm") or a["clip_id"], a["action"],
+                    f"{local_time(a['time'], zone)} operator={a['operator']} reason={a['reason']}"])
+    for x in report.get("refused_accesses", []):
+        w.writerow(["access_refused", x.get("alarm") or x["clip_id"], x["action"],
+                    f"{local_time(x['time'], zone)} operator={x['operator']} why={x['why_refused']}"])
+    for x in report.get("exported_copies_of_deleted_clips", []):
+        w.writerow(["exported_copy_of_deleted_clip", x.get("alarm") or x["clip_id"], local_time(x["time"], zone),
+                    f"operator={x['operator']} reason={x['reason']} deleted={local_time(x['deleted_at'], zone)}"])
+    for x in report.get("pixel_accesses", []):
+        w.writerow(["pixel_access", x["device"], x["kind"], f"{local_time(x['time'], zone)} reason={x['reason']}"])
+    for b in report.get("legal_basis", []):
+        w.writerow(["legal_basis", f"{b['profile']} {b['version']}", b["legal_basis"] or "", b["note"]])
+    for c in report["retention"].get("clips", []):
+        w.writerow(["stored_clip", c.get("alarm") or c["clip_id"], local_time(c["expires_at"], zone),
+                    f"received={local_time(c['received_at'], zone)} deleted={local_time(c['deleted_at'], zone)}"])
     for h in report["holds"]:
-        w.writerow(["hold", h["clip_id"], h["action"], f"{h['time']} by={h['by']} until={h['until']} reason={h['reason']}"])
+        w.writerow(["hold", h.get("alarm") or h["clip_id"], h["action"],
+                    f"{local_time(h['time'], zone)} by={h['by']} until={local_time(h['until'], zone)} reason={h['reason']}"])
     for d in report["deletions"]:
-        w.writerow(["deletion", d["clip_id"], d["time"], f"envelope_sha256={d['envelope_sha256']}"])
+        w.writerow(["deletion", d.get("alarm") or d["clip_id"], local_time(d["time"], zone),
+                    f"envelope_sha256={d['envelope_sha256']}"])
     for name, n in report["frames"].items():
         w.writerow(["frames", name, n, ""])
     ret = report["retention"]
     w.writerow(["retention", "compliant", "yes" if ret["compliant"] else "no", f"{ret['clips_checked']} clips checked"])
     for v in ret["violations"]:
         w.writerow(["retention_violation", v["clip_id"], v["status"],
-                    f"deadline={v['deadline']} deleted_at={v['deleted_at']} late_by_s={v['late_by_s']}"])
+                    f"deadline={local_time(v['deadline'], zone)} deleted_at={local_time(v['deleted_at'], zone)} "
+                    f"late_by={duration_words(v['late_by_s'])}"])
     return out.getvalue()
 
 
@@ -399,8 +510,55 @@ def _svg_bars(counts: dict[str, int], width: int = 720, height: int = 180) -> st
     return "".join(parts)
 
 
+def local_time(iso: str | None, zone: str) -> str:
+    """``2026-11-26T08:00:00.000000Z`` → ``2026-11-26 09:00:00 CET`` in ``zone`` (IANA name)."""
+    if not iso:
+        return ""
+    try:
+        t = parse_time(iso)
+    except InputError:
+        return str(iso)
+    return datetime.fromtimestamp(t, _tzinfo(zone)).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _tzinfo(zone: str) -> Any:
+    if zone in ("UTC", "Z", ""):
+        return UTC
+    from zoneinfo import ZoneInfo
+    return ZoneInfo(zone)
+
+
+def check_time_zone(zone: str) -> str:
+    """An IANA zone name the report can use, else InputError naming the fix."""
+    try:
+        _tzinfo(zone)
+    except Exception:
+        raise InputError(f"--tz {zone!r}: not a known time zone (fix: an IANA name such as Europe/Berlin, or UTC)") from None
+    return zone
+
+
+def duration_words(seconds: float | None) -> str:
+    """``90061`` → ``1 day 1 hour 1 minute`` (the two largest units; seconds only under a minute)."""
+    if seconds is None:
+        return ""
+    s = abs(float(seconds))
+    if s < 60:
+        return f"{s:.0f} second{'s' if round(s) != 1 else ''}"
+    parts = []
+    for name, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        n = int(s // size)
+        if n:
+            parts.append(f"{n} {name}{'s' if n != 1 else ''}")
+            s -= n * size
+    return " ".join(parts[:2])
+
+
 def render_html(report: dict[str, Any]) -> str:
     e = html.escape
+    zone = report.get("time_zone", "UTC")
+
+    def lt(iso: str | None) -> str:
+        return local_time(iso, zone)
 
     def table(headers: list[str], rows: Iterable[Iterable[Any]]) -> str:
         body = "".join("<tr>" + "".join(f"<td>{e(str(c if c is not None else ''))}</td>" for c in row) + "</tr>"
@@ -414,43 +572,84 @@ def render_html(report: dict[str, Any]) -> str:
     t, ret = report["triggers"], report["retention"]
     verdict = ("<p class=ok>Retention compliant: no clip was kept past its limit.</p>" if ret["compliant"] else
                f"<p class=bad>Retention NOT compliant: {len(ret['violations'])} clip(s) kept past their limit.</p>")
+
+    def clip_state(c: dict[str, Any]) -> str:
+        if c["deleted_at"]:
+            return f"deleted {lt(c['deleted_at'])}"
+        left = parse_time(c["deadline"]) - parse_time(report["generated"])
+        held = " (legal hold)" if c["held"] else ""
+        return (f"stored; deleted in {duration_words(left)}{held}" if left > 0
+                else f"stored, {duration_words(-left)} past its limit{held}")
+
+    refused = report.get("refused_accesses", [])
+    exported_deleted = report.get("exported_copies_of_deleted_clips", [])
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        f"<title>Records of processing {e(report['period']['from'])} – {e(report['period']['to'])}</title>",
-        ("<style>body{font-family:sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse;margin:.5em 0}"
+        f"<title>Records of processing {e(lt(report['period']['from']))} – {e(lt(report['period']['to']))}</title>",
+        ("<style>body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin:.5em 0}"
         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;font-size:90%}.ok{color:#276749}"
         ".bad{color:#c53030;font-weight:bold}</style></head><body>"),
         "<h1>Records of processing</h1>",
-        (f"<p>Period {e(report['period']['from'])} to {e(report['period']['to'])} (UTC); generated "
-        f"{e(report['generated'])}.</p>"),
+        (f"<p>Period {e(lt(report['period']['from']))} to {e(lt(report['period']['to']))}; generated "
+         f"{e(lt(report['generated']))}. All times in time zone <b>{e(zone)}</b>. An alarm is named "
+         "<i>device#sequence</i> from its trigger on the box to every access and its deletion.</p>"),
         "<h2>Logs</h2>",
         table(["log", "origin", "device", "records", "integrity", "first problem"],
               [(lg["path"], lg["origin"], lg["device"], lg["records"], "intact" if lg["intact"] else "TAMPERED",
                 lg["first_problem"]) for lg in report["logs"]]),
-        f"<h2>Triggers ({t['total']})</h2>",
+        f"<h2>Alarms (permitted triggers: {t['total']})</h2>",
         _svg_bars(t["by_day"]),
         counts(t["by_pattern"], "pattern"), counts(t["by_camera"], "camera"), counts(t["by_profile"], "profile"),
-        table(["time", "camera", "pattern", "profile", "rule", "clip"],
-              [(x["time"], x["camera"], x["pattern"], x["profile"], x["rule"], x["clip_id"]) for x in t["list"]]),
+        table(["time", "alarm", "camera", "pattern", "profile", "rule"],
+              [(lt(x["time"]), x.get("alarm") or x["clip_id"], x["camera"], x["pattern"], x["profile"], x["rule"])
+               for x in t["list"]]),
+        "<h2>Legal basis</h2>",
+        table(["profile", "version", "triggers", "jurisdiction", "legal basis", "note"],
+              [(b["profile"], b["version"], b["triggers"], b["jurisdiction"], b["legal_basis"], b["note"])
+               for b in report.get("legal_basis", [])]),
         f"<h2>Detections not permitted ({report['not_permitted']['total']})</h2>",
         "<p>Recorded as pattern and time only; no pixels were kept.</p>",
         counts(report["not_permitted"]["by_pattern"], "pattern"),
         "<h2>Clips</h2>", counts(report["clips"], "clips"),
-        "<h2>Accesses (decrypt, view, export)</h2>",
-        table(["time", "action", "clip", "operator", "reason"],
-              [(a["time"], a["action"], a["clip_id"], a["operator"], a["reason"]) for a in report["accesses"]]),
+        "<h2>Stored clips and when each is deleted</h2>",
+        table(["alarm", "clip", "received", "expires", "state"],
+              [(c.get("alarm"), c["clip_id"], lt(c["received_at"]), lt(c["expires_at"]), clip_state(c))
+               for c in ret.get("clips", [])]),
+        "<h2>Accesses to alarm video (decrypt, view, export)</h2>",
+        table(["time", "action", "alarm", "operator", "reason"],
+              [(lt(a["time"]), a["action"], a.get("alarm") or a["clip_id"], a["operator"], a["reason"])
+               for a in report["accesses"]]),
+        f"<h2>Refused access attempts ({len(refused)})</h2>",
+        table(["time", "action", "alarm", "operator", "reason given", "why refused"],
+              [(lt(x["time"]), x["action"], x.get("alarm") or x["clip_id"], x["operator"], x["reason"], x["why_refused"])
+               for x in refused]),
+        f"<h2>Exported copies of deleted clips ({len(exported_deleted)})</h2>",
+        ("<p class=bad>These copies left the station before the clip was deleted: follow them up with the "
+         "operator named.</p>" if exported_deleted else "<p>No exported copy of a deleted clip.</p>"),
+        table(["alarm", "exported", "operator", "reason", "clip deleted"],
+              [(x.get("alarm") or x["clip_id"], lt(x["time"]), x["operator"], x["reason"], lt(x["deleted_at"]))
+               for x in exported_deleted]),
+        "<h2>Other pixel accesses (installation previews)</h2>",
+        table(["time", "device", "record", "by", "reason", "what"],
+              [(lt(x["time"]), x["device"], x["kind"], x["by"], x["reason"], x["what"])
+               for x in report.get("pixel_accesses", [])]),
         "<h2>Legal holds</h2>",
-        table(["time", "action", "clip", "by", "until", "reason"],
-              [(h["time"], h["action"], h["clip_id"], h["by"], h["until"], h["reason"]) for h in report["holds"]]),
+        table(["time", "action", "alarm", "by", "until", "reason"],
+              [(lt(h["time"]), h["action"], h.get("alarm") or h["clip_id"], h["by"], lt(h["until"]), h["reason"])
+               for h in report["holds"]]),
         "<h2>Deletions</h2>",
-        table(["time", "clip", "expired", "envelope SHA-256"],
-              [(d["time"], d["clip_id"], d["expires_at"], d["envelope_sha256"]) for d in report["deletions"]]),
+        table(["time", "alarm", "expired", "envelope SHA-256"],
+              [(lt(d["time"]), d.get("alarm") or d["clip_id"], lt(d["expires_at"]), d["envelope_sha256"])
+               for d in report["deletions"]]),
         "<h2>Retention compliance</h2>", verdict,
-        f"<p>{ret['clips_checked']} clip(s) checked; grace {ret['grace_s']:g} s after the deadline.</p>",
-        table(["clip", "status", "expired", "deadline (with holds)", "deleted", "late by (s)"],
-              [(v["clip_id"], v["status"], v["expires_at"], v["deadline"], v["deleted_at"], v["late_by_s"])
-               for v in ret["violations"]]),
-        "<h2>Frames</h2>", counts(report["frames"], "frames"),
+        f"<p>{ret['clips_checked']} clip(s) checked; grace {duration_words(ret['grace_s'])} after the deadline.</p>",
+        table(["clip", "status", "expired", "deadline (with holds)", "deleted", "late by"],
+              [(v["clip_id"], v["status"], lt(v["expires_at"]), lt(v["deadline"]), lt(v["deleted_at"]),
+                duration_words(v["late_by_s"])) for v in ret["violations"]]),
+        "<h2>Frames</h2>",
+        "<p>Frames the pose model analysed, and frames decoded but not analysed (the box analyses "
+        "a fixed rate of each camera's frames); counted on the box every hour and when it stops.</p>",
+        counts(report["frames"], "frames"),
         "<h2>Other records</h2>", counts(report["other_records"], "kind"),
         "</body></html>\n",
     ]
