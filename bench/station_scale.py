@@ -24,7 +24,8 @@ Per tier (PostgreSQL + SeaweedFS S3, then the embedded SQLite + files default):
   and verifies.
 
 Environment: ``BENCH_SCALE_DEVICES``, ``BENCH_SCALE_SECONDS``, ``BENCH_SCALE_COMPRESS``,
-``BENCH_SCALE_RETENTION_CLIPS``, ``BENCH_SCALE_TIERS`` (``scale,embedded``) for short runs
+``BENCH_SCALE_RETENTION_CLIPS``, ``BENCH_SCALE_BURST_CLIPS`` (one receiver's ingest capacity:
+8 devices sending back to back; default 200), ``BENCH_SCALE_TIERS`` (``scale,embedded``) for short runs
 (``BENCH_SCALE_DEVICES=0``: retention only).
 """
 
@@ -63,6 +64,7 @@ def run() -> list[tuple[str, float, str]]:
     seconds = _env_int("BENCH_SCALE_SECONDS", 150)
     compress = _env_int("BENCH_SCALE_COMPRESS", 1)
     retention_clips = _env_int("BENCH_SCALE_RETENTION_CLIPS", 100_000)
+    burst = _env_int("BENCH_SCALE_BURST_CLIPS", 200)
     tiers = os.environ.get("BENCH_SCALE_TIERS", "scale,embedded").split(",")
     rows: list[tuple[str, float, str]] = []
     from servers import PostgresServer, SeaweedServer
@@ -76,12 +78,17 @@ def run() -> list[tuple[str, float, str]]:
                     usage = _Usage({"PostgreSQL": lambda: _tree(pg.pid()), "SeaweedFS": lambda: _tree(weed.proc.pid)})
                     if devices:
                         rows += _load(Path(tmp), tier, settings, devices, seconds, compress, usage)
+                    if burst:
+                        settings = StorageSettings(pg.create_database("burst"), weed.store_url("bench-burst"))
+                        rows += _burst(Path(tmp) / "burst", settings, burst)
                     settings = StorageSettings(pg.create_database("retention"), weed.store_url("bench-retention"))
                     rows += _retention(Path(tmp) / "retention", tier, settings, retention_clips)
             else:
                 from appliance.station.storage import StorageSettings
                 if devices:
                     rows += _load(Path(tmp), tier, StorageSettings(), devices, seconds, compress, _Usage({}))
+                if burst:
+                    rows += _burst(Path(tmp) / "burst", StorageSettings(), burst)
                 rows += _retention(Path(tmp) / "retention", tier, StorageSettings(), retention_clips)
     return rows
 
@@ -405,6 +412,74 @@ def _device(d: dict, spec: dict, ctx: Any, hpke: Any, station_curve: bytes, stat
 
 
 # ---------------------------------------------------------------------------------------
+# Ingest capacity of one receiver
+
+
+def _burst(tmp: Path, settings: Any, n: int) -> list[tuple[str, float, str]]:
+    """One receiver, 8 devices sending sealed 1 MB clips back to back: what one receiver can take."""
+    from appliance.box.seal import seal_clip
+    from appliance.box.uplink.client import ClientConfig, UplinkClient
+    from appliance.contracts import protocol as p
+    from appliance.contracts.curve import load_curve_public
+    from appliance.contracts.keys import load_hpke_public_key, load_signing_public_key
+    from appliance.contracts.synthetic import synthetic_clip
+    from appliance.station.enrol import create_device_keys
+    from appliance.station.keys import StationKeyPaths, generate_station_keys
+    from appliance.station.registry import DeviceRegistry
+
+    station = tmp / "station"
+    generate_station_keys(station)
+    paths = StationKeyPaths.of(station)
+    devices = []
+    for i in range(8):
+        keys = create_device_keys(tmp / f"dev{i}", f"burst-{i}")
+        registry = DeviceRegistry(station, settings=settings)
+        try:
+            public, _ = keys.curve_keypair()
+            registry.add_device(keys.device_id, keys.signing_key().public_key(), public)
+        finally:
+            registry.close()
+        devices.append(keys)
+    proc, endpoint = _start_receiver(station, settings, "burst")
+    clip = synthetic_clip(frames=25, video=os.urandom(CLIP_BYTES))
+    hpke = load_hpke_public_key(paths.hpke_public)
+    per = n // len(devices)
+    envelopes = {k.device_id: [seal_clip(clip, device_id=k.device_id, sequence=s, signing_key=k.signing_key(),
+                                         station_public_key=hpke) for s in range(1, per + 1)] for k in devices}
+    acked = [0]
+    lock = threading.Lock()
+
+    def send(keys: Any) -> None:
+        public, secret = keys.curve_keypair()
+        client = UplinkClient(ClientConfig(endpoint=endpoint, curve_public=public, curve_secret=secret,
+                                           station_curve_public=load_curve_public(paths.curve_public),
+                                           station_signing_public=load_signing_public_key(paths.signing_public),
+                                           ack_timeout_s=60))
+        try:
+            for env in envelopes[keys.device_id]:
+                if client.request(p.ENVELOPE, env).ok:
+                    with lock:
+                        acked[0] += 1
+        finally:
+            client.close()
+
+    try:
+        t = time.perf_counter()
+        threads = [threading.Thread(target=send, args=(k,)) for k in devices]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(600)
+        took = time.perf_counter() - t
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    label = "PostgreSQL + S3" if settings.db else "SQLite + files"
+    return [(f"[{label}] one receiver's ingest, 8 devices back to back, 1 MB clips ({acked[0]} acked)",
+             round(acked[0] / took, 1), "clips/s")]
+
+
+# ---------------------------------------------------------------------------------------
 # Retention over many stored clips
 
 
@@ -468,9 +543,10 @@ def _retention(tmp: Path, tier: str, settings: Any, n: int) -> list[tuple[str, f
         retained.close()
         audit.close()
     records = 0
-    with open(tmp / "audit.jsonl", "rb") as fh:
-        for line in fh:
-            records += json.loads(line).get("kind") == "retention.delete"
+    for path in sorted(tmp.glob("audit.jsonl*")):   # the active file and its sealed segments
+        with open(path, "rb") as fh:
+            for line in fh:
+                records += json.loads(line).get("kind") == "retention.delete"
     verified = verify_log(tmp / "audit.jsonl").ok
     left = ClipStore(tmp, settings=settings)
     try:

@@ -135,8 +135,9 @@ class PostgresServer:
         return server
 
     def _pg_ctl_start(self) -> bool:
+        # mmap: dynamic shared memory in the data directory, not /dev/shm (the clip tests watch it)
         opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='{self.root}' "
-                f"-c max_connections=200 -c shared_buffers=64MB")
+                f"-c max_connections=200 -c shared_buffers=64MB -c dynamic_shared_memory_type=mmap")
         proc = subprocess.run(
             [*_as_user(self.user), str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
              str(self.root / "server.log"), "-o", opts, "-w", "-t", "60", "start"],

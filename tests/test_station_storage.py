@@ -266,3 +266,36 @@ def test_unreachable_database_names_the_fix(postgres_server, tmp_path):
     url = postgres_server.url("postgres").replace(str(postgres_server.port), "1")
     with pytest.raises(InputError, match=r"cannot connect.*\*\*\*.*fix: start PostgreSQL"):
         PostgresDatabase(url, schema.STATION_POSTGRESQL, connect_timeout_s=2)
+
+
+@pytest.mark.servers
+def test_console_tables_on_both_tiers_and_shared_by_two_console_hosts(tier, tmp_path):
+    """Users, sessions, claims, verdicts and four-eyes disclosures: console.db on the embedded
+    tier, the shared database on the scale-out tier (a second console host sees the claim)."""
+    from appliance.station.console.store import ConsoleStore, WorkflowError
+    _, settings = tier
+    first = ConsoleStore(tmp_path / "console-1", settings=settings)
+    second = ConsoleStore(tmp_path / ("console-2" if settings.db else "console-1"), settings=settings)
+    try:
+        first.add_user("kim", "operator", "hash-1")
+        first.add_user("sam", "supervisor", "hash-2")
+        with pytest.raises(InputError, match="exists"):
+            second.add_user("kim", "operator", "hash-3")
+        token, csrf = first.new_session("kim", 60_000)
+        assert second.session(token).username == "kim" and second.session(token).csrf == csrf
+        first.claim("cam-01#7", "kim")
+        with pytest.raises(WorkflowError, match="claimed by kim"):
+            second.claim("cam-01#7", "sam")
+        closed = second.close_alarm("cam-01#7", "kim", "false", "sport_or_play", "two boxers")
+        assert closed.state == "closed" and first.workflow("cam-01#7").verdict == "false"
+        request = first.request_full("cam-01#7", "kim", "case 12")
+        with pytest.raises(WorkflowError, match="four eyes"):
+            second.decide(request, "kim", True, "self")
+        assert second.decide(request, "sam", True, "ok")["state"] == "approved"
+        assert first.approved_full("cam-01#7", "kim")["id"] == request
+        first.add_console_alarm("device_stale", "cam-02", {"silent_s": 300})
+        assert [a["device_id"] for a in second.console_alarms()] == ["cam-02"]
+        assert second.verdict_stats()["by_verdict"] == {"false": 1}
+    finally:
+        first.close()
+        second.close()

@@ -278,6 +278,8 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
               f"({st.permitted} permitted, {st.not_permitted} not permitted); {sealer.sealed} clip(s) sealed "
               f"into {cfg.spool_dir}" + (f", {sealer.refused} refused (spool full)" if sealer.refused else ""),
               flush=True)
+        if sealer.sealed:
+            print("next: the uplink delivers them (appliance uplink); on the station: appliance station list", flush=True)
     return 0
 
 

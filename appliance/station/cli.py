@@ -290,9 +290,12 @@ def _print_export(result) -> int:
         print(f"INCOMPLETE clip: the trigger asked for {a:.1f}…{b:.1f} s, the clip holds {c:.1f}…{d:.1f} s: {w['note']}")
     if r["verdict"] == "intact":
         print(f"frames: {f['decoded']} decoded, all SHA-256 match the sealed list: intact")
+        print(f"next: watch {result.webm.name}; this copy is outside the station's retention (the officer's "
+              "report lists every export): delete it when the case no longer needs it")
         return 0
     print(f"frames: ALTERED - mismatched {f['mismatched_frames']}, missing {f['missing_frames']}, "
           f"extra {f['extra_frames']}")
+    print("next: do not rely on this clip; keep the report and tell the data protection officer")
     return 6
 
 

@@ -161,6 +161,11 @@ class ClipStore:
             return self._existing(parsed, row)
         highest = self.highest_sequence(header.device_id)
         if header.sequence <= highest:
+            # Another receiver may have committed this very (device, sequence) between the two
+            # reads above: then it is a duplicate (or a replay), not an old sequence.
+            row = self._row_for(header.device_id, header.sequence)
+            if row is not None:
+                return self._existing(parsed, row)
             raise EnvelopeError("old_sequence", f"{header.device_id}#{header.sequence} <= highest stored {highest}")
         location = self.blobs.put(header.device_id, header.sequence, parsed.sha256, parsed.data)
         if self._insert(parsed, location):

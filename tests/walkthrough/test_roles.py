@@ -146,6 +146,7 @@ def test_station_operator(walk):
     assert "VIEWED" in header and first.startswith("walk-box-01#1 ") and "never" in first
     assert "INCOMPLETE (" in first     # a 2-s file cannot hold the 5-s pre- and post-roll (docs/clip.md)
     assert "signature valid" in export.out and "all SHA-256 match the sealed list: intact" in export.out
+    assert "next: watch " in export.out and "next: the uplink delivers them" in run.stdout
     assert "INCOMPLETE clip: the trigger asked for" in export.out and "the stream ended" in export.out
     assert any((walk.shell.cwd / "walk/export").glob("*.webm"))
     after = walk.shell.run("appliance station list --station-dir walk/station").stdout.splitlines()[1]

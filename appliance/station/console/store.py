@@ -1,8 +1,10 @@
-"""The console's own database, ``<console dir>/console.db`` (SQLite WAL), and read-only access to
-the station's store.
+"""The console's own tables, and read-only access to the station's store.
 
 The console process runs under its own user: it *reads* the station database (alarms, clips,
-devices, health; ``mode=ro``) and *writes* only its own database:
+devices, health; ``mode=ro``) and *writes* only its own tables: ``<console dir>/console.db``
+(SQLite WAL) on the embedded tier, or the same tables in PostgreSQL when the console is given
+a database (``$APPLIANCE_STATION_DB`` or ``<console dir>/storage.toml``, docs/storage.md), so
+that several console hosts share users, claims and verdicts:
 
     users        accounts: role, argon2id hash, lock-out counters
     sessions     login sessions (SHA-256 of the cookie token, CSRF token, expiry)
@@ -16,16 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.common.errors import InputError
+from appliance.common.errors import ApplianceError, InputError
+from appliance.station.storage import StorageSettings, resolve_settings
+from appliance.station.storage.database import Database, PostgresDatabase, SqliteDatabase
 
-SCHEMA_VERSION = 1
 ROLES = ("operator", "supervisor", "dpo", "admin")
 VERDICTS = ("true", "false", "unclear")
 #: Reason codes per verdict: what the training export and the officer's statistics group by.
@@ -85,6 +87,60 @@ CREATE TABLE IF NOT EXISTS console_alarms (
 """
 
 
+_SCHEMA_POSTGRESQL = """
+CREATE TABLE users (
+    username         TEXT PRIMARY KEY,
+    role             TEXT NOT NULL,
+    password_hash    TEXT NOT NULL,
+    created_unix_ms  BIGINT NOT NULL,
+    disabled         INTEGER NOT NULL DEFAULT 0,
+    failed_logins    INTEGER NOT NULL DEFAULT 0,
+    locked_until_ms  BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE sessions (
+    token_sha256     TEXT PRIMARY KEY,
+    username         TEXT NOT NULL,
+    csrf             TEXT NOT NULL,
+    created_unix_ms  BIGINT NOT NULL,
+    expires_unix_ms  BIGINT NOT NULL
+);
+CREATE TABLE workflow (
+    alarm_id         TEXT PRIMARY KEY,
+    state            TEXT NOT NULL,
+    owner            TEXT NOT NULL DEFAULT '',
+    claimed_unix_ms  BIGINT NOT NULL DEFAULT 0,
+    closed_unix_ms   BIGINT NOT NULL DEFAULT 0,
+    closed_by        TEXT NOT NULL DEFAULT '',
+    verdict          TEXT NOT NULL DEFAULT '',
+    reason_code      TEXT NOT NULL DEFAULT '',
+    note             TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE disclosures (
+    id               BIGSERIAL PRIMARY KEY,
+    alarm_id         TEXT NOT NULL,
+    layer            TEXT NOT NULL,
+    requested_by     TEXT NOT NULL,
+    reason           TEXT NOT NULL,
+    requested_unix_ms BIGINT NOT NULL,
+    state            TEXT NOT NULL,
+    decided_by       TEXT NOT NULL DEFAULT '',
+    decision_reason  TEXT NOT NULL DEFAULT '',
+    decided_unix_ms  BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE console_alarms (
+    alarm_id         TEXT PRIMARY KEY,
+    kind             TEXT NOT NULL,
+    device_id        TEXT NOT NULL,
+    created_unix_ms  BIGINT NOT NULL,
+    body_json        TEXT NOT NULL
+)
+"""
+
+#: Versioned migrations of the console's tables, one list per dialect (as the station's).
+CONSOLE_SQLITE: list[tuple[int, str]] = [(1, _SCHEMA)]
+CONSOLE_POSTGRESQL: list[tuple[int, str]] = [(1, _SCHEMA_POSTGRESQL)]
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -124,36 +180,34 @@ class Workflow:
 
 
 class ConsoleStore:
-    """console.db; one instance shared by the console's threads (a lock serialises use)."""
+    """The console's tables; one instance shared by the console's threads (a lock serialises use)."""
 
-    def __init__(self, console_dir: str | Path):
+    def __init__(self, console_dir: str | Path, *, settings: StorageSettings | None = None):
         self.dir = Path(console_dir)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self.dir / "console.db", timeout=30, isolation_level=None,
-                                     check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            self._conn.executescript(_SCHEMA)
-            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        elif version != SCHEMA_VERSION:
-            raise InputError(f"{self.dir / 'console.db'}: schema version {version}, this software knows "
-                             f"{SCHEMA_VERSION} (fix: run the matching release)")
+        settings = settings or resolve_settings(self.dir)
+        self._db: Database
+        if settings.db:
+            self._db = PostgresDatabase(settings.db, CONSOLE_POSTGRESQL, max_size=4,
+                                        migrations_table="console_schema_migrations")
+        else:
+            try:
+                self._db = SqliteDatabase(self.dir / "console.db", CONSOLE_SQLITE)
+            except ApplianceError as exc:
+                raise InputError(f"{exc} (fix: run the matching release)") from None
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._db.close()
 
-    def _q(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+    def _q(self, sql: str, args: tuple = ()) -> list[Any]:
         with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+            return self._db.execute(sql, args).fetchall()
 
     def _x(self, sql: str, args: tuple = ()) -> int:
         with self._lock:
-            return self._conn.execute(sql, args).rowcount
+            return self._db.execute(sql, args).rowcount
 
     # -- users ------------------------------------------------------------------------
 
@@ -162,12 +216,10 @@ class ConsoleStore:
             raise InputError(f"role {role!r} is not one of {', '.join(ROLES)}")
         if not username or len(username) > 64 or not username.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise InputError(f"user name {username!r}: 1-64 letters, digits, '.', '-', '_'")
-        try:
-            self._x("INSERT INTO users(username, role, password_hash, created_unix_ms) VALUES (?,?,?,?)",
-                    (username, role, password_hash, now_ms()))
-        except sqlite3.IntegrityError:
+        if not self._x("INSERT INTO users(username, role, password_hash, created_unix_ms) VALUES (?,?,?,?) "
+                       "ON CONFLICT DO NOTHING", (username, role, password_hash, now_ms())):
             raise InputError(f"user {username!r} exists (fix: choose another name, or "
-                             f"'appliance station console user passwd {username}')") from None
+                             f"'appliance station console user passwd {username}')")
 
     def set_password(self, username: str, password_hash: str) -> None:
         if not self._x("UPDATE users SET password_hash=?, failed_logins=0, locked_until_ms=0 WHERE username=?",
@@ -279,9 +331,9 @@ class ConsoleStore:
 
     def request_full(self, alarm_id: str, user: str, reason: str) -> int:
         with self._lock:
-            self._x("INSERT INTO disclosures(alarm_id, layer, requested_by, reason, requested_unix_ms, state) "
-                    "VALUES (?, 'full', ?, ?, ?, 'pending')", (alarm_id, user, reason, now_ms()))
-            return int(self._q("SELECT last_insert_rowid()")[0][0])
+            rows = self._q("INSERT INTO disclosures(alarm_id, layer, requested_by, reason, requested_unix_ms, state) "
+                           "VALUES (?, 'full', ?, ?, ?, 'pending') RETURNING id", (alarm_id, user, reason, now_ms()))
+            return int(rows[0][0])
 
     def disclosures(self, *, state: str | None = None, alarm_id: str | None = None) -> list[dict[str, Any]]:
         sql, args = "SELECT * FROM disclosures WHERE 1=1", []
@@ -346,7 +398,7 @@ class WorkflowError(InputError):
     """A workflow step that the alarm's state or the user's role does not allow."""
 
 
-def _workflow(r: sqlite3.Row) -> Workflow:
+def _workflow(r: Any) -> Workflow:
     return Workflow(r["alarm_id"], r["state"], r["owner"], r["claimed_unix_ms"], r["closed_unix_ms"],
                     r["closed_by"], r["verdict"], r["reason_code"], r["note"])
 

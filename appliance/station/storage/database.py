@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -192,7 +193,13 @@ class PostgresDatabase:
     thread_safe = True
 
     def __init__(self, url: str, migrations: Sequence[tuple[int, str]], *, min_size: int = 1,
-                 max_size: int = 8, connect_timeout_s: float = 15.0):
+                 max_size: int = 8, connect_timeout_s: float = 15.0,
+                 migrations_table: str = "schema_migrations"):
+        """``migrations_table``: where this migration list's versions are recorded (the console's
+        tables have a list of their own in the same database)."""
+        if not re.fullmatch(r"[a-z_]+", migrations_table):
+            raise ValueError(migrations_table)
+        self._migrations_table = migrations_table
         try:
             import psycopg
             from psycopg_pool import ConnectionPool, PoolTimeout
@@ -216,9 +223,10 @@ class PostgresDatabase:
         latest = migrations[-1][0] if migrations else 0
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+            table = self._migrations_table
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, "
                          "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
-            row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
+            row = conn.execute(f"SELECT COALESCE(MAX(version), 0) FROM {table}").fetchone()
             version = row[0] if row is not None else 0
             if version > latest:
                 raise ApplianceError(f"{redact_url(self.url, keep_username=True)}: schema version {version}, this software knows "
@@ -228,7 +236,7 @@ class PostgresDatabase:
                     log.info("migrating the station database to schema version %d", v)
                     for statement in _statements(sql):
                         conn.execute(statement)
-                    conn.execute("INSERT INTO schema_migrations(version) VALUES (%s)", (v,))
+                    conn.execute(f"INSERT INTO {table}(version) VALUES (%s)", (v,))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         with self.pool.connection() as conn:
