@@ -359,7 +359,7 @@ def test_writer_refuses_to_append_after_a_tampered_tail(tmp_path):
 
 def test_access_without_reason_is_refused(tmp_path):
     path = tmp_path / "station.jsonl"
-    log = AuditLog(path, origin="station", device="station-1")
+    log = AuditLog(path, origin="station", device="station-1", create_unsigned=True)
     for kind in ("station.decrypt", "station.view", "station.export"):
         with pytest.raises(AccessRefused, match="a reason is mandatory"):
             log.append(kind, clip_id="c1", operator="officer.k", reason="")
@@ -375,7 +375,7 @@ def test_access_without_reason_is_refused(tmp_path):
 
 
 def test_bad_kinds_and_fields_are_refused(tmp_path):
-    log = AuditLog(tmp_path / "a.jsonl")
+    log = AuditLog(tmp_path / "a.jsonl", create_unsigned=True)
     with pytest.raises(AuditError, match="dotted lowercase"):
         log.append("Trigger", x=1)
     with pytest.raises(AuditError, match="reserved"):

@@ -67,6 +67,13 @@ def build_logs(tmp_path: Path) -> tuple[Path, Path]:
     at(31)
     st.append("station.export", clip_id="c1" * 8, device_id="cam-paradeplatz", envelope_sha256="c1" * 32,
               operator="officer.k", reason="case 2026-114 <b>assault</b>")
+    st.append("station.export_result", clip_id="c1" * 8, envelope_sha256="c1" * 32, operator="officer.k",
+              verdict="intact", mismatched_frames=[])
+    at(31.5)   # a failed export (issue 12): listed as failed, not like the one that worked
+    st.append("station.export", clip_id="c3" * 8, device_id="cam-paradeplatz", envelope_sha256="c3" * 32,
+              operator="officer.m", reason="case 2026-115")
+    st.append("station.export_result", clip_id="c3" * 8, envelope_sha256="c3" * 32, operator="officer.m",
+              verdict="failed", error="decrypt_failed")
     at(32)
     st.append("hold.set", clip_id="c2" * 8, reason="court order 7", by="dpo", until=utc_iso(DAY0 + 200 * H))
     at(73.2)                                              # c1 on time (72 h + 0.2 h < grace)
@@ -100,10 +107,15 @@ def test_report_counts_accesses_and_retention(tmp_path):
     assert report["not_permitted"] == {"total": 2, "by_pattern": {"fall": 1, "lying": 1},
                                        "by_rule": {"not-listed": 1, "patterns.fall.permitted": 1}}
     assert report["clips"]["stored"] == 4 and report["clips"]["exported"] == 1 and report["clips"]["deleted"] == 2
+    assert report["clips"]["export_failed"] == 1
     assert report["accesses"] == [{"time": "2026-03-02T07:00:00.000000Z", "action": "export",
                                    "alarm": "cam-paradeplatz#1", "clip_id": "c1" * 8,
                                    "operator": "officer.k", "reason": "case 2026-114 <b>assault</b>",
-                                   "device": "cam-paradeplatz"}]
+                                   "device": "cam-paradeplatz", "outcome": "intact"},
+                                  {"time": "2026-03-02T07:30:00.000000Z", "action": "export",
+                                   "alarm": "cam-paradeplatz#1", "clip_id": "c3" * 8,
+                                   "operator": "officer.m", "reason": "case 2026-115",
+                                   "device": "cam-paradeplatz", "outcome": "failed: decrypt_failed"}]
     assert report["frames"] == {"analysed": 36000, "discarded": 9000}
     assert all(lg["intact"] for lg in report["logs"])
     ret = report["retention"]
@@ -153,11 +165,11 @@ def test_html_and_csv(tmp_path):
     # one alarm id (device#sequence) and human-readable times in the stated zone
     assert ["period", "time_zone", "UTC", "every time below is in this zone"] in rows
     assert ["access", "cam-paradeplatz#1", "export", ("2026-03-02 07:00:00 UTC operator=officer.k "
-            "reason=case 2026-114 <b>assault</b>")] in rows
+            "reason=case 2026-114 <b>assault</b> outcome=intact")] in rows
     assert sorted(r[1] for r in rows if r[0] == "retention_violation") == ["c3" * 8, "c4" * 8]
     report["accesses"][0]["alarm"] = "=HYPERLINK(\"http://x\")"     # a hostile value from a log
     rows = list(csv.reader(io.StringIO(render_csv(report))))
-    assert [r[1] for r in rows if r[0] == "access"] == ["'=HYPERLINK(\"http://x\")"]
+    assert next(r[1] for r in rows if r[0] == "access") == "'=HYPERLINK(\"http://x\")"
 
 
 def test_report_marks_a_tampered_log(tmp_path):

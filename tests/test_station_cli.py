@@ -114,8 +114,9 @@ def test_decrypt_an_envelope_file_and_devices_list(station, tmp_path, capsys):
     assert main(["station", "decrypt", str(path), str(tmp_path / "o2"), "--dir", str(station_dir),
                  "--operator", "kim", "--reason", "spool recovery"]) == 4
     assert "bad_signature" in capsys.readouterr().err
-    # Enrolled but never heard from: stale (exit 3), so a monitoring job can alert.
-    assert main(["station", "devices", "list", "--dir", str(station_dir), "--json"]) == 3
+    # Enrolled but never heard from, past the grace for mounting the box: stale (exit 3), so a
+    # monitoring job can alert.
+    assert main(["station", "devices", "list", "--dir", str(station_dir), "--json", "--grace", "0"]) == 3
     captured = capsys.readouterr()
     [dev] = [json.loads(line) for line in captured.out.splitlines()]
     assert dev["device_id"] == "dev-x" and dev["enabled"] and len(dev["signing_key"]) == 19

@@ -18,8 +18,9 @@ from tests.systemd_util import (
 )
 
 UNITS = ("appliance-pixel.service", "appliance-uplink.service")
-STATION_UNITS = ("appliance-station.service", "appliance-station-watch.service", "appliance-station-watch.timer",
-                 "appliance-retention.service", "appliance-retention.timer", "appliance-console.service")
+STATION_UNITS = ("appliance-station.service", "appliance-station-audit.service", "appliance-station-watch.service",
+                 "appliance-station-watch.timer", "appliance-retention.service", "appliance-retention.timer",
+                 "appliance-console.service")
 MAX_EXPOSURE = 2.0
 
 #: What the issue asks of both units (exact values where the value is the point).
@@ -165,7 +166,7 @@ def test_sysusers_and_tmpfiles_create_the_layout(tmp_path):
 #: Measured with systemd 252 (docs/provisioning.md, "Station deployment"): receiver 1.2 (it must
 #: accept connections from anywhere the boxes are: no PrivateNetwork=/IPAddressDeny=), watch 0.2.
 STATION_MAX_EXPOSURE = {"appliance-station.service": 1.5, "appliance-station-watch.service": 0.5,
-                        "appliance-console.service": 1.6}
+                        "appliance-console.service": 1.6, "appliance-station-audit.service": 1.0}
 STATION_DIR = "/var/lib/appliance-station"
 
 
@@ -241,7 +242,10 @@ def test_station_sysusers_and_tmpfiles_create_the_station_layout(tmp_path):
                    check=True, capture_output=True, timeout=60)
     passwd = (root / "etc/passwd").read_text()
     users = {line.split(":")[0]: line.split(":") for line in passwd.splitlines()}
-    assert set(users) == {"appliance-station", "appliance-console"}
+    assert set(users) == {"appliance-station", "appliance-station-audit", "appliance-console"}
+    s = unit_settings(SYSTEMD_DIR / "appliance-station-audit.service")
+    assert s["User"] == ["appliance-station-audit"] and s["StateDirectoryMode"] == ["0700"]
+    assert "--allow-user appliance-station" in s["ExecStart"][0]
     for name in ("appliance-station.service", "appliance-station-watch.service", "appliance-retention.service"):
         s = unit_settings(SYSTEMD_DIR / name)
         assert s["User"] == ["appliance-station"] and s["Group"] == ["appliance-station"], name
@@ -257,6 +261,9 @@ def test_station_sysusers_and_tmpfiles_create_the_station_layout(tmp_path):
     assert (str(d.stat().st_uid), str(d.stat().st_gid)) == (users["appliance-station"][2], gid)
     members = next(line for line in group.splitlines() if line.startswith("appliance-station:")).split(":")[3]
     assert members.split(",") == ["appliance-console"]
+    audit = root / "var/lib/appliance-station-audit"   # the audit writer's: not the station user's
+    assert (audit.stat().st_mode & 0o7777) == 0o700
+    assert str(audit.stat().st_uid) == users["appliance-station-audit"][2] != users["appliance-station"][2]
 
 
 def test_console_unit_settings():

@@ -60,8 +60,13 @@ def _setup(tmp_path: Path):
 
 
 def test_uplink_once_sends_everything(tmp_path):
-    station_dir, server, thread, config_path, spool, _keys, _ = _setup(tmp_path)
+    station_dir, server, thread, config_path, spool, keys, state = _setup(tmp_path)
     try:
+        # No audit log yet and no key to create one with: the uplink must not become its
+        # genesis (a keyless genesis made the log verify as TAMPERED), so it refuses.
+        assert main(["uplink", "--config", str(config_path), "--once"]) == 1
+        assert not (state / "audit.jsonl").exists() and len(spool.pending()) == 3
+        AuditLog(state / "audit.jsonl", signer=keys.signing_key(), device="dev-cli").close()  # the pixel process
         assert main(["uplink", "--config", str(config_path), "--once"]) == 0
     finally:
         server.stop()

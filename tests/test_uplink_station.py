@@ -23,6 +23,7 @@ from appliance.box.uplink.client import (
     probe,
 )
 from appliance.contracts import protocol as p
+from appliance.contracts.audit.checkpoints import sign_checkpoint
 from appliance.contracts.curve import (
     generate_curve_keypair,
     load_curve_keypair,
@@ -132,7 +133,8 @@ def test_uplink_empties_spool_heartbeats_and_probe(world, clip, tmp_path):
     for _ in range(5):
         seq = spool.next_sequence("dev-a")
         spool.put(seal_for(station_dir, keys, clip, seq), device_id="dev-a", sequence=seq)
-    checkpoints = [{"n": 0, "head": "aa" * 32, "sig": "x"}, {"n": 1, "head": "bb" * 32, "sig": "y"}]
+    checkpoints = [sign_checkpoint(keys.signing_key(), log="ab" * 16, n=n, count=10 * (n + 1), head=h * 32,
+                                   time="2026-12-01T10:00:00.000000Z").to_json() for n, h in enumerate(("aa", "bb"))]
     with running_station(station_dir) as (server, _audit):
         client = make_client(station_dir, keys, server.endpoint)
         signed = sign_health({"analysis_fps": 9.5, "model_sha256": "cd" * 32}, device_id="dev-a",
@@ -164,17 +166,19 @@ def test_uplink_empties_spool_heartbeats_and_probe(world, clip, tmp_path):
     assert [c["checkpoint"] for c in checkpoints_for(station_dir, "dev-a")] == checkpoints
 
 
-def test_probe_stores_nothing(world):
+def test_probe_stores_no_clip_but_counts_as_liveness(world):
     station_dir, devices = world
-    with running_station(station_dir) as (server, _audit):
+    with running_station(station_dir, max_envelope_bytes=123456) as (server, _audit):
         client = make_client(station_dir, devices["dev-b"], server.endpoint)
         try:
-            assert probe(client, "dev-b", devices["dev-b"].signing_key()).ok
+            reply = probe(client, "dev-b", devices["dev-b"].signing_key())
         finally:
             client.close()
+    assert reply.ok and reply.body["max_envelope_bytes"] == 123456 and reply.body["highest_sequence"] == 0
     store = ClipStore(station_dir)
     try:
-        assert store.count() == 0 and store.last_seen("dev-b") is None
+        seen = store.last_seen("dev-b")
+        assert store.count() == 0 and seen.last_kind == "probe" and seen.last_seen_unix_ms > 0
     finally:
         store.close()
 

@@ -48,6 +48,9 @@ class CameraConfig:
     # of its own timeline. Ignored for a live camera.
     realtime: bool = opt(True, fix="true to pace a video file at its own frame rate (default), false to "
                                    "analyse it as fast as possible (same as `appliance run --fast`)")
+    password_file: str = opt("", fix="path of the 0600 file holding the camera password (the URL names the user "
+                                     "only); 'appliance provision init --camera rtsp://USER:PASSWORD@HOST/...' "
+                                     "writes <state_dir>/pixel/camera-password")
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,19 @@ class AppConfig:
 
 
 def _cross_checks(cfg: AppConfig, problems: list[str]) -> None:
+    from appliance.contracts.identifiers import DEVICE_ID_RE
+
+    if cfg.camera is not None and ("://" in cfg.camera.source
+                                   and ":" in cfg.camera.source.split("://", 1)[1].split("@", 1)[0]
+                                   and "@" in cfg.camera.source.split("://", 1)[1].split("/", 1)[0]):
+        problems.append("camera.source holds a password: the config is readable by other processes and kept in "
+                        "appliance.toml.bak, so it must stay free of secrets (fix: 'appliance provision init "
+                        "--camera URL' moves the password into camera.password_file, or write it into a 0600 file, "
+                        "name it there and drop it from the URL)")
+    if not DEVICE_ID_RE.fullmatch(cfg.device.id):
+        problems.append(f"device.id = {cfg.device.id!r}: must match {DEVICE_ID_RE.pattern} (it names the "
+                        "device's directory at the station; fix: letters, digits, '.', '_' or '-', starting "
+                        "with a letter or digit, e.g. 'mannheim-paradeplatz-03')")
     if cfg.tracking.low_score >= cfg.tracking.high_score:
         problems.append(
             f"tracking.low_score = {cfg.tracking.low_score}: must be below tracking.high_score = "

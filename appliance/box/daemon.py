@@ -115,12 +115,12 @@ class ClipSealer:
     def __call__(self, clip: Clip) -> None:
         decision = clip.trigger.decision
         event = decision.event
-        sequence = self._reserved.pop(id(clip.trigger), None) or self.spool.next_sequence(self.device_id)
-        envelope = seal_clip(clip, device_id=self.device_id, sequence=sequence, signing_key=self.signing_key,
-                             station_public_key=self.station_key, kem=self.kem)
-        digest = hashlib.sha256(envelope).hexdigest()
-        clip_id = alarm_id(self.device_id, sequence)
         try:
+            sequence = self._reserved.pop(id(clip.trigger), None) or self.spool.next_sequence(self.device_id)
+            envelope = seal_clip(clip, device_id=self.device_id, sequence=sequence, signing_key=self.signing_key,
+                                 station_public_key=self.station_key, kem=self.kem)
+            digest = hashlib.sha256(envelope).hexdigest()
+            clip_id = alarm_id(self.device_id, sequence)
             self.spool.put(envelope, device_id=self.device_id, sequence=sequence)
         except SpoolFullError as exc:
             # Never silent: the refusal is audited by the spool, logged, and reported as health.

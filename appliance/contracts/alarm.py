@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from appliance.common.errors import ApplianceError
 from appliance.contracts.canonical import canonical_json  # the one encoder (same rules as the envelope header)
 from appliance.contracts.envelope import _int, _str  # the header's type predicates
+from appliance.contracts.identifiers import DEVICE_ID_RE
 
 MAGIC = b"APAL"
 VERSION = 1
@@ -44,8 +45,7 @@ SIGNATURE_BYTES = 64
 MAX_BODY_BYTES = 512 * 1024
 KEYPOINT_ORDER = "coco17"
 _FIXED = struct.Struct(">4sHI")  # magic, version, body length
-DEVICE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-ALARM_ID_RE = re.compile(r"([A-Za-z0-9._-]{1,64})#([1-9][0-9]{0,18})")
+ALARM_ID_RE = re.compile("(" + DEVICE_ID_RE.pattern + r")#([1-9][0-9]{0,18})")
 
 REASONS = ("garbage", "unknown_version", "truncated", "malformed", "oversize", "bad_signature")
 

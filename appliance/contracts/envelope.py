@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from appliance.common.errors import ApplianceError
 from appliance.contracts.canonical import canonical_json
+from appliance.contracts.identifiers import DEVICE_ID_RE
 from appliance.contracts.keys import KEMS, HpkePrivateKey, HpkePublicKey
 from appliance.contracts.types import Clip
 
@@ -50,7 +51,6 @@ KEY_INFO = b"appliance-envelope-v1 key"
 SIG_CONTEXT = b"appliance-envelope-v1 sig\x00"
 KDF, AEAD = "HKDF_SHA256", "AES_256_GCM"
 WRAPPED_KEY_BYTES = {"MLKEM768_X25519": 1120 + 32 + TAG_BYTES, "X25519": 32 + 32 + TAG_BYTES}
-DEVICE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _FIXED = struct.Struct(">4sHI")  # magic, version, header length
 

@@ -103,6 +103,16 @@ def load_signing_key(path: str | Path) -> Ed25519PrivateKey:
     return key
 
 
+def load_signing_key_if_readable(path: str | Path | None) -> Ed25519PrivateKey | None:
+    """The key when this process may read it (a technician as root can; the uplink user cannot)."""
+    if not path:
+        return None
+    try:
+        return load_signing_key(path)
+    except (KeyFileError, OSError, ValueError):
+        return None
+
+
 def save_signing_public_key(path: str | Path, public: Ed25519PublicKey) -> Path:
     return write_public_file(path, public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))

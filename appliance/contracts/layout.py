@@ -49,6 +49,11 @@ class DeviceLayout:
         return self.audit_dir / "audit.jsonl"
 
     @property
+    def camera_password(self) -> Path:
+        """The camera password (0600, pixel user): never in the config (camera.password_file)."""
+        return self.pixel_dir / "camera-password"
+
+    @property
     def signing_key(self) -> Path:
         return self.pixel_dir / "device-signing.key"
 
@@ -109,7 +114,7 @@ class DeviceLayout:
                         (self.spool_dir, 0o2770), (self.audit_dir, 0o2770)):
             d.mkdir(exist_ok=True)
             os.chmod(d, mode)
-        for sub in ("tmp", "rejected", "sequence"):
+        for sub in ("tmp", "rejected", "quarantine", "sequence"):
             d = self.spool_dir / sub
             d.mkdir(exist_ok=True)
             os.chmod(d, 0o2770)
@@ -123,7 +128,7 @@ class DeviceLayout:
         gid = _gid(SHARED_GROUP)
         if gid is not None:
             for d in (self.spool_dir, self.audit_dir, self.audit_log,
-                      *(self.spool_dir / s for s in ("tmp", "rejected", "sequence"))):
+                      *(self.spool_dir / s for s in ("tmp", "rejected", "quarantine", "sequence"))):
                 os.chown(d, 0, gid)
 
     def hand_over(self) -> None:

@@ -32,6 +32,7 @@ REQUEST_TYPES = (ENVELOPE, HEARTBEAT, PROBE, ALARM)
 PROBE_CONTEXT = b"appliance-probe-v1\x00"
 REPLY_CONTEXT = b"appliance-reply-v1\x00"
 REQUEST_ID_BYTES = 8
+NONCE_RE = re.compile(r"[0-9a-f]{1,128}")
 MAX_JSON_BODY = 1024 * 1024
 #: Envelope limit + room for the other frames; libzmq drops a peer that sends more.
 FRAME_SLACK = 64 * 1024
@@ -79,12 +80,17 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_JSON_BODY:
         raise ProtocolError("oversize", f"JSON body of {len(raw)} bytes")
     try:
-        doc = json.loads(raw.decode("ascii"))
+        doc = json.loads(raw.decode("ascii"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ProtocolError("malformed", "body is not ASCII JSON") from None
+        raise ProtocolError("malformed", "body is not ASCII JSON (NaN and Infinity are not JSON)") from None
     if not isinstance(doc, dict):
         raise ProtocolError("malformed", "body is not a JSON object")
     return doc
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json accepts NaN/Infinity; canonical JSON (and every later re-encoding) does not.
+    raise ValueError(f"{name} is not JSON")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ DEFAULT_DIR = os.environ.get("APPLIANCE_STATION_DIR", "/var/lib/appliance-statio
 DEFAULT_BIND = "tcp://0.0.0.0:7100"
 #: Four missed heartbeats at the default 30 s interval ([uplink] heartbeat_s).
 STALE_AFTER_S = 120.0
+#: A device enrolled but never heard from is "not yet seen", not STALE, for this long: the box
+#: is enrolled at the station before the technician mounts and starts it.
+NOT_SEEN_GRACE_S = 24 * 3600.0
 
 
 def _dir_arg(p: argparse.ArgumentParser, *, storage: bool = True) -> None:
@@ -73,6 +76,10 @@ def register(sub) -> None:
     p.add_argument("--ready-file", type=Path, help="write the bound endpoint here once listening")
     p.add_argument("--max-envelope-bytes", type=int, default=64 * 1024 * 1024,
                    help="largest envelope accepted (default 64 MiB)")
+    p.add_argument("--peer-rate", type=float, default=200.0, metavar="PER_SECOND",
+                   help="requests per second one device may send on average (burst: twice that); more "
+                        "are dropped unread and a device that keeps flooding, or does not read its "
+                        "replies, is cut off for 10 s (default 200; an honest uplink sends one at a time)")
     p.add_argument("--no-audit", action="store_true", help="do not write <dir>/audit.jsonl (tests only)")
     p.set_defaults(func=cmd_serve)
 
@@ -98,6 +105,21 @@ def register(sub) -> None:
     _access_args(p)
     p.set_defaults(func=cmd_decrypt)
 
+    writer = ssub.add_parser("audit-writer", help="the separate process that alone holds the station's audit "
+                                                  "log and its key (appliance-station-audit.service)")
+    wsub = writer.add_subparsers(dest="writer_command", metavar="WRITER_COMMAND", required=True)
+    p = wsub.add_parser("serve", help="serve the station's audit log on a Unix socket (run as its own user)")
+    p.add_argument("--audit-dir", type=Path, default=Path("/var/lib/appliance-station-audit"),
+                   help="holds audit.jsonl and the key (created 0700 / 0600 on first start)")
+    p.add_argument("--socket", default=None, help="Unix socket path (default /run/appliance-station-audit/audit.sock)")
+    p.add_argument("--allow-user", action="append", default=[], metavar="USER",
+                   help="a user whose processes may append (repeat; root and the writer's own user always may)")
+    p.set_defaults(func=cmd_audit_writer_serve)
+    p = wsub.add_parser("enable", help="send this station directory's audit records to the writer from now on")
+    _dir_arg(p)
+    p.add_argument("--socket", default=None, help="the writer's socket (default /run/appliance-station-audit/audit.sock)")
+    p.set_defaults(func=cmd_audit_writer_enable)
+
     p = ssub.add_parser("migrate", help="move this station from SQLite + files to PostgreSQL + S3 "
                                         "(docs/storage.md); stop the receiver first")
     _dir_arg(p, storage=False)
@@ -119,7 +141,22 @@ def register(sub) -> None:
                    help="an enabled device not heard from (heartbeat, clip or probe) for this long is "
                         f"STALE: a dead box, a cut cable or a covered camera (default {STALE_AFTER_S:.0f}, "
                         "four missed 30-s heartbeats)")
+    p.add_argument("--grace", type=float, default=NOT_SEEN_GRACE_S, metavar="SECONDS",
+                   help="a device enrolled this recently and never heard from is 'not yet seen', not "
+                        f"STALE (default {NOT_SEEN_GRACE_S:.0f}: a day to mount and start the box)")
     p.set_defaults(func=cmd_devices_list)
+    for action, text in (("disable", "refuse a device's connections and clips until enabled again (its "
+                                     "stored clips stay verifiable); closes its open session"),
+                         ("enable", "accept a disabled device again"),
+                         ("revoke", "never trust this device's keys again (stolen or compromised box); "
+                                    "closes its open session; only a re-enrolment with new keys undoes it")):
+        p = dsub.add_parser(action, help=text)
+        p.add_argument("device_id", metavar="DEVICE_ID")
+        _dir_arg(p)
+        p.add_argument("--operator", required=True, help="who does it (recorded in the audit log)")
+        p.add_argument("--reason", required=True, help="why, e.g. 'box stolen, case 2026-1187' (audited)")
+        p.set_defaults(func=cmd_devices_status, status={"disable": "disabled", "enable": "enabled",
+                                                         "revoke": "revoked"}[action])
     _register_provisioning_device_commands(dsub)
 
     p = ssub.add_parser("training-export", help="the operators' verdicts as a skeleton-only training set "
@@ -176,7 +213,8 @@ def cmd_serve(args) -> int:
     configure_logging("appliance-station", level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
     audit = None if args.no_audit else _station_audit(args.dir)
     server = StationServer(args.dir, args.bind, audit=audit, max_envelope_bytes=args.max_envelope_bytes,
-                           ready_file=args.ready_file, notifier=ServiceNotifier(), storage=_settings(args))
+                           ready_file=args.ready_file, notifier=ServiceNotifier(), storage=_settings(args),
+                           peer_rate=args.peer_rate)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
     try:
@@ -365,12 +403,76 @@ def cmd_decrypt(args) -> int:
         audit.close()
 
 
+def cmd_audit_writer_serve(args) -> int:
+    from appliance.common.service import ServiceNotifier, configure_logging
+    from appliance.station.audit_writer import DEFAULT_SOCKET, AuditWriter
+
+    configure_logging("appliance-station-audit")
+    writer = AuditWriter(args.audit_dir, args.socket or DEFAULT_SOCKET, allowed_users=args.allow_user)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: writer.stop())
+    writer.serve_forever(ServiceNotifier())
+    return 0
+
+
+def cmd_audit_writer_enable(args) -> int:
+    from appliance.station.audit_writer import DEFAULT_SOCKET, AuditWriterClient, enable
+
+    socket_path = args.socket or DEFAULT_SOCKET
+    with AuditWriterClient(socket_path) as client:   # refuse to point at a writer that is not there
+        client.append("station.audit_writer_enabled", station_dir=str(Path(args.dir).resolve()))
+    path = enable(args.dir, socket_path)
+    local = Path(args.dir) / "audit.jsonl"
+    print(f"{path}: station audit records now go to the writer at {socket_path}")
+    if local.exists():
+        print(f"the earlier local log {local} is kept as it is: verify it with the station signing key "
+              "and archive it", file=sys.stderr)
+    return 0
+
+
+def cmd_devices_status(args) -> int:
+    from appliance.contracts.identifiers import DEVICE_ID_RE
+    from appliance.station.registry import DeviceRegistry
+
+    if not DEVICE_ID_RE.fullmatch(args.device_id):
+        raise InputError(f"device id {args.device_id!r} must match {DEVICE_ID_RE.pattern}")
+    operator, reason = (args.operator or "").strip(), (args.reason or "").strip()
+    if not operator or not reason:
+        raise InputError("--operator NAME and a non-empty --reason are required (both are audited)")
+    registry = DeviceRegistry(args.dir, settings=_settings(args))
+    audit = _station_audit(args.dir)
+    try:
+        before = registry.get(args.device_id, include_disabled=True)
+        if before is None:
+            raise InputError(f"no enrolled device {args.device_id!r} (see 'appliance station devices list')")
+        if before.status == args.status:
+            print(f"device {args.device_id} is already {args.status}; nothing changed")
+            return 0
+        if before.status == "revoked":
+            raise InputError(f"device {args.device_id!r} is revoked: its keys are never trusted again (fix: "
+                             "'appliance provision init --force' on the box, then enrol it again)")
+        # Audited first: a change of who may send evidence is never silent.
+        audit.append(f"station.device_{args.status}", device_id=args.device_id, previous=before.status,
+                     operator=operator, reason=reason, signing_key=before.signing_fingerprint,
+                     curve_key=before.curve_fingerprint)
+        registry.set_status(args.device_id, args.status)
+    finally:
+        registry.close()
+        audit.close()
+    closing = " (a running station closes its open session within a second)" if args.status != "enabled" else ""
+    print(f"device {args.device_id}: {before.status} -> {args.status}{closing}")
+    return 0
+
+
 def cmd_devices_list(args) -> int:
     from appliance.station.registry import DeviceRegistry
     from appliance.station.store import ClipStore
 
     if not args.stale_after > 0:
         print("--stale-after: must be a positive number of seconds, e.g. 120", file=sys.stderr)
+        return 2
+    if not args.grace >= 0:
+        print("--grace: must be zero or a positive number of seconds, e.g. 86400", file=sys.stderr)
         return 2
     settings = _settings(args)
     store = ClipStore(args.dir, settings=settings)
@@ -383,20 +485,25 @@ def cmd_devices_list(args) -> int:
             last_ms = seen.last_seen_unix_ms if seen and seen.last_seen_unix_ms else None
             silent_s = None if last_ms is None else max(0.0, (now_ms - last_ms) / 1000)
             # A black monitor that stays black because the box is dead must not look like a quiet
-            # street: an enabled device never heard from, or silent too long, is stale.
-            stale = d.enabled and (silent_s is None or silent_s > args.stale_after)
+            # street: an enabled device silent too long is stale, and so is one never heard from
+            # once the grace for mounting it has passed.
+            enrolled_s = max(0.0, (now_ms - d.added_unix_ms) / 1000)
+            not_yet_seen = silent_s is None and enrolled_s <= args.grace
+            stale = d.enabled and not not_yet_seen and (silent_s is None or silent_s > args.stale_after)
             if stale:
                 stale_ids.append(d.device_id)
-            row = {"device_id": d.device_id, "enabled": d.enabled, "signing_key": d.signing_fingerprint,
+            row = {"device_id": d.device_id, "enabled": d.enabled, "status": d.status, "signing_key": d.signing_fingerprint,
                    "curve_key": d.curve_fingerprint, "description": d.description,
                    "last_seen_unix_ms": last_ms, "silent_s": None if silent_s is None else round(silent_s, 1),
-                   "stale": stale, "highest_sequence": seen.highest_sequence if seen else 0,
+                   "stale": stale, "not_yet_seen": not_yet_seen, "highest_sequence": seen.highest_sequence if seen else 0,
                    "health": seen.health if seen else {}}
             if args.json:
                 print(json.dumps(row, sort_keys=True))
             else:
-                last = (time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(last_ms / 1000)) if last_ms else "never")
-                state = "STALE " if stale else ("enabled " if d.enabled else "DISABLED")
+                last = (time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(last_ms / 1000)) if last_ms
+                        else f"not yet (enrolled {enrolled_s:.0f} s ago)" if not_yet_seen else "never")
+                state = ("STALE" if stale else d.status.upper() if d.status != "enabled"
+                         else "new" if not_yet_seen else "enabled")
                 print(f"{d.device_id:<28} {state:<8} sign {d.signing_fingerprint} "
                       f"curve {d.curve_fingerprint} last seen {last}"
                       + (f" ({silent_s:.0f} s ago)" if silent_s is not None else ""))

@@ -10,6 +10,8 @@ The only place the station's HPKE private key is loaded. Writes, into OUT_DIR:
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,38 @@ def frame_check(webm_path: Path, expected: list[str]) -> dict[str, Any]:
             "ok": not mismatched and len(decoded) == len(expected)}
 
 
+def prepare_out_dir(out_dir: str | Path, name: str) -> tuple[Path, Path, Path]:
+    """The three output paths, checked before anything is recorded or decrypted.
+
+    Decrypted video shows people: OUT_DIR is created 0700 (an existing one must not be open to
+    group or others) and an earlier export is never overwritten silently."""
+    out = Path(out_dir)
+    if out.exists():
+        if not out.is_dir():
+            raise InputError(f"{out}: not a directory (fix: give a new directory for the export)")
+        mode = stat.S_IMODE(out.stat().st_mode)
+        if mode & 0o077:
+            raise InputError(f"{out}: mode {mode:04o} lets other users read decrypted video (fix: "
+                             f"'chmod 700 {out}' or give a new directory, which is created 0700)")
+    paths = (out / f"{name}.webm", out / f"{name}.metadata.json", out / f"{name}.report.json")
+    existing = [p for p in paths if p.exists() or p.is_symlink()]
+    if existing:
+        raise InputError(f"{existing[0]} already exists (an earlier export); refusing to overwrite it "
+                         "(fix: choose another OUT_DIR or remove the earlier export first)")
+    try:
+        out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise InputError(f"cannot create {out}: {exc.strerror or exc} (fix: give a directory you may write)") from None
+    return paths
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """0600, created exclusively (never through a symlink or over an existing file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 def window_summary(metadata: dict[str, Any]) -> dict[str, Any]:
     """What the clip covers against what its trigger asked for (docs/clip.md, "Short clips")."""
     tracks = metadata.get("tracks")
@@ -92,38 +126,41 @@ def decrypt_envelope_to(data: bytes, out_dir: str | Path, name: str, *, station_
                         operator: str | None, reason: str | None, audit: Any = None,
                         clip_id: str | None = None, settings: StorageSettings | None = None) -> ExportResult:
     operator, reason = require_operator(operator, reason)
+    webm, meta, report_path = prepare_out_dir(out_dir, name)
     paths = StationKeyPaths.of(station_dir)
+    parsed = parse_envelope(data)
+    if audit is not None:  # recorded (and refused by the log's own rules) BEFORE decrypting
+        audit.append("station.export", clip_id=clip_id, device_id=parsed.header.device_id,
+                     sequence=parsed.header.sequence, envelope_sha256=parsed.sha256,
+                     operator=operator, reason=reason)
     registry = DeviceRegistry(station_dir, settings=settings)
     try:
-        parsed = parse_envelope(data)
-        if audit is not None:  # recorded (and refused by the log's own rules) BEFORE decrypting
-            audit.append("station.export", clip_id=clip_id, device_id=parsed.header.device_id,
-                         sequence=parsed.header.sequence, envelope_sha256=parsed.sha256,
-                         operator=operator, reason=reason)
         device = registry.get(parsed.header.device_id, include_disabled=True)
         opened = open_envelope(data, load_hpke_private_key(paths.hpke_private), _AnyDeviceKeys(registry))
+    except Exception as exc:
+        # A failed export must not read like a successful one in the DPO's report.
+        if audit is not None:
+            audit.append("station.export_result", clip_id=clip_id, envelope_sha256=parsed.sha256,
+                         operator=operator, verdict="failed", error=getattr(exc, "reason", type(exc).__name__))
+        raise
     finally:
         registry.close()
     assert device is not None  # open_envelope raised unknown_device otherwise
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    webm = out / f"{name}.webm"
-    meta = out / f"{name}.metadata.json"
-    webm.write_bytes(opened.video)
-    meta.write_text(json.dumps(opened.metadata, indent=2, sort_keys=True) + "\n")
+    _write_private(webm, opened.video)
+    _write_private(meta, (json.dumps(opened.metadata, indent=2, sort_keys=True) + "\n").encode())
     frames = frame_check(webm, list(opened.metadata.get("frame_sha256", [])))
     report = {
         "format": "appliance-export-report", "version": 1, "clip_id": clip_id,
         "envelope_sha256": parsed.sha256, "device_id": parsed.header.device_id,
         "device_signing_key": device.signing_fingerprint, "device_enabled": device.enabled,
+        "device_status": device.status,
         "sequence": parsed.header.sequence, "signature": "valid", "decryption": "ok",
         "header": parsed.header.to_json(), "frames": frames,
         "verdict": "intact" if frames["ok"] else "altered",
         "window": window_summary(opened.metadata),
         "operator": operator, "reason": reason, "exported_unix_ms": int(time.time() * 1000),
     }
-    report_path = out / f"{name}.report.json"
-    report_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    _write_private(report_path, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
     if audit is not None:
         audit.append("station.export_result", clip_id=clip_id, envelope_sha256=parsed.sha256,
                      operator=operator, verdict=report["verdict"],

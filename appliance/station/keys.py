@@ -76,6 +76,10 @@ def generate_station_keys(station_dir: str | Path, *, kem: str = DEFAULT_KEM,
         if existing:
             raise InputError(f"station keys already exist ({existing[0]}); refusing to replace them: losing "
                              f"the HPKE private key makes every stored clip unreadable (use --force to really do it)")
+    station = Path(station_dir)
+    if not station.exists():  # outside systemd (StateDirectoryMode=0700) nobody else tightens it
+        station.mkdir(parents=True, mode=0o700)
+        station.chmod(0o700)  # mkdir's mode is masked by the umask
     paths.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     hpke_pub = generate_hpke_key(paths.hpke_private, paths.hpke_public, kem=kem, overwrite=force)
     sign_pub = generate_signing_key(paths.signing_private, public_path=paths.signing_public, overwrite=force)
@@ -97,15 +101,37 @@ def station_fingerprints(station_dir: str | Path) -> dict[str, str]:
     }
 
 
+def station_log_public_key(station_dir: str | Path):
+    """The key that signs the station's own audit log's checkpoints (None if not found)."""
+    from appliance.contracts.keys import load_signing_public_key
+    from appliance.station.audit_writer import AuditWriterClient, configured_socket
+
+    socket_path = configured_socket(station_dir)
+    if socket_path is not None:   # the separate audit writer's key (issue 12)
+        with AuditWriterClient(socket_path) as client:
+            return client.public_key()
+    path = StationKeyPaths.of(station_dir).signing_public
+    return load_signing_public_key(path) if path.exists() else None
+
+
 def open_station_audit_log(station_dir: str | Path):
-    """The station's audit log (``<station dir>/audit.jsonl``), signed with the station's
-    signing key: one opener for the receiver, exports and the officer's holds and retention."""
+    """The station's audit log: one opener for the receiver, exports, device status changes and
+    the officer's holds and retention.
+
+    With ``<station dir>/audit-writer`` (production, appliance-station-audit.service): a client
+    of the separate audit writer, which alone holds the log and its key, so whoever runs exports
+    cannot rewrite or cut the log (appliance/station/audit_writer.py). Without it (development):
+    ``<station dir>/audit.jsonl`` signed with the station's signing key."""
     from appliance.contracts.audit.log import AuditLog
     from appliance.contracts.keys import load_signing_key
+    from appliance.station.audit_writer import AuditWriterClient, configured_socket
     from appliance.station.db import require_owner
 
     station_dir = Path(station_dir)
     require_owner(station_dir)
+    socket_path = configured_socket(station_dir)
+    if socket_path is not None:
+        return AuditWriterClient(socket_path)
     key_path = StationKeyPaths.of(station_dir).signing_private
     if not key_path.exists():
         raise InputError(f"no station signing key at {key_path} (fix: give the station directory, "

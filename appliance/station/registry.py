@@ -19,6 +19,11 @@ from appliance.contracts.keys import fingerprint_bytes, raw_public, signing_publ
 from appliance.station.storage import StorageSettings, open_database, resolve_settings
 from appliance.station.storage.database import Database
 
+#: The ``devices.enabled`` column: 1 enabled, 0 disabled (may be enabled again), -1 revoked
+#: (its keys are no longer trusted: only a re-enrolment with new keys brings it back).
+STATUS_VALUES = {"enabled": 1, "disabled": 0, "revoked": -1}
+_STATUS_NAMES = {v: k for k, v in STATUS_VALUES.items()}
+
 
 @dataclass(frozen=True)
 class DeviceRecord:
@@ -28,6 +33,7 @@ class DeviceRecord:
     description: str
     added_unix_ms: int
     enabled: bool
+    status: str = "enabled"   # "enabled" | "disabled" | "revoked"
 
     @property
     def signing_public(self) -> Ed25519PublicKey:
@@ -91,6 +97,10 @@ class DeviceRegistry:
         other = self.by_curve_key(curve, include_disabled=True)
         if other is not None and other.device_id != device_id:
             raise InputError(f"that CURVE key already belongs to device {other.device_id!r}")
+        if existing is not None and existing.status == "revoked" and (
+                existing.signing_public_raw == raw or existing.curve_public == curve):
+            raise InputError(f"device {device_id!r} was revoked: its old keys are never trusted again (fix: "
+                             "'appliance provision init --force' on the box for new keys, then enrol it again)")
         self._db.execute(
             "INSERT INTO devices(device_id, signing_public, curve_public, description, added_unix_ms, enabled) "
             "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT(device_id) DO UPDATE SET signing_public=excluded.signing_public,"
@@ -102,25 +112,40 @@ class DeviceRegistry:
 
     def set_enabled(self, device_id: str, enabled: bool) -> None:
         """Disabling keeps the record (old clips stay verifiable) but refuses new connections."""
-        cur = self._db.execute("UPDATE devices SET enabled=? WHERE device_id=?", (int(enabled), device_id))
-        if cur.rowcount == 0:
-            raise InputError(f"no enrolled device {device_id!r}")
+        self.set_status(device_id, "enabled" if enabled else "disabled")
+
+    def set_status(self, device_id: str, status: str) -> DeviceRecord:
+        """``enabled``, ``disabled`` or ``revoked``; a revoked device cannot be enabled again
+        (its keys are no longer trusted): it must be re-enrolled with new keys."""
+        if status not in STATUS_VALUES:
+            raise ValueError(status)
+        existing = self.get(device_id, include_disabled=True)
+        if existing is None:
+            raise InputError(f"no enrolled device {device_id!r} (see 'appliance station devices list')")
+        if existing.status == "revoked" and status != "revoked":
+            raise InputError(f"device {device_id!r} is revoked: its keys are never trusted again (fix: "
+                             "'appliance provision init --force' on the box, then enrol it again)")
+        self._db.execute("UPDATE devices SET enabled=? WHERE device_id=?", (STATUS_VALUES[status], device_id))
+        record = self.get(device_id, include_disabled=True)
+        assert record is not None
+        return record
 
     @staticmethod
     def _record(row) -> DeviceRecord:
         return DeviceRecord(row["device_id"], bytes(row["signing_public"]), row["curve_public"].encode("ascii"),
-                            row["description"], row["added_unix_ms"], bool(row["enabled"]))
+                            row["description"], row["added_unix_ms"], row["enabled"] == 1,
+                            _STATUS_NAMES.get(row["enabled"], "disabled"))
 
     def get(self, device_id: str, *, include_disabled: bool = False) -> DeviceRecord | None:
         row = self._db.execute("SELECT * FROM devices WHERE device_id=?", (device_id,)).fetchone()
-        if row is None or (not row["enabled"] and not include_disabled):
+        if row is None or (row["enabled"] != 1 and not include_disabled):
             return None
         return self._record(row)
 
     def by_curve_key(self, curve_public: bytes | str, *, include_disabled: bool = False) -> DeviceRecord | None:
         key = curve_public.decode("ascii") if isinstance(curve_public, bytes) else curve_public
         row = self._db.execute("SELECT * FROM devices WHERE curve_public=?", (key,)).fetchone()
-        if row is None or (not row["enabled"] and not include_disabled):
+        if row is None or (row["enabled"] != 1 and not include_disabled):
             return None
         return self._record(row)
 

@@ -25,11 +25,15 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from appliance.common.durable import atomic_write
+from appliance.common.errors import InputError
 from appliance.contracts import protocol as p
 from appliance.contracts.alarm import AlarmError, parse_alarm, verify_alarm
+from appliance.contracts.audit.canonical import key_id
+from appliance.contracts.audit.checkpoints import MalformedCheckpoint, check_signature, parse_checkpoint
 from appliance.contracts.curve import load_curve_keypair
 from appliance.contracts.envelope import (
     DEFAULT_MAX_ENVELOPE_BYTES,
+    DEVICE_ID_RE,
     EnvelopeError,
     parse_envelope,
     verify_parsed,
@@ -41,6 +45,7 @@ from appliance.contracts.keys import (
     load_signing_key,
 )
 from appliance.station.keys import StationKeyPaths
+from appliance.station.peers import DEFAULT_RATE, PeerGuard
 from appliance.station.registry import AllowListProvider, DeviceRecord, DeviceRegistry
 from appliance.station.storage import StorageSettings, open_storage, resolve_settings
 from appliance.station.store import AlarmConflict, ClipStore
@@ -49,6 +54,12 @@ log = logging.getLogger("appliance.station")
 
 #: STATUS= (counts for ``systemctl status``) at most this often, and only when they changed.
 STATUS_PERIOD_S = 10.0
+#: Checkpoints one heartbeat may carry (the uplink sends at most 100) and new ones stored per
+#: device per hour (a busy box checkpoints every 100 records; 2000 an hour is far above that).
+MAX_CHECKPOINTS_PER_HEARTBEAT = 100
+MAX_NEW_CHECKPOINTS_PER_HOUR = 2000
+#: How often the loop looks for disabled/revoked devices whose sessions are still open.
+REVOCATION_SWEEP_S = 1.0
 
 
 class Rejected(Exception):
@@ -70,7 +81,7 @@ class StationServer:
 
     def __init__(self, station_dir: str | Path, bind: str = "tcp://127.0.0.1:*", *, audit: Any = None,
                  max_envelope_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES, ready_file: str | Path | None = None,
-                 notifier: Any = None, storage: StorageSettings | None = None):
+                 notifier: Any = None, storage: StorageSettings | None = None, peer_rate: float = DEFAULT_RATE):
         self.station_dir = Path(station_dir)
         # Resolved now, so a bad --db/--store or storage.toml fails before anything listens.
         self.storage_settings = storage or resolve_settings(self.station_dir)
@@ -89,6 +100,11 @@ class StationServer:
         self.endpoint: str | None = None
         self.ready = threading.Event()
         self.counts: dict[str, int] = {}
+        if not peer_rate > 0:
+            raise InputError(f"--peer-rate {peer_rate}: must be a positive number of requests per second, e.g. 100")
+        self.peers = PeerGuard(rate=peer_rate, burst=2 * peer_rate)
+        self._checkpoint_budget: dict[str, list[float]] = {}  # device -> [window start, stored]
+        self._devices_by_identity: dict[str, str] = {}
 
     def stop(self) -> None:
         self._stop.set()
@@ -124,7 +140,8 @@ class StationServer:
             sock.curve_publickey = self._curve_public
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             p.set_common_options(sock, maxmsgsize=self.max_envelope_bytes + p.FRAME_SLACK, linger_ms=1000)
-            sock.setsockopt(zmq.SNDTIMEO, 1000)
+            # Replies are sent with NOBLOCK (never SNDTIMEO): one peer that does not read must
+            # not make every other device wait (docs/wire-protocol.md, "Per-peer limits").
             monitor = sock.get_monitor_socket()
             p.allow_ipv6_endpoint(sock, self.bind)
             sock.bind(self.bind)
@@ -140,12 +157,20 @@ class StationServer:
             poller.register(sock, zmq.POLLIN)
             poller.register(monitor, zmq.POLLIN)
             status_t, status = time.monotonic(), ""
+            sweep_t = time.monotonic()
             while not self._stop.is_set():
                 events = dict(poller.poll(200))
                 if monitor in events:
                     self._log_monitor(monitor)
                 if sock in events:
-                    self._serve_one(sock, registry, store)
+                    # A bounded batch per wake-up, so the watchdog and the sweep still run.
+                    for _ in range(1000):
+                        self._serve_one(sock, registry, store)
+                        if not sock.poll(0, zmq.POLLIN):
+                            break
+                if time.monotonic() - sweep_t >= REVOCATION_SWEEP_S:
+                    sweep_t = time.monotonic()
+                    self._close_revoked_sessions(registry)
                 if self.notifier is not None:
                     self.notifier.ping()  # rate-limits itself to half of WatchdogSec=
                     if time.monotonic() - status_t >= STATUS_PERIOD_S:
@@ -183,16 +208,52 @@ class StationServer:
             log.log(level, "socket %s %s (value %s)", name, msg.get("endpoint", b"").decode(errors="replace"),
                     msg.get("value"))
 
+    def _close_revoked_sessions(self, registry: DeviceRegistry) -> None:
+        """Cuts the open connection of a device disabled or revoked while connected."""
+        for identity, device_id in list(self._devices_by_identity.items()):
+            device = registry.get(device_id)
+            if device is None or device.curve_public.decode("ascii") != identity:
+                del self._devices_by_identity[identity]
+                cut = self.peers.cut(identity, mute=False)
+                log.warning("closed the session of %s (disabled, revoked or re-keyed): %d connection(s)",
+                            device_id, cut)
+                self._audit("station.session_closed", device_id=device_id, connections=cut)
+
+    def _drop_peer(self, identity: str, peer: str, why: str) -> None:
+        cut = self.peers.cut(identity)
+        self._count(f"peer_dropped.{why}")
+        log.warning("cut off peer %s (%s): %d connection(s) shut down, muted for %.0f s",
+                    peer, why, cut, self.peers.mute_s)
+        self._audit("station.peer_dropped", peer=peer, why=why, connections=cut,
+                    device_id=self._devices_by_identity.get(identity), muted_s=self.peers.mute_s)
+
     def _serve_one(self, sock: zmq.Socket, registry: DeviceRegistry, store: ClipStore) -> None:
-        frames = sock.recv_multipart(copy=False)
+        try:
+            frames = sock.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return
         routing_id = frames[0].bytes
         try:
             user_id = str(frames[-1].get("User-Id") or "")
         except zmq.ZMQError:
             user_id = ""
+        try:
+            fd = int(frames[-1].get(zmq.SRCFD))
+        except (zmq.ZMQError, ValueError, TypeError):
+            fd = -1
+        identity = user_id or routing_id.hex()
+        peer = fingerprint_bytes(zmq.utils.z85.decode(user_id)) if len(user_id) == 40 else "?"
+        self.peers.note_connection(identity, fd)
+        refused = self.peers.admit(identity)
+        if refused is not None:  # dropped unread: costs the loop nothing but this check
+            self._count(f"dropped.{refused}")
+            if refused == "flooding":
+                self._drop_peer(identity, peer, "flooding")
+            elif refused == "muted":
+                self.peers.cut(identity, mute=False)  # a muted identity's new connection
+            return
         data = [f.bytes for f in frames[1:]]
         request_id = data[2] if len(data) > 2 and len(data[2]) == p.REQUEST_ID_BYTES else b"\0" * 8
-        peer = fingerprint_bytes(zmq.utils.z85.decode(user_id)) if len(user_id) == 40 else "?"
         # Audit: one record per outcome (each append is an fsync): station.received (verified)
         # + station.stored for a clip, station.rejected (with reason) for anything refused.
         try:
@@ -208,9 +269,12 @@ class StationServer:
         body.setdefault("station_unix_ms", p.now_ms())
         raw, sig = p.sign_body(self._signing_key, p.REPLY_CONTEXT, body)
         try:
-            sock.send_multipart([routing_id, p.PROTOCOL, p.ACK if ok else p.NACK, request_id, raw, sig])
-        except zmq.ZMQError as exc:  # peer vanished (ROUTER_MANDATORY) or stuck (SNDTIMEO)
-            log.warning("reply to %s not delivered: %s", peer, exc)
+            sock.send_multipart([routing_id, p.PROTOCOL, p.ACK if ok else p.NACK, request_id, raw, sig],
+                                flags=zmq.NOBLOCK)
+        except zmq.Again:  # its queue of unread replies is full: it does not read them
+            self._drop_peer(identity, peer, "not_reading")
+        except zmq.ZMQError as exc:  # peer vanished (ROUTER_MANDATORY)
+            log.info("reply to %s not delivered: %s", peer, exc)
 
     def _reject(self, r: Rejected, peer: str) -> dict[str, Any]:
         self._count(f"rejected.{r.reason}")
@@ -241,25 +305,31 @@ class StationServer:
         except p.ProtocolError as exc:
             raise Rejected(exc.reason, exc.detail) from None
         device_id = doc.get("device_id")
-        if not isinstance(device_id, str):
-            raise Rejected("malformed", "no device_id")
+        if not isinstance(device_id, str) or not DEVICE_ID_RE.fullmatch(device_id):
+            raise Rejected("malformed", f"device_id must match {DEVICE_ID_RE.pattern}")
         device = self._device_for(device_id, user_id, registry)
+        self._devices_by_identity[user_id] = device_id
         if req.kind == p.PROBE:
             if not p.verify_body(device.signing_public, p.PROBE_CONTEXT, req.body, req.signature):
                 raise Rejected("bad_signature", f"probe from {device_id}", device_id)
             if doc.get("type") != "probe":
                 raise Rejected("malformed", "probe body type", device_id)
+            nonce = doc.get("nonce", "")
+            if not isinstance(nonce, str) or not p.NONCE_RE.fullmatch(nonce):
+                raise Rejected("malformed", "probe nonce must be 1-128 hex digits", device_id)
+            store.record_seen(device_id, "probe")  # a signed probe proves the box is alive
             self._count("probe")
             self._audit("station.probe", device_id=device_id)
             log.info("probe from %s answered (nothing stored)", device_id)
             return True, {"type": "ack", "for": "probe", "status": "probe-ok", "device_id": device_id,
-                          "nonce": str(doc.get("nonce", ""))[:128]}
+                          "nonce": nonce, **self._limits(store, device_id)}
         if doc.get("type") != "heartbeat":
             raise Rejected("malformed", "heartbeat body type", device_id)
         health = doc.get("health", {})
         checkpoints = doc.get("checkpoints", [])
         if not isinstance(health, dict) or not isinstance(checkpoints, list):
             raise Rejected("malformed", "heartbeat health/checkpoints", device_id)
+        checkpoints = self._verified_checkpoints(device, checkpoints)
         recorded = dict(health)
         recorded["pixel_signed"] = False
         if doc.get("pixel_health") is not None:
@@ -269,11 +339,49 @@ class StationServer:
             except HealthStatementError as exc:
                 raise Rejected("bad_signature", f"pixel health from {device_id}: {exc}", device_id) from None
             recorded.update(pixel=statement["health"], pixel_unix_ms=statement["unix_ms"], pixel_signed=True)
+        self._charge_checkpoints(device_id, len(checkpoints))
         store.record_seen(device_id, "heartbeat", recorded)
         new = store.add_checkpoints(device_id, checkpoints)
+        self._checkpoint_budget[device_id][1] += new
         self._count("heartbeat")
         self._audit("station.heartbeat", device_id=device_id, checkpoints_new=new)
-        return True, {"type": "ack", "for": "heartbeat", "status": "recorded", "device_id": device_id}
+        return True, {"type": "ack", "for": "heartbeat", "status": "recorded", "device_id": device_id,
+                      **self._limits(store, device_id)}
+
+    def _limits(self, store: ClipStore, device_id: str) -> dict[str, int]:
+        """What the device needs to know to never send what the station must refuse: the
+        largest envelope accepted and the highest sequence stored for it (a box that lost its
+        sequence file continues above it)."""
+        return {"max_envelope_bytes": self.max_envelope_bytes,
+                "highest_sequence": store.highest_sequence(device_id)}
+
+    def _verified_checkpoints(self, device: DeviceRecord, checkpoints: list[Any]) -> list[dict[str, Any]]:
+        """Each checkpoint parsed and verified with the device's enrolled signing key: a key
+        holder of the uplink's CURVE key alone must not be able to plant one."""
+        if len(checkpoints) > MAX_CHECKPOINTS_PER_HEARTBEAT:
+            raise Rejected("malformed", f"{len(checkpoints)} checkpoints in one heartbeat (at most "
+                           f"{MAX_CHECKPOINTS_PER_HEARTBEAT})", device.device_id)
+        trusted = {key_id(device.signing_public): device.signing_public}
+        verified = []
+        for i, obj in enumerate(checkpoints):
+            try:
+                cp = parse_checkpoint(obj)
+            except MalformedCheckpoint as exc:
+                raise Rejected("malformed", f"checkpoint {i}: {exc}", device.device_id) from None
+            problem = check_signature(cp, trusted)
+            if problem is not None:
+                raise Rejected("bad_signature", f"checkpoint {i} ({cp.describe()}): {problem}",
+                               device.device_id)
+            verified.append(cp.to_json())
+        return verified
+
+    def _charge_checkpoints(self, device_id: str, offered: int) -> None:
+        budget = self._checkpoint_budget.setdefault(device_id, [time.monotonic(), 0])
+        if time.monotonic() - budget[0] >= 3600:
+            budget[:] = [time.monotonic(), 0]
+        if offered and budget[1] + offered > MAX_NEW_CHECKPOINTS_PER_HOUR:
+            raise Rejected("rate_limited", f"more than {MAX_NEW_CHECKPOINTS_PER_HOUR} new checkpoints "
+                           "in an hour; try again later", device_id)
 
     def _handle_alarm(self, req: p.Request, user_id: str, peer: str, registry: DeviceRegistry,
                       store: ClipStore) -> tuple[bool, dict[str, Any]]:
@@ -303,18 +411,20 @@ class StationServer:
         parsed = parse_envelope(req.body, max_bytes=self.max_envelope_bytes)
         header = parsed.header
         device = self._device_for(header.device_id, user_id, registry)
+        self._devices_by_identity[user_id] = header.device_id
         try:
             verify_parsed(parsed, device.signing_public)
         except EnvelopeError as exc:
             raise Rejected(exc.reason, exc.detail, header.device_id) from None
-        self._audit("station.received", peer=peer, frames=4, bytes=len(parsed.data), device_id=header.device_id,
-                    sequence=header.sequence, envelope_sha256=parsed.sha256, verified=True)
         if header.station_key != self._station_key_fp:
             raise Rejected("wrong_station_key", f"sealed to {header.station_key}", header.device_id)
         try:
             result = store.store(parsed)
         except EnvelopeError as exc:
             raise Rejected(exc.reason, exc.detail, header.device_id) from None
+        # Only now: a refused message gets station.rejected alone (received + rejected = all).
+        self._audit("station.received", peer=peer, frames=4, bytes=len(parsed.data), device_id=header.device_id,
+                    sequence=header.sequence, envelope_sha256=parsed.sha256, verified=True)
         if result.duplicate:  # a fresh store recorded last-seen in its own transaction
             store.record_seen(header.device_id, "envelope")
         status = "duplicate" if result.duplicate else "stored"

@@ -33,6 +33,7 @@ from appliance.contracts.envelope import (
     ParsedEnvelope,
     parse_envelope,
 )
+from appliance.contracts.identifiers import CLIP_ID_RE
 from appliance.station.storage import Storage, StorageSettings, open_storage
 
 MAX_CHECKPOINTS_PER_HEARTBEAT = 1000
@@ -216,11 +217,14 @@ class ClipStore:
 
     def get(self, clip_id: str) -> StoredClip:
         """A clip by its alarm id (``walk-box-01#2``) or its envelope-hash clip id."""
-        pair = split_alarm_id(clip_id)
+        pair = split_alarm_id(clip_id) if isinstance(clip_id, str) else None
         if pair is not None:
             row = self._row_for(*pair)
-        else:
+        elif isinstance(clip_id, str) and CLIP_ID_RE.fullmatch(clip_id):
             row = self.db.execute("SELECT * FROM clips WHERE clip_id=?", (clip_id,)).fetchone()
+        else:
+            raise InputError(f"clip id {clip_id!r} is neither an alarm id (DEVICE#SEQUENCE) nor 16 lowercase hex "
+                             "digits (fix: copy it from 'appliance station list')")
         if row is None:
             raise InputError(f"no stored clip {clip_id!r} (see 'appliance station list')")
         return self._clip(row)

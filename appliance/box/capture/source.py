@@ -200,12 +200,22 @@ class LiveSource:
                 self.health.reconnects += 1
 
 
+def camera_target(camera_cfg) -> str:
+    """``camera.source`` with the password from ``camera.password_file`` put in (never logged:
+    use :func:`appliance.common.urls.redact_url`)."""
+    from appliance.box.capture.credentials import read_password, with_password
+
+    if not getattr(camera_cfg, "password_file", ""):
+        return camera_cfg.source
+    return with_password(camera_cfg.source, read_password(camera_cfg.password_file))
+
+
 def open_source(camera_cfg, max_width: int) -> FileSource | LiveSource:
     """Builds the source a validated :class:`appliance.box.config.CameraConfig` describes."""
     kind = classify_source(camera_cfg.source)
     if kind == "file":
         return FileSource(camera_cfg.source, max_width=max_width, loop=camera_cfg.loop,
                           realtime=camera_cfg.realtime)
-    return LiveSource(camera_cfg.source, max_width=max_width,
+    return LiveSource(camera_target(camera_cfg), max_width=max_width,
                       reconnect_initial_s=camera_cfg.reconnect_initial_s,
                       reconnect_max_s=camera_cfg.reconnect_max_s)

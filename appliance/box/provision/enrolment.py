@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 import appliance
+from appliance.box.capture.credentials import split_password, write_password
 from appliance.box.config import AppConfig, UplinkConfig, load_config, parse_config
 from appliance.box.provision.files import (
     apply_updates,
@@ -105,8 +106,13 @@ def init_device(config_path: str | Path, *, device_id: str | None = None, state_
     }
     if description is not None:
         updates["device"]["description"] = description
+    camera_password = None
     if camera is not None:
+        # The config stays free of secrets: a password given in the URL goes to its own file.
+        camera, camera_password = split_password(camera)
         updates["camera"] = {"source": camera}
+        if camera_password is not None:
+            updates["camera"]["password_file"] = str(layout.camera_password)
     new_doc = apply_updates(doc, updates)
     parse_config(plain(new_doc), str(config_path))  # validate before touching any key
 
@@ -122,6 +128,8 @@ def init_device(config_path: str | Path, *, device_id: str | None = None, state_
                 p.unlink()
 
     layout.make_dirs()
+    if camera_password is not None:
+        write_password(layout.camera_password, camera_password)   # 0600; hand_over() gives it to the pixel user
     signing_public = generate_signing_key(layout.signing_key, public_path=layout.signing_public)
     generate_curve_keypair(layout.uplink_dir, layout.curve_name)
     fps = {"signing": public_key_fingerprint(signing_public),

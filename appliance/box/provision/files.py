@@ -15,6 +15,7 @@ from typing import Any
 import tomlkit
 import tomlkit.exceptions
 
+from appliance.box.capture.credentials import redact_passwords
 from appliance.box.config import AppConfig, ConfigError, parse_config
 from appliance.common.durable import atomic_write
 from appliance.contracts.layout import DeviceLayout
@@ -86,6 +87,8 @@ def write_config_document(path: Path, doc: tomlkit.TOMLDocument) -> AppConfig:
         text = HEADER + text
     if path.exists():
         with contextlib.suppress(OSError):
-            atomic_write(path.with_name(path.name + ".bak"), path.read_bytes(), mode=0o666)
+            # An old config may still hold a camera password in its URL: never copy it on.
+            atomic_write(path.with_name(path.name + ".bak"), redact_passwords(path.read_text("utf-8")).encode("utf-8"),
+                         mode=0o666)
     atomic_write(path, text.encode("utf-8"), mode=0o644, exact_mode=True)
     return cfg

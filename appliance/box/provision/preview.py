@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from appliance.box.capture.source import classify_source, downscale
+from appliance.box.capture.source import camera_target, classify_source, downscale
 from appliance.box.config import AppConfig, CameraConfig, load_config
 from appliance.box.policy.masks import MaskSet
 from appliance.box.provision.files import layout_for, record
@@ -41,7 +41,7 @@ class CameraSample:
 def grab_camera(camera: CameraConfig, max_width: int, count: int = 1, timeout_s: float = 10.0) -> CameraSample:
     """Opens the camera once and decodes ``count`` frames (downscaled like the ring); bounded."""
     kind = classify_source(camera.source)
-    target: str | int = int(camera.source) if camera.source.isdigit() else camera.source
+    target: str | int = int(camera.source) if camera.source.isdigit() else camera_target(camera)
     if kind == "file" and not Path(camera.source).is_file():
         raise InputError(f"camera.source {camera.source!r}: no such file")
     params: list[int] = []
@@ -173,11 +173,15 @@ def _audit(cfg: AppConfig, entry: dict) -> None:
     """Also into the device audit log when it is there and writable (best effort, logged)."""
     from appliance.common.errors import ApplianceError
     from appliance.contracts.audit.log import AuditLog
+    from appliance.contracts.keys import load_signing_key_if_readable
 
     if not cfg.audit_log.parent.is_dir():
         return
     try:
-        with AuditLog(cfg.audit_log, device=cfg.device.id) as audit:
+        # With the device key when this user can read it (the technician can): a writer without
+        # it may append to the log but never create it (a keyless genesis would make the log
+        # verify as TAMPERED). Without it and without a log, the provision log alone holds it.
+        with AuditLog(cfg.audit_log, device=cfg.device.id, signer=load_signing_key_if_readable(cfg.seal.signing_key)) as audit:
             audit.append("provision.preview", **entry)
     except (ApplianceError, OSError, ValueError) as exc:  # the provision log already holds it
         log.warning("preview not written to the audit log: %s", exc)

@@ -7,6 +7,7 @@ Layout of the spool directory (one device per box)::
                                             priority lane, sent before any envelope
     <dir>/tmp/                              half-written files (removed at start-up)
     <dir>/rejected/                         envelopes the station refused permanently (kept)
+    <dir>/quarantine/                       envelopes larger than the station accepts (kept)
     <dir>/sequence/<device_id>              last sequence number handed out (monotonic)
 
 Writes are atomic (temporary file, fsync, rename, fsync of the directory), so a crash leaves
@@ -23,7 +24,9 @@ rather than older evidence being lost silently.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import logging
 import os
 import re
 import time
@@ -34,11 +37,16 @@ from typing import Any
 
 from appliance.common.durable import atomic_write, fsync_dir
 from appliance.common.errors import ApplianceError
+from appliance.contracts.identifiers import DEVICE_ID_RE
+
+log = logging.getLogger("appliance.spool")
 
 STALE_TMP_S = 600.0  # a put() takes well under a second; older temp files are wreckage
-_NAME_RE = re.compile(r"(\d{16})\.([A-Za-z0-9._-]{1,64})\.env")
-_ALARM_RE = re.compile(r"(\d{16})\.([A-Za-z0-9._-]{1,64})\.alarm")
-_DEVICE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: A write that fails with one of these is a full disk: the clip is refused, not lost silently.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NAME_RE = re.compile(r"(\d{16})\.(" + DEVICE_ID_RE.pattern + r")\.env")
+_ALARM_RE = re.compile(r"(\d{16})\.(" + DEVICE_ID_RE.pattern + r")\.alarm")
+_DEVICE_RE = DEVICE_ID_RE
 
 
 class SpoolFullError(ApplianceError):
@@ -65,6 +73,7 @@ class SpoolHealth:
     rejected: int
     used_bytes: int
     max_bytes: int
+    quarantined: int = 0
     alarms_pending: int = 0   # alarm messages waiting in the priority lane
 
     @property
@@ -75,7 +84,8 @@ class SpoolHealth:
         return {"spool_depth": self.pending, "spool_bytes": self.pending_bytes,
                 "spool_rejected": self.rejected, "spool_used_bytes": self.used_bytes,
                 "spool_max_bytes": self.max_bytes,
-                "spool_full_fraction": round(self.full_fraction, 4), "spool_alarms": self.alarms_pending}
+                "spool_full_fraction": round(self.full_fraction, 4), "spool_quarantined": self.quarantined,
+                "spool_alarms": self.alarms_pending}
 
 
 class Spool:
@@ -91,8 +101,9 @@ class Spool:
         self.audit = audit
         self._tmp = self.dir / "tmp"
         self._rejected = self.dir / "rejected"
+        self._quarantine = self.dir / "quarantine"
         self._seq_dir = self.dir / "sequence"
-        for d in (self.dir, self._tmp, self._rejected, self._seq_dir):
+        for d in (self.dir, self._tmp, self._rejected, self._quarantine, self._seq_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o770)
         self._cleanup_tmp()
 
@@ -103,8 +114,7 @@ class Spool:
         now = time.time()
         for p in self._tmp.glob(".*.tmp"):
             try:
-                # common.durable.atomic_write names them ".<name>.<pid>.<serial>.tmp"
-                pid = int(p.name.rsplit(".", 3)[-3])
+                pid = int(p.name.split(".")[-3])   # .<name>.<pid>.<serial>.tmp (common/durable.py)
                 stale = now - p.stat().st_mtime > STALE_TMP_S
             except (ValueError, FileNotFoundError):
                 continue
@@ -120,12 +130,17 @@ class Spool:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self._seq_dir / ".lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        # Read-only is enough for flock: the uplink (another user, same group) may not write a
+        # lock file the pixel process created.
+        fd = os.open(self._seq_dir / ".lock", os.O_RDONLY | os.O_CREAT, 0o660)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def last_sequence(self, device_id: str) -> int:
         path = self._seq_dir / device_id
@@ -140,13 +155,50 @@ class Spool:
         return max(stored, spooled)
 
     def next_sequence(self, device_id: str) -> int:
-        """Hands out the next sequence number for ``device_id``, durably (never reused)."""
+        """Hands out the next sequence number for ``device_id``, durably (never reused).
+
+        Raises :class:`SpoolFullError` (audited ``spool.refused``) when the disk is full."""
         if not _DEVICE_RE.fullmatch(device_id):
             raise ApplianceError(f"device id {device_id!r} must match {_DEVICE_RE.pattern}")
         with self._locked():
             n = self.last_sequence(device_id) + 1
-            atomic_write(self._seq_dir / device_id, f"{n}\n".encode(), self._tmp)
+            try:
+                atomic_write(self._seq_dir / device_id, f"{n}\n".encode(), self._tmp)
+            except OSError as exc:
+                self._refuse_disk_full(exc, device_id, n, 0)
         return n
+
+    def _refuse_disk_full(self, exc: OSError, device_id: str, sequence: int, size: int) -> None:
+        """Turns a full disk into a loud, audited refusal; re-raises any other OSError."""
+        if exc.errno not in _DISK_FULL:
+            raise exc
+        try:  # the audit log may well live on the same full disk
+            self._audit("spool.refused", device_id=device_id, sequence=sequence, bytes=size,
+                        reason="disk_full", error=os.strerror(exc.errno))
+        except Exception as audit_exc:
+            log.error("could not audit the refusal of %s#%d either: %s", device_id, sequence, audit_exc)
+        raise SpoolFullError(
+            f"disk of spool {self.dir} is full ({os.strerror(exc.errno)}): clip {device_id}#{sequence} NOT "
+            f"stored (fix: free space on that filesystem; the spool itself is within spool.max_bytes)") from None
+
+    def resync_sequence(self, device_id: str, station_highest: int) -> int | None:
+        """Moves the sequence counter above the station's highest stored sequence for this device.
+
+        A spool or sequence file lost on the box (a replaced disk, a wiped state directory)
+        would restart numbering at 1 and every new clip would be refused as ``old_sequence``.
+        Returns the new last sequence, or None when the counter was already above it. Audited
+        (``spool.resync``)."""
+        if not _DEVICE_RE.fullmatch(device_id) or not 0 <= station_highest < 10**16:
+            raise ApplianceError(f"cannot resync {device_id!r} to {station_highest!r}")
+        with self._locked():
+            local = self.last_sequence(device_id)
+            if station_highest <= local:
+                return None
+            atomic_write(self._seq_dir / device_id, f"{station_highest}\n".encode(), self._tmp)
+        self._audit("spool.resync", device_id=device_id, local_last=local, station_highest=station_highest)
+        log.warning("sequence of %s re-synchronised with the station: local last %d, station holds up to %d; "
+                    "the next clip is #%d", device_id, local, station_highest, station_highest + 1)
+        return station_highest
 
     # -- envelopes --------------------------------------------------------------------
 
@@ -188,15 +240,22 @@ class Spool:
         with self._locked():
             if path.exists() or (self._rejected / path.name).exists():
                 raise ApplianceError(f"{path.name}: alarm {device_id}#{sequence} is already spooled")
-            atomic_write(path, message, self._tmp)
+            try:
+                atomic_write(path, message, self._tmp)
+            except OSError as exc:
+                self._refuse_disk_full(exc, device_id, sequence, len(message))
         self._audit("spool.insert", device_id=device_id, sequence=sequence, bytes=len(message), lane="alarm")
         return SpoolEntry(path, device_id, sequence, len(message))
 
+    def quarantined(self) -> list[SpoolEntry]:
+        return self._scan(self._quarantine)
+
     def health(self) -> SpoolHealth:
-        pending, rejected = self.pending(), self.rejected()
+        pending, rejected, quarantined = self.pending(), self.rejected(), self.quarantined()
         pending_bytes = sum(e.size for e in pending)
         return SpoolHealth(len(pending), pending_bytes, len(rejected),
-                           pending_bytes + sum(e.size for e in rejected), self.max_bytes,
+                           pending_bytes + sum(e.size for e in rejected) + sum(e.size for e in quarantined),
+                           self.max_bytes, len(quarantined),
                            len(self.pending_alarms()))
 
     def put(self, envelope: bytes, *, device_id: str, sequence: int) -> SpoolEntry:
@@ -207,7 +266,7 @@ class Spool:
             raise ApplianceError(f"sequence {sequence} out of range")
         path = self.dir / f"{sequence:016d}.{device_id}.env"
         with self._locked():
-            if path.exists() or (self._rejected / path.name).exists():
+            if path.exists() or (self._rejected / path.name).exists() or (self._quarantine / path.name).exists():
                 raise ApplianceError(f"{path.name}: sequence {sequence} is already spooled; "
                                      f"sequence numbers are never reused")
             used = self.health().used_bytes
@@ -218,7 +277,10 @@ class Spool:
                     f"spool {self.dir} is full ({used} of {self.max_bytes} bytes used, envelope "
                     f"{len(envelope)} bytes): clip {device_id}#{sequence} NOT stored (fix: restore the "
                     f"link to the station or raise spool.max_bytes)")
-            atomic_write(path, envelope, self._tmp)
+            try:
+                atomic_write(path, envelope, self._tmp)
+            except OSError as exc:
+                self._refuse_disk_full(exc, device_id, sequence, len(envelope))
         self._audit("spool.insert", device_id=device_id, sequence=sequence, bytes=len(envelope))
         return SpoolEntry(path, device_id, sequence, len(envelope))
 
@@ -242,6 +304,17 @@ class Spool:
         fsync_dir(self.dir)
         fsync_dir(self._rejected)
         self._audit("spool.rejected", device_id=entry.device_id, sequence=entry.sequence, reason=reason)
+        return SpoolEntry(target, entry.device_id, entry.sequence, entry.size)
+
+    def quarantine(self, entry: SpoolEntry, *, reason: str, **fields: Any) -> SpoolEntry:
+        """Keeps an envelope the station can never accept as it is (e.g. larger than its limit)
+        out of the send queue, so the clips behind it still leave; audited, shown in health."""
+        target = self._quarantine / entry.path.name
+        os.rename(entry.path, target)
+        fsync_dir(self.dir)
+        fsync_dir(self._quarantine)
+        self._audit("spool.quarantined", device_id=entry.device_id, sequence=entry.sequence, bytes=entry.size,
+                    reason=reason, **fields)
         return SpoolEntry(target, entry.device_id, entry.sequence, entry.size)
 
     def _remove(self, path: Path) -> None:

@@ -86,6 +86,81 @@ def build_uplink(cfg, *, audit: Any = None):
                   checkpoint_source=AuditCheckpointFeed(audit) if audit is not None else None, audit=audit)
 
 
+class LateAuditLog:
+    """The device audit log for the uplink, which holds no signing key.
+
+    It must never create the log: a genesis without the key makes every later checkpoint
+    verify as "signed by unknown key" (a false TAMPERED, issue 12). So it opens the log once
+    the key holder (the pixel process) has created it; records appended before that wait in
+    memory, in order, with the time they happened, and are written on the next append after
+    the log exists. The uplink itself (heartbeats, an empty spool) does not wait.
+    """
+
+    MAX_WAITING = 10_000
+
+    def __init__(self, opener: Any):
+        self._opener = opener
+        self._log: Any = None
+        self._waiting: list[tuple[str, dict[str, Any]]] = []
+
+    def _ready(self) -> bool:
+        from appliance.contracts.audit.log import NoGenesisYet
+
+        if self._log is None:
+            try:
+                self._log = self._opener()
+            except NoGenesisYet:
+                return False
+            for kind, fields in self._waiting:
+                self._log.append(kind, **fields)
+            self._waiting.clear()
+        return True
+
+    def append(self, kind: str, **fields: Any) -> dict[str, Any]:
+        if self._ready():
+            return self._log.append(kind, **fields)
+        from appliance.contracts.audit.canonical import utc_iso
+
+        if not self._waiting:
+            log.warning("no audit log yet (the pixel process creates it): keeping audit records until it exists")
+        if len(self._waiting) >= self.MAX_WAITING:
+            from appliance.contracts.audit.log import AuditError
+            raise AuditError(f"{self.MAX_WAITING} audit records wait for a log the pixel process never created")
+        self._waiting.append((kind, {**fields, "happened": utc_iso(time.time())}))
+        return {"kind": kind, "waiting": True}
+
+    def checkpoints_since(self, after_n: int = -1, limit: int | None = None) -> list[Any]:
+        return self._log.checkpoints_since(after_n, limit=limit) if self._ready() else []
+
+    def close(self) -> None:
+        if self._log is not None or self._ready():
+            self._log.close()
+        elif self._waiting:
+            log.error("%d audit record(s) not written: the pixel process never created the audit log %s",
+                      len(self._waiting), getattr(self._opener, "path", ""))
+
+
+def _open_audit_log(cfg, *, once: bool = False) -> Any:
+    """The device audit log: for the daemon a :class:`LateAuditLog`; for ``--once`` (a
+    technician, who may read the device key) the log itself, signed with the key when it can
+    be read, or None (nothing sent) when neither the log nor the key is there."""
+    from appliance.contracts.audit.log import AuditLog, NoGenesisYet
+    from appliance.contracts.keys import load_signing_key_if_readable
+
+    def opener(signer: Any = None) -> AuditLog:
+        return AuditLog(cfg.audit_log, origin="appliance", device=cfg.device.id, signer=signer,
+                        checkpoint_every=cfg.audit.checkpoint_every,
+                        segment_max_bytes=cfg.audit.segment_max_bytes)
+
+    if not once:
+        return LateAuditLog(opener)
+    try:
+        return opener(load_signing_key_if_readable(cfg.seal.signing_key))
+    except NoGenesisYet as exc:
+        log.error("%s", exc)
+        return None
+
+
 def cmd_uplink(args) -> int:
     from appliance.box.config import load_config
     from appliance.box.uplink.client import UplinkTimeout
@@ -94,18 +169,21 @@ def cmd_uplink(args) -> int:
         configure_logging,
         install_signal_handlers,
     )
-    from appliance.contracts.audit.log import AuditLog
 
     cfg = load_config(args.config)
     configure_logging("appliance-uplink")
-    # No signer: this process appends records; the pixel process (key holder) checkpoints them.
-    audit = AuditLog(cfg.audit_log, origin="appliance", device=cfg.device.id,
-                     checkpoint_every=cfg.audit.checkpoint_every,
-                     segment_max_bytes=cfg.audit.segment_max_bytes)
-    uplink = build_uplink(cfg, audit=audit)
     stop = install_signal_handlers()
+    audit = _open_audit_log(cfg, once=args.once)
+    if audit is None:
+        return 1
+    uplink = build_uplink(cfg, audit=audit)
     try:
         if args.once:
+            try:  # learn the station's limits and our sequence floor first
+                uplink.send_heartbeat()
+            except UplinkTimeout as exc:
+                log.error("%s", exc)
+                return 1
             for entry in uplink.spool.pending():
                 try:
                     uplink.send_entry(entry)

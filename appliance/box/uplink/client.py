@@ -247,6 +247,8 @@ class Uplink:
         self.sent = 0
         self.last_error = ""
         self._next_heartbeat = 0.0
+        #: The largest envelope the station accepts, once a reply told us (docs/wire-protocol.md).
+        self.station_max_envelope_bytes: int | None = None
 
     def _audit(self, kind: str, **fields: Any) -> None:
         if self.audit is not None:
@@ -275,6 +277,8 @@ class Uplink:
                 "counter": self.heartbeat_counter, "health": health, "pixel_health": signed,
                 "checkpoints": list(self.checkpoint_source()) if self.checkpoint_source else []}
         reply = self.client.request(p.HEARTBEAT, p.canonical_json(body))
+        if reply.ok:
+            self.learn(reply.body)
         acked = getattr(self.checkpoint_source, "acked", None)
         if reply.ok and acked is not None:
             acked(body["checkpoints"])  # the station stored them: stop re-sending
@@ -282,11 +286,32 @@ class Uplink:
             log.warning("station refused our heartbeat: %s", reply.reason)
         return reply
 
+    def learn(self, body: dict[str, Any]) -> None:
+        """Takes the station's limits from a verified ack (heartbeat or probe): its largest
+        envelope, and the highest sequence it holds for us (a lost sequence file on the box
+        would otherwise restart at 1 and every clip would be refused as old_sequence)."""
+        limit = body.get("max_envelope_bytes")
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            if limit != self.station_max_envelope_bytes:
+                log.info("the station accepts envelopes up to %d bytes", limit)
+            self.station_max_envelope_bytes = limit
+        highest = body.get("highest_sequence")
+        if isinstance(highest, int) and not isinstance(highest, bool) and highest >= 0:
+            self.spool.resync_sequence(self.device_id, highest)  # audited by the spool (spool.resync)
+
     def send_entry(self, entry: SpoolEntry, kind: bytes = p.ENVELOPE) -> str:
-        """One attempt: 'stored'/'duplicate' (acked, removed), 'rejected' (moved aside), or raises.
+        """One attempt: 'stored'/'duplicate' (acked, removed), 'rejected' (moved aside),
+        'quarantined' (larger than the station accepts: kept aside), or raises.
 
         ``kind``: ``ENVELOPE`` (a sealed clip) or ``ALARM`` (an alarm message, docs/alarm-message.md).
         """
+        limit = self.station_max_envelope_bytes
+        if kind == p.ENVELOPE and limit is not None and entry.size > limit:
+            log.error("%s#%d is %d bytes, the station accepts at most %d: quarantined in %s (kept; the "
+                      "clips behind it are sent)", entry.device_id, entry.sequence, entry.size, limit,
+                      self.spool.dir / "quarantine")
+            self.spool.quarantine(entry, reason="larger_than_station_limit", station_max_envelope_bytes=limit)
+            return "quarantined"
         try:
             data = entry.read()
         except FileNotFoundError:

@@ -63,6 +63,10 @@ class AuditError(ApplianceError):
     exit_code = 4
 
 
+class NoGenesisYet(AuditError):
+    """The log does not exist yet and this writer cannot sign: only a key holder creates it."""
+
+
 class AccessRefused(AuditError):
     """An access to a clip without an operator or a reason."""
 
@@ -86,7 +90,7 @@ class AuditLog:
     def __init__(self, path: str | Path, *, signer: Ed25519PrivateKey | None = None,
                  origin: str = "appliance", device: str = "", checkpoint_every: int = 100,
                  checkpoint_interval_s: float = 300.0, clock: Callable[[], float] = time.time,
-                 segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES):
+                 segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES, create_unsigned: bool = False):
         if origin not in ORIGINS:
             raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
         if checkpoint_every < 1:
@@ -111,9 +115,18 @@ class AuditLog:
         self._max_bytes = segment_max_bytes
         self._file_first: int | None = None     # seq of the first record in the current file
         self._closed = False                     # the current file holds audit.segment_end
+        # A genesis without a key makes every later checkpoint "signed by unknown key" (a false
+        # TAMPERED): only the key holder may create the log (docs/audit-log.md §2).
+        refuse_genesis = signer is None and not create_unsigned
+        if refuse_genesis and not self.path.exists():
+            raise self._no_genesis()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = self._open_active()
         with self._locked():
+            if self._count == 0 and refuse_genesis:   # the key holder created it a moment ago
+                fd, self._fd = self._fd, -1
+                os.close(fd)
+                raise self._no_genesis()
             if self._count == 0:
                 fsync_dir(self.path.parent)     # the new file's name survives a power cut too
                 self._write("audit.genesis", {
@@ -121,6 +134,11 @@ class AuditLog:
                     "public_key": b64(raw_public(signer.public_key())) if signer else None,
                     "key_id": key_id(signer) if signer else None,
                 })
+
+    def _no_genesis(self) -> NoGenesisYet:
+        return NoGenesisYet(f"{self.path}: the audit log does not exist yet and this process holds no "
+                            "signing key; only the key holder creates it (on the box: the pixel process, "
+                            "'appliance run')")
 
     @classmethod
     def from_config(cls, cfg: Any, *, signer: Ed25519PrivateKey | None = None,

@@ -140,8 +140,7 @@ def _station_checkpoints(station: Path, device: str | None) -> list[Any]:
 def _station_known_keys(station: Path) -> dict[str, list[Any]]:
     """Log device id → the keys to trust for it: every registered device's signing key (disabled
     ones too) and, for the station's own log (device "station"), the station's signing key."""
-    from appliance.contracts.keys import load_signing_public_key
-    from appliance.station.keys import StationKeyPaths
+    from appliance.station.keys import station_log_public_key
     from appliance.station.registry import DeviceRegistry
     if not _has_station_db(station):
         raise InputError(f"no station database in {station} (fix: --station-dir DIR of the station)")
@@ -151,9 +150,9 @@ def _station_known_keys(station: Path) -> dict[str, list[Any]]:
                 if (k := registry.signing_public_any(d.device_id)) is not None}
     finally:
         registry.close()
-    own = StationKeyPaths.of(station).signing_public
-    if own.exists():
-        keys["station"] = [load_signing_public_key(own)]
+    own = station_log_public_key(station)   # the audit writer's key once it is enabled (issue 12)
+    if own is not None:
+        keys["station"] = [own]
     return keys
 
 

@@ -49,7 +49,8 @@ def _lines(path: Path) -> Iterable[bytes]:
 
 
 # In the window, these are listed one by one; everything else there is only counted.
-_LISTED = frozenset({"trigger.permitted", "retention.delete", "hold.set", "hold.release", *ACCESS_ACTIONS})
+_LISTED = frozenset({"trigger.permitted", "retention.delete", "hold.set", "hold.release", "station.export_result",
+                     *ACCESS_ACTIONS})
 #: Records of a person looking at pixels outside the alarm path (installation previews).
 PIXEL_ACCESSES = frozenset({"provision.preview"})
 #: Access attempts the station refused (no operator or reason, unknown clip, ...).
@@ -57,7 +58,8 @@ REFUSED_ACCESSES = frozenset({"station.access_refused", "console.refused", "cons
 # Before the window, the retention check needs a clip's lifecycle (stored, held, deleted).
 _LIFECYCLE = frozenset({"station.stored", "retention.delete", "hold.set", "hold.release"})
 _KNOWN = frozenset({"trigger.permitted", "detection.not_permitted", "frames.hourly", "retention.delete",
-                    "hold.set", "hold.release", *ACCESS_ACTIONS, *PIXEL_ACCESSES, *REFUSED_ACCESSES})
+                    "hold.set", "hold.release", "station.export_result", *ACCESS_ACTIONS, *PIXEL_ACCESSES,
+                    *REFUSED_ACCESSES})
 
 
 @dataclass
@@ -223,7 +225,7 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
 
     accesses = [{"time": utc_iso(r.t), "action": ACCESS_ACTIONS[r.kind], "alarm": alarm(r.fields),
                  "clip_id": r.fields.get("clip_id"), "operator": r.fields.get("operator"),
-                 "reason": r.fields.get("reason"), "device": _device(r.fields)}
+                 "reason": r.fields.get("reason"), "device": _device(r.fields), "outcome": _outcome(r, in_window)}
                 for r in in_window if r.kind in ACCESS_ACTIONS]
     holds = [{"time": utc_iso(r.t), "action": r.kind.split(".")[1], "alarm": alarm(r.fields),
               "clip_id": r.fields.get("clip_id"), "by": r.fields.get("by"), "reason": r.fields.get("reason"),
@@ -284,7 +286,9 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
             "stored": tally.stored,
             "decrypted": sum(a["action"] == "decrypt" for a in accesses),
             "viewed": sum(a["action"] == "view" for a in accesses),
-            "exported": sum(a["action"] == "export" for a in accesses),
+            "exported": sum(a["action"] == "export" and a["outcome"] in ("intact", "altered") for a in accesses),
+            "export_failed": sum(a["action"] == "export" and a["outcome"] not in ("intact", "altered")
+                                 for a in accesses),
             "deleted": len(deletions),
         },
         "accesses": accesses,
@@ -298,6 +302,20 @@ def build_report(logs: Sequence[str | Path], start: float, end: float, *,
         "other_records": dict(sorted(tally.other.items())),
     }
     return report
+
+
+def _outcome(access: _Rec, recs: list[_Rec]) -> str:
+    """What came of an export: the verdict of its ``station.export_result`` (``intact``,
+    ``altered``), ``failed: <reason>`` (nothing was decrypted), or ``no result recorded``."""
+    if access.kind != "station.export":
+        return ""
+    sha = access.fields.get("envelope_sha256")
+    for r in recs:
+        if (r.kind == "station.export_result" and r.t >= access.t and r.fields.get("envelope_sha256") == sha
+                and r.fields.get("operator") == access.fields.get("operator")):
+            verdict = str(r.fields.get("verdict", "?"))
+            return f"failed: {r.fields.get('error', '?')}" if verdict == "failed" else verdict
+    return "no result recorded"
 
 
 def _retention(recs: Iterable[_Rec], start: float, end: float, now: float, grace_s: float,
@@ -452,7 +470,7 @@ def render_csv(report: dict[str, Any]) -> str:
         w.writerow(["clips", name, n, ""])
     for a in report["accesses"]:
         w.writerow(["access", a.get("alarm") or a["clip_id"], a["action"],
-                    f"{local_time(a['time'], zone)} operator={a['operator']} reason={a['reason']}"])
+                    f"{local_time(a['time'], zone)} operator={a['operator']} reason={a['reason']} outcome={a['outcome']}"])
     for x in report.get("refused_accesses", []):
         w.writerow(["access_refused", x.get("alarm") or x["clip_id"], x["action"],
                     f"{local_time(x['time'], zone)} operator={x['operator']} why={x['why_refused']}"])
@@ -616,9 +634,9 @@ def render_html(report: dict[str, Any]) -> str:
               [(c.get("alarm"), c["clip_id"], lt(c["received_at"]), lt(c["expires_at"]), clip_state(c))
                for c in ret.get("clips", [])]),
         "<h2>Accesses to alarm video (decrypt, view, export)</h2>",
-        table(["time", "action", "alarm", "operator", "reason"],
-              [(lt(a["time"]), a["action"], a.get("alarm") or a["clip_id"], a["operator"], a["reason"])
-               for a in report["accesses"]]),
+        table(["time", "action", "alarm", "operator", "reason", "outcome"],
+              [(lt(a["time"]), a["action"], a.get("alarm") or a["clip_id"], a["operator"], a["reason"],
+                a.get("outcome", "")) for a in report["accesses"]]),
         f"<h2>Refused access attempts ({len(refused)})</h2>",
         table(["time", "action", "alarm", "operator", "reason given", "why refused"],
               [(lt(x["time"]), x["action"], x.get("alarm") or x["clip_id"], x["operator"], x["reason"], x["why_refused"])

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import re
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -80,7 +81,11 @@ class SqliteDatabase:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(synchronous)
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():
+            # Never world-readable, whatever the umask (SQLite gives -wal and -shm the same mode);
+            # group-readable for the console (appliance-console, in the station's group).
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o640))
         self._synchronous = synchronous
         self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self.conn.row_factory = sqlite3.Row
