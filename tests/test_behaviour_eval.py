@@ -111,6 +111,11 @@ def test_eval_runs_the_real_pipeline_on_a_small_folder(tmp_path, capsys):
     assert fight["nofight_recall"] == 1.0          # 3 s of a person walking: nothing violent
     assert 0.0 <= fight["balanced_accuracy"] <= 1.0
     assert report["urfd_csv"] is None and report["normal"] is None
+    # The weapon pattern is measured too: the 3 s walk is ordinary footage, its hands were looked at.
+    weapon = report["weapon"]
+    assert weapon["ordinary_hours"] == pytest.approx(3.0 / 3600, rel=0.1)
+    assert weapon["ordinary_false_alarms"] == 0 and weapon["false_alarms_per_hour"] == 0.0
+    assert weapon["crops_per_analysed_frame"] > 0 and weapon["ms_per_crop"] > 0
     # Nothing was written next to the data.
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["demo.mp4", "fight", "nofight", "walk.mp4"]
 
@@ -118,6 +123,10 @@ def test_eval_runs_the_real_pipeline_on_a_small_folder(tmp_path, capsys):
     assert args.func(args) == 0
     text = capsys.readouterr().out
     assert "balanced accuracy" in text and "no-fight recall" in text
+    assert "false alarms = 0.0 per camera-hour" in text
+    args = _cli(["eval", str(tmp_path), "--json", "--quiet", "--no-objects"])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["weapon"] is None
 
 
 def test_an_unreadable_clip_is_listed_and_the_rest_still_measured(tmp_path, capsys):

@@ -62,13 +62,28 @@ def test_bw_polg_permits_only_violent_patterns_and_never_fall_or_lying():
     # fall and lying are listed explicitly (detected and counted) but not permitted
     assert profile.rules[Pattern.FALL].permitted is False
     assert profile.rules[Pattern.LYING].permitted is False
+    # weapon: planned for § 44(4) but not covered; listed (counted), never recorded, and said so
+    assert profile.rules[Pattern.WEAPON].permitted is False
+    assert "Dangerous objects" in profile.legal_basis and "not covered" in profile.legal_basis
+    assert profile.version == "2026.2"
     assert (profile.pre_roll_s, profile.post_roll_s, profile.retention_hours) == (5.0, 5.0, 72)
 
 
 def test_helpless_person_additionally_permits_fall_and_lying():
     bw, helpless = load_profile("bw-polg-44-4"), load_profile("helpless-person")
     assert helpless.permitted_patterns == bw.permitted_patterns | {Pattern.FALL, Pattern.LYING}
-    assert helpless.permitted_patterns == frozenset(Pattern)
+    # its meaning is unchanged by the weapon pattern: crime indicators plus a person in need of help
+    assert helpless.permitted_patterns == VIOLENT_PATTERNS | {Pattern.FALL, Pattern.LYING}
+    assert helpless.rule_for(Pattern.WEAPON) is None and helpless.version == "2026.1"
+
+
+def test_a_crime_profile_may_permit_weapon_but_never_fall(tmp_path):
+    text = MINIMAL + "\n[patterns.weapon]\npermitted = true\nmin_confidence = 0.6\nmin_duration_s = 0.2\n"
+    write_profile(tmp_path, text, "weapon-ban-zone")
+    profile = load_profile("weapon-ban-zone", tmp_path)
+    assert profile.permitted_patterns == {Pattern.STRIKE, Pattern.WEAPON}
+    msg = str(load_error(tmp_path, text + "\n[patterns.fall]\npermitted = true\n", "weapon-ban-zone-2"))
+    assert "patterns.fall.permitted = true" in msg and "weapon" in msg
 
 
 def test_profile_ref_hashes_the_exact_file_bytes():
@@ -179,7 +194,7 @@ def test_permitted_must_be_present_and_boolean(tmp_path):
 def test_crime_profile_cannot_permit_fall(tmp_path):
     """The §44(4) safeguard: a crime-purpose profile that permits fall does not load."""
     msg = str(load_error(tmp_path, MINIMAL + "\n[patterns.fall]\npermitted = true\n"))
-    assert "patterns.fall.permitted = true: profile purpose 'crime' may only permit the violent patterns" in msg
+    assert "patterns.fall.permitted = true: profile purpose 'crime' may only permit the crime patterns" in msg
     assert "fix: set permitted = false" in msg and "helpless-person" in msg
 
 

@@ -78,8 +78,8 @@ def add_scripted_push(pipeline, at_t=1.0):
     """Adds one push event for the two first persons actually tracked at ``at_t``."""
     real_update = pipeline.behaviour.update
     state = {"fired": False}
-    def update(tracked):
-        events = list(real_update(tracked))
+    def update(tracked, scan=None):
+        events = list(real_update(tracked, scan))
         if not state["fired"] and tracked.t >= at_t and tracked.persons:
             ids = tuple(sorted(p.track_id for p in tracked.persons))[:2]
             events.append(Event(Pattern.PUSH, tracked.t - 0.4, tracked.t, ids, 0.95, {"scripted": 1.0}))

@@ -1,0 +1,1 @@
+"""The device: the stages that run on the box beside the camera."""

@@ -72,10 +72,15 @@ class AnalysisConfig:
 class PoseConfig:
     # INT8 is the default because `make bench` shows it 2.2x faster with keypoints that agree
     # with fp32 (mean OKS 0.99, person recall 1.0) and `make eval` gives the same accuracy.
-    model: str = opt("yolo11n-pose-int8", fix="a model name listed in models/manifest.toml, "
-                                                "e.g. 'yolo11n-pose-int8' or 'yolo11n-pose' (fp32)")
+    # Any pose model of the manifest: the YOLO11n-pose pair (AGPL-3.0) or MoveNet MultiPose
+    # Lightning (Apache-2.0, at most 6 persons); tracking and behaviour read the same COCO-17
+    # keypoints, scores and boxes from either (docs/models.md compares them).
+    model: str = opt("yolo11n-pose-int8", fix="a pose model listed in models/manifest.toml: 'yolo11n-pose-int8', "
+                                                "'yolo11n-pose' (fp32; both AGPL-3.0) or "
+                                                "'movenet-multipose-lightning' (Apache-2.0)")
     models_dir: str = opt("", fix="directory holding manifest.toml and the ONNX files; empty = bundled models/")
-    input_width: int = opt(640, lo=160, hi=1920, fix="model input width in pixels, a multiple of 32, e.g. 640")
+    input_width: int = opt(0, lo=0, hi=1920, fix="model input width in pixels, a multiple of 32, e.g. 640; "
+                                                 "0 = the width the model was made for (640 YOLO, 256 MoveNet)")
     threads: int = opt(2, lo=1, hi=64, fix="onnxruntime intra-op threads, e.g. the number of cores")
     # Low on purpose: fighters are tangled and blurred and get low person scores; the tracker
     # only starts tracks above tracking.high_score, lower ones can only extend a track, and the
@@ -177,6 +182,39 @@ class BehaviourConfig:
                           fix="an ongoing episode is reported again at most this often, seconds, e.g. 10")
 
 
+#: COCO classes ``objects.classes`` may name: the hand-held ones (YOLOX-Nano knows 80). knife and
+#: baseball bat are the default; the harmless ones (phone, bottle, umbrella) exist so a technician
+#: can test the whole chain on site with an object at hand, never for production alarms.
+OBJECT_CLASSES = ("knife", "baseball bat", "scissors", "fork", "tennis racket", "bottle",
+                  "umbrella", "cell phone")
+
+
+@dataclass(frozen=True)
+class ObjectsConfig:
+    """``[objects]``: the dangerous-object detector behind the ``weapon`` pattern.
+
+    A weak cue (docs/behaviour.md, *Weapon*): YOLOX-Nano runs on crops around persons with a
+    visible wrist, on a budget, and an object counts only near a wrist in several consecutive
+    scans of the same person."""
+
+    enabled: bool = opt(False, fix="true to run the object detector (the weapon pattern), false to save its CPU")
+    model: str = opt("yolox-nano", fix="an object detector listed in models/manifest.toml, e.g. 'yolox-nano'")
+    threads: int = opt(2, lo=1, hi=64, fix="onnxruntime intra-op threads for the detector, e.g. 2")
+    classes: tuple[str, ...] = opt(("knife", "baseball bat"), choices=OBJECT_CLASSES,
+                                   fix="COCO classes that count as dangerous, e.g. [\"knife\", \"baseball bat\"]")
+    min_score: float = opt(0.3, lo=0.05, hi=0.99, fix="detector score from which an object counts, e.g. 0.3")
+    wrist_distance: float = opt(0.5, lo=0.0, hi=3.0,
+                                fix="largest distance from a wrist to the object's box, torso lengths, e.g. 0.5")
+    min_frames: int = opt(3, lo=1, hi=50,
+                          fix="consecutive scans of a person with the object near a wrist before 'weapon' fires, e.g. 3")
+    max_crops: int = opt(2, lo=1, hi=16,
+                         fix="person crops the detector runs on per analysed frame (each costs ~22 ms), e.g. 2")
+    rescan_s: float = opt(1.0, lo=0.1, hi=60,
+                          fix="seconds between scans of a person without an open candidate, e.g. 1")
+    crop_margin: float = opt(0.3, lo=0.0, hi=2.0,
+                             fix="how far the crop reaches beyond the person's box, share of its longer side, e.g. 0.3")
+
+
 @dataclass(frozen=True)
 class Region:
     name: str = opt(fix="a short name for the polygon, e.g. 'entrance'")
@@ -235,6 +273,7 @@ class AppConfig:
     pose: PoseConfig = opt(fix="", factory=PoseConfig)
     tracking: TrackingConfig = opt(fix="", factory=TrackingConfig)
     behaviour: BehaviourConfig = opt(fix="", factory=BehaviourConfig)
+    objects: ObjectsConfig = opt(fix="", factory=ObjectsConfig)
     policy: PolicyConfig = opt(fix="", factory=PolicyConfig)
     zones: tuple[Region, ...] = opt((), fix="[[zones]] tables with name and polygon; none = whole frame")
     privacy_masks: tuple[Region, ...] = opt((), fix="[[privacy_masks]] tables with name and polygon")
@@ -285,8 +324,12 @@ def _cross_checks(cfg: AppConfig, problems: list[str]) -> None:
         problems.append(
             f"tracking.low_score = {cfg.tracking.low_score}: must be below tracking.high_score = "
             f"{cfg.tracking.high_score} (fix: e.g. low_score = 0.15, high_score = 0.5)")
-    if cfg.pose.input_width % 32:
-        problems.append(f"pose.input_width = {cfg.pose.input_width}: must be a multiple of 32 (fix: e.g. 640)")
+    if cfg.pose.input_width % 32 or 0 < cfg.pose.input_width < 160:
+        problems.append(f"pose.input_width = {cfg.pose.input_width}: must be a multiple of 32 from 160 up, "
+                        "or 0 for the model's own width (fix: e.g. 640, or 0)")
+    if not cfg.objects.classes:
+        problems.append("objects.classes = []: names no class, so the weapon pattern could never fire "
+                        "(fix: e.g. classes = [\"knife\", \"baseball bat\"], or enabled = false)")
     if cfg.camera is not None and cfg.camera.reconnect_initial_s > cfg.camera.reconnect_max_s:
         problems.append("camera.reconnect_initial_s: must not exceed camera.reconnect_max_s "
                         "(fix: e.g. 0.5 and 30)")

@@ -3,7 +3,8 @@
     source ──(index, t, wall, image)──► downscale (capture) ──► privacy masks (policy.MaskSet)
         ──► RingBuffer (RAM only; clip frame rate)
         ──► at the analysis rate, newest frame only:
-              PoseEstimator ─Detections─► Tracker ─TrackedFrame─► BehaviourAnalyzer ─Event─►
+              PoseEstimator ─Detections─► Tracker ─TrackedFrame─┬──────────► BehaviourAnalyzer ─Event─►
+                          ([objects] enabled) ObjectStage ─HandScan─┘ (person crops near wrists)
               PolicyGate ─Decision─► (permitted) Trigger, waiting for its post-roll
         ──► once the ring holds the post-roll: build_clip ─Clip─► clip sink
             (the daemon's sink seals into the spool: see appliance/box/daemon.py)
@@ -36,7 +37,7 @@ from appliance.box.config import AppConfig
 from appliance.box.policy import MaskSet, PolicyGate, ZoneSet, load_profile
 from appliance.box.pose import PoseEstimator, estimator_from_config
 from appliance.box.tracking import Tracker
-from appliance.contracts.types import Clip, Decision, Event, Frame, TrackedFrame, Trigger
+from appliance.contracts.types import Clip, Decision, Event, Frame, HandScan, TrackedFrame, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class PipelineStats:
     first_t: float | None = None
     last_t: float = 0.0
     inference_s: float = 0.0     # time spent inside pose inference
+    objects_s: float = 0.0       # time spent in the object stage (person crops through YOLOX)
     analysis_s: float = 0.0      # time spent in the whole analysis step (pose+track+behaviour+gate)
 
     @property
@@ -74,6 +76,7 @@ class AnalysisResult:
     frame: Frame
     tracked: TrackedFrame
     decisions: tuple[Decision, ...]
+    scan: HandScan | None = None     # the object stage's result, when [objects] is enabled
 
 
 class Pipeline:
@@ -88,7 +91,12 @@ class Pipeline:
         self.ring = RingBuffer(cfg.ring.seconds, cfg.ring.max_fps)
         self.pose = estimator or estimator_from_config(cfg.pose)
         self.tracker = Tracker(cfg.tracking)
-        self.behaviour = BehaviourAnalyzer(cfg.behaviour)
+        self.behaviour = BehaviourAnalyzer(cfg.behaviour, objects=cfg.objects)
+        self.objects = None
+        if cfg.objects.enabled:
+            from appliance.box.objects import ObjectStage
+
+            self.objects = ObjectStage(cfg.objects, models_dir=cfg.pose.models_dir or None)
         self.profile = load_profile(profile or cfg.policy.profile, cfg.policy.profiles_dir or None)
         self._masks: MaskSet | None = None
         self._gate: PolicyGate | None = None
@@ -149,15 +157,18 @@ class Pipeline:
         tracked = self.tracker.update(dets)
         self._tracked_history.append(tracked)
         self._wall_offset = frame.wall - frame.t
-        events = self.behaviour.update(tracked)
-        decisions = tuple(self._decide(e, tracked) for e in events)
+        t2 = time.perf_counter()
+        scan = self.objects.update(frame.image, tracked, self.behaviour.focus_tracks()) if self.objects else None
         st = self.stats
+        st.objects_s += time.perf_counter() - t2
+        events = self.behaviour.update(tracked, scan)
+        decisions = tuple(self._decide(e, tracked) for e in events)
         st.analysed_frames += 1
         st.persons_max = max(st.persons_max, len(tracked.persons))
         st.track_ids.update(p.track_id for p in tracked.persons)
         st.inference_s += t1 - t0
         st.analysis_s += time.perf_counter() - t0
-        return AnalysisResult(frame, tracked, decisions)
+        return AnalysisResult(frame, tracked, decisions, scan)
 
     def finish(self) -> tuple[Decision, ...]:
         """End of stream: lets the behaviour stage close open episodes."""

@@ -110,12 +110,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         n, ids = per_second.get(sec, (0, set()))
         per_second[sec] = (max(n, len(res.tracked.persons)), ids | {p.track_id for p in res.tracked.persons})
         if emit_json:
-            jprint({"type": "frame", "index": res.frame.index, "t": round(res.frame.t, 3),
+            line = {"type": "frame", "index": res.frame.index, "t": round(res.frame.t, 3),
                     "persons": [{"track": p.track_id, "box": [round(float(v), 1) for v in p.box],
                                  "score": round(float(p.score), 3),
                                  "keypoints": [[round(float(v), 1 if j < 2 else 3) for j, v in enumerate(kp)]
                                                for kp in p.keypoints]}
-                                for p in res.tracked.persons]})
+                                for p in res.tracked.persons]}
+            if res.scan is not None:   # [objects] enabled: which persons' hands were looked at, what was found
+                line["hands_scanned"] = list(res.scan.scanned)
+                line["objects"] = [{"track": o.track_id, "object": o.label, "score": round(o.score, 3),
+                                    "hand": o.hand, "box": [round(float(v), 1) for v in o.box]}
+                                   for o in res.scan.objects]
+            jprint(line)
         for d in res.decisions:
             _report_decision(d)
         progress.update(pipeline.stats.frames)

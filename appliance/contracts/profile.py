@@ -25,14 +25,14 @@ from typing import Any
 from appliance.common.resources import data_dir
 from appliance.common.schema import ConfigError, build, opt
 from appliance.contracts.settings import LEGAL_MAX_RETENTION_HOURS
-from appliance.contracts.types import VIOLENT_PATTERNS, Pattern, ProfileRef
+from appliance.contracts.types import CRIME_PATTERNS, Pattern, ProfileRef
 
 #: The profile file format this code reads (docs/legal-profiles.md).
 FORMAT_VERSION = 1
 
 #: What the law lets the analysis look for → the patterns such a profile may permit.
 PURPOSES: Mapping[str, frozenset[Pattern]] = MappingProxyType({
-    "crime": frozenset(VIOLENT_PATTERNS),
+    "crime": CRIME_PATTERNS,
     "crime-and-helpless-person": frozenset(Pattern),
 })
 
@@ -197,6 +197,6 @@ def _check_meaning(data: dict[str, Any], problems: list[str], expected_id: str |
                 and name in Pattern._value2member_map_ and Pattern(name) not in allowed):
             names = ", ".join(sorted(p.value for p in allowed))
             problems.append(
-                f"patterns.{name}.permitted = true: profile purpose {purpose!r} may only permit the violent "
+                f"patterns.{name}.permitted = true: profile purpose {purpose!r} may only permit the crime "
                 f"patterns {names} (fix: set permitted = false, or use a profile whose purpose is "
                 f"'crime-and-helpless-person', e.g. 'helpless-person')")

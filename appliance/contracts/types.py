@@ -107,7 +107,10 @@ class TrackedFrame:
 
 
 class Pattern(str, enum.Enum):
-    """Behaviour patterns. The *violent* ones indicate a crime (§44(4) PolG BW)."""
+    """Behaviour patterns. The *violent* ones indicate a crime (§44(4) PolG BW). ``weapon`` (a
+    dangerous object held in a hand, seen in several consecutive frames) is a single person's
+    pattern and not violent: it may indicate a crime where a law says so (a weapons-ban zone),
+    and a profile states its position on it (docs/legal-profiles.md)."""
 
     STRIKE = "strike"
     KICK = "kick"
@@ -116,6 +119,7 @@ class Pattern(str, enum.Enum):
     FIGHT = "fight"
     FALL = "fall"
     LYING = "lying"
+    WEAPON = "weapon"
 
     @property
     def violent(self) -> bool:
@@ -123,6 +127,39 @@ class Pattern(str, enum.Enum):
 
 
 VIOLENT_PATTERNS = frozenset({Pattern.STRIKE, Pattern.KICK, Pattern.PUSH, Pattern.STRANGLE, Pattern.FIGHT})
+#: Patterns that may indicate a crime: the violent ones, and a weapon in hand where a law makes
+#: carrying one an offence. A profile of purpose "crime" may permit only these (never fall/lying).
+CRIME_PATTERNS = VIOLENT_PATTERNS | {Pattern.WEAPON}
+
+
+@dataclass(frozen=True)
+class HeldObject:
+    """A dangerous object the object stage found near one person's wrist in one analysed frame.
+
+    box: ``float32[4]`` x1, y1, x2, y2 in frame pixels (of the object, not the person).
+    """
+
+    track_id: int
+    label: str                  # COCO class name, e.g. "knife", "baseball bat"
+    score: float                # detector score 0..1
+    hand: str                   # "left" or "right": the nearer wrist
+    wrist_distance: float       # wrist to the object's box, torso lengths (0 = wrist inside the box)
+    box: np.ndarray
+
+
+@dataclass(frozen=True)
+class HandScan:
+    """What the object stage looked at in one analysed frame: only derived numbers leave the
+    pixel process (labels, scores, boxes), never the crops.
+
+    scanned: the tracks whose crops went through the detector in this frame; a track not
+    scanned has no evidence either way (the detector runs on a budget, docs/behaviour.md).
+    """
+
+    frame_index: int
+    t: float
+    scanned: tuple[int, ...]
+    objects: tuple[HeldObject, ...]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ import numpy as np
 from appliance.box.behaviour import features as F
 from appliance.box.behaviour.config import BehaviourConfig
 from appliance.box.behaviour.fight_model import FightModel, FrameWindow, has_pair, window_features
-from appliance.contracts.types import Event, Pattern, TrackedFrame
+from appliance.box.behaviour.weapon import WeaponCounter
+from appliance.contracts.types import Event, HandScan, Pattern, TrackedFrame
 
 #: Two samples further apart than this are not differentiated (a track gap, not motion).
 MAX_STEP_S = 0.35
@@ -149,11 +150,18 @@ class BehaviourAnalyzer:
     >>> analyzer.flush()
     """
 
-    def __init__(self, cfg: BehaviourConfig | None = None, *, models_dir: str | None = None):
+    def __init__(self, cfg: BehaviourConfig | None = None, *, models_dir: str | None = None,
+                 objects=None):
         """``models_dir``: where the fight classifier's manifest is (default: bundled models/).
         Raises :class:`~appliance.common.errors.ModelError` when the named model is missing or its
-        file's sha256 differs from the manifest (a changed model is refused, not ignored)."""
+        file's sha256 differs from the manifest (a changed model is refused, not ignored).
+        ``objects``: the :class:`~appliance.box.config.ObjectsConfig` whose ``min_frames`` and
+        ``min_score`` the weapon pattern uses (default: the defaults)."""
+        from appliance.box.config import ObjectsConfig
+
         self.cfg = cfg or BehaviourConfig()
+        objects = objects or ObjectsConfig()
+        self.weapons = WeaponCounter(objects.min_frames, objects.min_score)
         self._tracks: dict[int, _TrackHistory] = {}
         self._episodes: dict[Pattern, _Episode] = {}
         self._t: float | None = None
@@ -167,7 +175,8 @@ class BehaviourAnalyzer:
 
     # ------------------------------------------------------------------ public
 
-    def update(self, frame: TrackedFrame) -> list[Event]:
+    def update(self, frame: TrackedFrame, scan: HandScan | None = None) -> list[Event]:
+        """``scan``: the object stage's result for this frame (weapon pattern), if it runs."""
         t = float(frame.t)
         if self._t is not None and t < self._t:
             raise ValueError(f"frames must come in time order: t={t} after {self._t}")
@@ -181,7 +190,18 @@ class BehaviourAnalyzer:
             fight = self._fight_window(t)
             if fight is not None:
                 observations.append(fight)
+        if scan is not None:
+            observations += [Observation(*obs) for obs in self.weapons.update(scan)]
         return self._episode_events(observations, t)
+
+    def focus_tracks(self) -> set[int]:
+        """Tracks the object stage should scan in the next frame: open weapon candidates and the
+        persons of open violent episodes (where a weapon matters most)."""
+        focus = set(self.weapons.candidate_tracks)
+        for pattern, episode in self._episodes.items():
+            if pattern.violent:
+                focus.update(episode.track_ids)
+        return focus
 
     def flush(self) -> list[Event]:
         """End of stream: episodes are reported at their onset, so nothing is pending."""

@@ -33,7 +33,7 @@ from appliance.box.behaviour.config import BehaviourConfig
 from appliance.box.behaviour.features import is_down
 from appliance.box.config import AppConfig
 from appliance.common.errors import InputError
-from appliance.contracts.types import KP, NUM_KEYPOINTS, Event, Pattern, TrackedFrame, TrackedPerson
+from appliance.contracts.types import KP, NUM_KEYPOINTS, Event, HandScan, Pattern, TrackedFrame, TrackedPerson
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 URFD_CSV = "urfd_pose_3classes.csv"
@@ -75,15 +75,32 @@ def video_frames(path: Path, max_width: int) -> Iterator[tuple[float, np.ndarray
 
 
 class SkeletonPipeline:
-    """Pose → tracker for one video at a time (the estimator is loaded once)."""
+    """Pose → tracker (→ object stage) for one video at a time (the models are loaded once).
 
-    def __init__(self, app_cfg: AppConfig):
+    The object stage runs when ``with_objects`` (eval always measures the weapon pattern, on
+    the budget and crops of ``[objects]``, whether or not a box enables it)."""
+
+    def __init__(self, app_cfg: AppConfig, *, with_objects: bool = False):
         from appliance.box.pose import estimator_from_config
 
         self.cfg = app_cfg
         self.estimator = estimator_from_config(app_cfg.pose)
+        self.objects = None
+        if with_objects:
+            from appliance.box.objects import ObjectStage
+
+            self.objects = ObjectStage(app_cfg.objects, models_dir=app_cfg.pose.models_dir or None)
+        self.object_crops = 0          # detector runs, for the cost line of the report
+        self.object_seconds = 0.0
 
     def tracked_frames(self, path: Path) -> Iterator[TrackedFrame]:
+        for tracked, _ in self.analysed_frames(path):
+            yield tracked
+
+    def analysed_frames(self, path: Path, focus: Callable[[], set[int]] | None = None
+                        ) -> Iterator[tuple[TrackedFrame, HandScan | None]]:
+        """(tracked frame, the object stage's scan or None) on the analysis grid; ``focus``
+        gives the tracks the behaviour stage wants scanned (open candidates)."""
         from appliance.box.tracking import Tracker
 
         tracker = Tracker(self.cfg.tracking)
@@ -97,7 +114,14 @@ class SkeletonPipeline:
             tracker.frame_size = (image.shape[1], image.shape[0])
             dets = self.estimator(image)
             dets = type(dets)(index, t, dets.boxes, dets.scores, dets.keypoints)
-            yield tracker.update(dets)
+            tracked = tracker.update(dets)
+            scan = None
+            if self.objects is not None:
+                started = time.perf_counter()
+                scan = self.objects.update(image, tracked, focus() if focus else set())
+                self.object_seconds += time.perf_counter() - started
+                self.object_crops += len(scan.scanned)
+            yield tracked, scan
 
 
 def run_analyzer(frames: Iterable[TrackedFrame], cfg: BehaviourConfig | None = None) -> list[Event]:
@@ -106,6 +130,20 @@ def run_analyzer(frames: Iterable[TrackedFrame], cfg: BehaviourConfig | None = N
     for frame in frames:
         events += analyzer.update(frame)
     return events + analyzer.flush()
+
+
+def analyse_clip(pipeline: SkeletonPipeline, path: Path, cfg: BehaviourConfig) -> tuple[list[Event], int, float]:
+    """(events, analysed frames, seconds covered) of one video through pose → tracking →
+    object stage → behaviour, the behaviour stage steering the object stage's focus."""
+    analyzer = BehaviourAnalyzer(cfg, objects=pipeline.cfg.objects)
+    events: list[Event] = []
+    n, first, last = 0, None, 0.0
+    for tracked, scan in pipeline.analysed_frames(path, analyzer.focus_tracks):
+        events += analyzer.update(tracked, scan)
+        n += 1
+        first = tracked.t if first is None else first
+        last = tracked.t
+    return events + analyzer.flush(), n, (last - first if first is not None else 0.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -124,6 +162,10 @@ class ClipResult:
     def violent(self) -> bool:
         return any(e.pattern.violent for e in self.events)
 
+    @property
+    def weapons(self) -> list[Event]:
+        return [e for e in self.events if e.pattern is Pattern.WEAPON]
+
     def patterns(self) -> list[str]:
         return sorted({e.pattern.value for e in self.events})
 
@@ -138,6 +180,9 @@ class EvalReport:
     seconds: float = 0.0
     #: Clips that could not be decoded: (name, label, reason). Left out of every figure, listed.
     unreadable: list[tuple[str, str, str]] = field(default_factory=list)
+    #: Object stage cost: detector runs and their seconds (None: the stage did not run).
+    object_crops: int | None = None
+    object_seconds: float = 0.0
 
     def fight_summary(self) -> dict[str, Any] | None:
         if not self.fight and not self.nofight:
@@ -162,12 +207,40 @@ class EvalReport:
             "clips": len(clips),
             "analysed_seconds": round(sum(c.seconds for c in clips), 1),
             "violent_events": sum(1 for c in clips for e in c.events if e.pattern.violent),
-            "fall_or_lying_events": sum(1 for c in clips for e in c.events if not e.pattern.violent),
+            "fall_or_lying_events": sum(1 for c in clips for e in c.events if e.pattern in (Pattern.FALL, Pattern.LYING)),
             "per_clip": {c.name: c.patterns() for c in clips},
+        }
+
+    def weapon_summary(self) -> dict[str, Any] | None:
+        """Weapon events: per hour on the ordinary footage (no-fight clips and normal/MOT, where
+        nobody holds a knife or bat: every one is a false alarm), and where else they fired."""
+        if self.object_crops is None:
+            return None
+        ordinary = self.nofight + self.normal
+        hours = sum(c.seconds for c in ordinary) / 3600.0
+        false = [e for c in ordinary for e in c.weapons]
+
+        def listing(clips: list[ClipResult]) -> dict[str, list[str]]:
+            return {c.name: [f"{e.explanation.get('object')} {e.explanation.get('score')} "
+                             f"{e.explanation.get('hand')} hand, {e.explanation.get('frames')} frames"
+                             for e in c.weapons] for c in clips if c.weapons}
+
+        analysed = sum(c.frames for c in self.fight + self.nofight + self.fall_videos + self.normal)
+        return {
+            "ordinary_hours": round(hours, 4),
+            "ordinary_false_alarms": len(false),
+            "false_alarms_per_hour": round(len(false) / hours, 2) if hours else math.nan,
+            "objects_in_false_alarms": dict(Counter(str(e.explanation.get("object")) for e in false)),
+            "in_ordinary": listing(ordinary),
+            "in_fight_clips": listing(self.fight),
+            "in_fall_videos": listing(self.fall_videos),
+            "crops_per_analysed_frame": round(self.object_crops / analysed, 3) if analysed else math.nan,
+            "ms_per_crop": round(1e3 * self.object_seconds / self.object_crops, 1) if self.object_crops else math.nan,
         }
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "weapon": self.weapon_summary(),
             "fight": self.fight_summary(),
             "fall_videos": {c.name: c.patterns() for c in self.fall_videos} or None,
             "urfd_csv": self.urfd,
@@ -209,6 +282,19 @@ def format_report(report: EvalReport) -> str:
             f"ordinary walking/standing ({ns['clips']} clips, {ns['analysed_seconds']} s analysed)",
             f"  violent events (false triggers) {ns['violent_events']}; fall/lying events {ns['fall_or_lying_events']}",
         ] + [f"    {name}: {pats or '-'}" for name, pats in ns["per_clip"].items()]
+    ws = report.weapon_summary()
+    if ws:
+        lines += [
+            f"weapon (object near a wrist in >= objects.min_frames consecutive scans; "
+            f"{ws['crops_per_analysed_frame']} crops per analysed frame, {ws['ms_per_crop']} ms per crop)",
+            f"  ordinary footage ({ws['ordinary_hours'] * 3600:.0f} s: no-fight clips, normal/, mot/): "
+            f"{ws['ordinary_false_alarms']} false alarms = {ws['false_alarms_per_hour']} per camera-hour "
+            f"{ws['objects_in_false_alarms'] or ''}",
+        ]
+        for title, key in (("ordinary", "in_ordinary"), ("fight clips", "in_fight_clips"),
+                           ("fall videos", "in_fall_videos")):
+            for name, found in ws[key].items():
+                lines.append(f"    {title}: {name}: {'; '.join(found)}")
     if report.unreadable:
         lines.append(f"UNREADABLE, left out of every figure above ({len(report.unreadable)} clips):")
         lines += [f"    {lab}: {name}: {why}" for name, lab, why in report.unreadable]
@@ -364,18 +450,21 @@ def _clip_name(path: Path) -> str:
 
 
 def evaluate(root: Path, app_cfg: AppConfig, cfg: BehaviourConfig | None = None, *, limit: int | None = None,
-             progress: Callable[[str], None] | None = None) -> EvalReport:
+             progress: Callable[[str], None] | None = None, with_objects: bool = True) -> EvalReport:
+    """``with_objects``: also run the object stage and report the weapon pattern."""
     cfg = cfg or getattr(app_cfg, "behaviour", None) or BehaviourConfig()
     plan = plan_for(root, limit)
     start = time.monotonic()
     report = EvalReport()
-    pipeline = SkeletonPipeline(app_cfg) if (plan.fight or plan.nofight or plan.fall_videos or plan.normal) else None
+    videos = bool(plan.fight or plan.nofight or plan.fall_videos or plan.normal)
+    pipeline = SkeletonPipeline(app_cfg, with_objects=with_objects) if videos else None
     groups = (("fight", plan.fight, report.fight), ("nofight", plan.nofight, report.nofight),
               ("fall", plan.fall_videos, report.fall_videos), ("normal", plan.normal, report.normal))
     for label, paths, out in groups:
         for path in paths:
+            assert pipeline is not None     # there are videos
             try:
-                frames = list(pipeline.tracked_frames(path))
+                events, n_frames, span = analyse_clip(pipeline, path, cfg)
             except InputError as exc:
                 # One broken file must not throw away an hour of evaluation: it is listed and
                 # left out of the figures, and the command's exit status says so.
@@ -383,11 +472,12 @@ def evaluate(root: Path, app_cfg: AppConfig, cfg: BehaviourConfig | None = None,
                 if progress:
                     progress(f"{label:8s} {_clip_name(path)}: UNREADABLE ({exc})")
                 continue
-            span = frames[-1].t - frames[0].t if frames else 0.0
-            result = ClipResult(_clip_name(path), label, tuple(run_analyzer(frames, cfg)), len(frames), span)
+            result = ClipResult(_clip_name(path), label, tuple(events), n_frames, span)
             out.append(result)
             if progress:
                 progress(f"{label:8s} {result.name}: {', '.join(result.patterns()) or '-'}")
+    if pipeline is not None and pipeline.objects is not None:
+        report.object_crops, report.object_seconds = pipeline.object_crops, pipeline.object_seconds
     if plan.urfd_csv is not None:
         report.urfd = evaluate_urfd(plan.urfd_csv, cfg, app_cfg.analysis.fps)
     report.seconds = time.monotonic() - start

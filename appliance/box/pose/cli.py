@@ -18,8 +18,15 @@ def register(sub) -> None:
 
 
 def cmd_list(args) -> int:
-    for e in load_manifest(args.models_dir).values():
-        print(f"{e.name}\t{e.path.name}\tsha256 {e.sha256}\tlicence {e.licence}")
+    """One line per model: name, what reads it, its licence (AGPL ones marked: shipping them
+    carries AGPL-3.0 obligations), file and sha256."""
+    entries = list(load_manifest(args.models_dir).values())
+    width = max((len(e.name) for e in entries), default=4)
+    arch = max((len(e.architecture) for e in entries), default=4)
+    for e in entries:
+        mark = "AGPL " if e.agpl else "     "
+        print(f"{e.name:<{width}}  {e.architecture:<{arch}}  {mark}licence {e.licence}\n"
+              f"{'':<{width}}  {'':<{arch}}       file {e.path.name}  sha256 {e.sha256}")
     return 0
 
 

@@ -9,13 +9,17 @@ are merged by OpenCV's NMS.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
-from appliance.box.pose.manifest import ModelEntry, verified_model
+from appliance.box.pose.manifest import ModelEntry, verified_session
+from appliance.common.errors import ModelError
 from appliance.contracts.types import NUM_KEYPOINTS, Detections, Frame
+
+if TYPE_CHECKING:
+    from appliance.box.pose.movenet import MoveNetEstimator
 
 PAD_VALUE = 114  # the grey Ultralytics pads with; the model was trained on it
 STRIDE = 32
@@ -40,6 +44,20 @@ def letterbox_geometry(frame_w: int, frame_h: int, input_width: int) -> Letterbo
     return Letterbox(scale, (input_w - new_w) // 2, (input_h - new_h) // 2, input_w, input_h)
 
 
+def letterbox(image: np.ndarray, input_width: int, pad_value: int) -> tuple[np.ndarray, Letterbox]:
+    """uint8[H, W, 3] → uint8[h, w, 3] resized keeping the aspect ratio and padded with
+    ``pad_value`` to multiples of 32 (centred), and the geometry. Both pose models use it."""
+    h, w = image.shape[:2]
+    lb = letterbox_geometry(w, h, input_width)
+    new_w, new_h = round(w * lb.scale), round(h * lb.scale)
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) \
+        if (new_w, new_h) != (w, h) else image
+    padded = cv2.copyMakeBorder(
+        resized, lb.pad_y, lb.input_h - new_h - lb.pad_y, lb.pad_x, lb.input_w - new_w - lb.pad_x,
+        cv2.BORDER_CONSTANT, value=(pad_value, pad_value, pad_value))
+    return padded, lb
+
+
 class PoseEstimator:
     """Runs the manifest-verified pose model on frames.
 
@@ -51,14 +69,8 @@ class PoseEstimator:
                  input_width: int = 640, threads: int = 2, score_threshold: float = 0.35,
                  nms_iou: float = 0.5, max_persons: int = 50):
         self.entry: ModelEntry
-        self.entry, blob = verified_model(model, models_dir)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.entry, self.session = verified_session(model, models_dir, threads=threads,
+                                                    architecture=("yolo-pose",))
         self.input_name = self.session.get_inputs()[0].name
         self.input_width = input_width
         self.score_threshold = score_threshold
@@ -71,14 +83,7 @@ class PoseEstimator:
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """uint8[H, W, 3] BGR → float32[1, 3, h, w] RGB 0..1 letterboxed, and the geometry."""
-        h, w = image.shape[:2]
-        lb = letterbox_geometry(w, h, self.input_width)
-        new_w, new_h = round(w * lb.scale), round(h * lb.scale)
-        resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) \
-            if (new_w, new_h) != (w, h) else image
-        padded = cv2.copyMakeBorder(
-            resized, lb.pad_y, lb.input_h - new_h - lb.pad_y, lb.pad_x, lb.input_w - new_w - lb.pad_x,
-            cv2.BORDER_CONSTANT, value=(PAD_VALUE, PAD_VALUE, PAD_VALUE))
+        padded, lb = letterbox(image, self.input_width, PAD_VALUE)
         blob = cv2.dnn.blobFromImage(padded, scalefactor=1 / 255.0, swapRB=True)
         return blob, lb
 
@@ -118,9 +123,26 @@ class PoseEstimator:
         return self.decode(raw, lb)
 
 
-def estimator_from_config(pose_cfg) -> PoseEstimator:
-    """Builds the estimator from a validated :class:`appliance.box.config.PoseConfig`."""
+def estimator_from_config(pose_cfg) -> PoseEstimator | MoveNetEstimator:
+    """Builds the estimator the manifest entry of ``pose.model`` calls for (YOLO-pose or
+    MoveNet), from a validated :class:`appliance.config.PoseConfig`. Both return the same
+    :class:`~appliance.types.Detections`."""
+    from appliance.box.pose.manifest import POSE_ARCHITECTURES, load_manifest
+
+    models_dir = pose_cfg.models_dir or None
+    entry = load_manifest(models_dir).get(pose_cfg.model)
+    if entry is not None and entry.architecture not in POSE_ARCHITECTURES:
+        pose_models = [e.name for e in load_manifest(models_dir).values() if e.architecture in POSE_ARCHITECTURES]
+        raise ModelError(f"pose.model = {pose_cfg.model!r} is a {entry.architecture} model, not a pose model "
+                         f"(fix: one of {', '.join(pose_models)})")
+    input_width = pose_cfg.input_width or (entry.input_width if entry is not None else 0) or 640
+    if entry is not None and entry.architecture == "movenet-multipose":
+        from appliance.box.pose.movenet import MoveNetEstimator
+
+        return MoveNetEstimator(pose_cfg.model, models_dir=models_dir, input_width=input_width,
+                                threads=pose_cfg.threads, score_threshold=pose_cfg.score_threshold,
+                                max_persons=pose_cfg.max_persons)
     return PoseEstimator(
-        pose_cfg.model, models_dir=pose_cfg.models_dir or None, input_width=pose_cfg.input_width,
+        pose_cfg.model, models_dir=models_dir, input_width=input_width,
         threads=pose_cfg.threads, score_threshold=pose_cfg.score_threshold,
         nms_iou=pose_cfg.nms_iou, max_persons=pose_cfg.max_persons)

@@ -39,6 +39,16 @@ class CheckResult:
     name: str
     ok: bool
     detail: str
+    warning: str = ""    # passed, but someone must decide something (e.g. an AGPL model is shipped)
+
+
+class CheckWarning(Exception):
+    """A check passed with a caveat: ``detail`` is the result, ``warning`` what to look at."""
+
+    def __init__(self, detail: str, warning: str):
+        super().__init__(warning)
+        self.detail = detail
+        self.warning = warning
 
 
 @dataclass
@@ -93,10 +103,29 @@ def _fps(ctx: CheckContext) -> str:
 
 
 def _model(ctx: CheckContext) -> str:
+    """Every model this box runs matches its manifest hash; a warning names the AGPL ones."""
     from appliance.box.pose.manifest import verified_model
 
-    entry, blob = verified_model(ctx.cfg.pose.model, ctx.cfg.pose.models_dir or None)
-    return f"{entry.name}: sha256 {entry.sha256[:16]}… matches the manifest ({len(blob) / 1e6:.1f} MB)"
+    cfg = ctx.cfg
+    models_dir = cfg.pose.models_dir or None
+    wanted = [("pose.model", cfg.pose.model)]
+    if cfg.behaviour.fight_model:
+        wanted.append(("behaviour.fight_model", cfg.behaviour.fight_model))
+    if cfg.objects.enabled:
+        wanted.append(("objects.model", cfg.objects.model))
+    parts, agpl = [], []
+    for key, name in wanted:
+        entry, blob = verified_model(name, models_dir, purpose=key)
+        parts.append(f"{entry.name}: sha256 {entry.sha256[:16]}… matches the manifest ({len(blob) / 1e6:.1f} MB)")
+        if entry.agpl:
+            agpl.append(f"{key} = {entry.name!r} ({entry.licence})")
+    detail = "; ".join(parts)
+    if agpl:
+        raise CheckWarning(detail, "this box runs an AGPL-3.0 model: " + ", ".join(agpl) + "; shipping it "
+                           "obliges the operator to offer the source of the whole appliance under the AGPL "
+                           "(fix, if that is not acceptable: pose.model = 'movenet-multipose-lightning', "
+                           "Apache-2.0; see `appliance models list` and docs/models.md)")
+    return detail
 
 
 def _profile_zones(ctx: CheckContext) -> str:
@@ -304,6 +333,8 @@ def run_checks(config_path: str | Path, progress: Callable[[str], None] | None =
             progress(name)
         try:
             results.append(CheckResult(name, True, check(ctx)))
+        except CheckWarning as warn:
+            results.append(CheckResult(name, True, warn.detail, warn.warning))
         except (ApplianceError, OSError, ValueError) as exc:
             results.append(CheckResult(name, False, _one_line(exc)))
         except Exception as exc:  # a check must never abort the table
@@ -320,7 +351,9 @@ def format_table(results: list[CheckResult]) -> str:
     width = max(len(r.name) for r in results)
     lines = [f"{'check':<{width}}  result  detail"]
     for r in results:
-        lines.append(f"{r.name:<{width}}  {'PASS' if r.ok else 'FAIL':<6}  {r.detail}")
+        # A warning stays on its row (one line per check), after the result it qualifies.
+        warning = f"; WARNING: {r.warning}" if r.warning else ""
+        lines.append(f"{r.name:<{width}}  {'PASS' if r.ok else 'FAIL':<6}  {r.detail}{warning}")
     failed = sum(not r.ok for r in results)
     lines.append(f"{len(results) - failed} passed, {failed} failed")
     return "\n".join(lines)
