@@ -1,5 +1,5 @@
 """The operator console (appliance/station/console): accounts, roles, CSRF, workflow, disclosure
-refusals, audit records, the live push over a real uvicorn server, stale-device alarms."""
+refusals, audit records, the live push over a real uvicorn server, stale-device and camera-tamper alarms."""
 
 from __future__ import annotations
 
@@ -313,6 +313,60 @@ def test_device_panel_shows_health_and_a_stale_device_raises_a_console_alarm(sit
     finally:
         running.stop()
     assert "console.device_stale" in {r["kind"] for r in audit_records(console_dir)}
+
+
+def test_a_tampered_camera_shows_on_the_device_panel_and_raises_a_device_alarm(site):
+    """The box's signed health statement says its camera is covered: the panel shows it, and the
+    console raises its own device-kind alarm once (again only when the tamper kinds change)."""
+    station_dir, console_dir, _keys, _ = site
+
+    def report(kinds, *, signed=True):
+        store = ClipStore(station_dir)
+        tamper = {"state": "tampered" if kinds else "ok", "kinds": kinds, "mode": "day",
+                  "since": {k: 1_800_000_000.0 for k in kinds}, "reference": {"day": "provision", "night": "none"}}
+        store.record_seen("cam-01", "heartbeat", {"pixel": {"camera": "ok", "tamper": tamper}, "pixel_signed": signed})
+        store.close()
+
+    def tamper_alarms(c, headers):
+        return [a for a in c.get("/api/alarms", headers=headers).json()["alarms"] if a["kind"] == "device_tamper"]
+
+    def wait_for_tamper_alarms(c, headers, n):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            found = tamper_alarms(c, headers)
+            if len(found) >= n:
+                return found
+            time.sleep(0.2)
+        raise AssertionError(f"expected {n} camera tamper alarm(s), got {tamper_alarms(c, headers)}")
+
+    report(["covered"], signed=False)          # the uplink's own word: neither shown nor alarmed
+    running = start_console(station_dir, console_dir)
+    try:
+        c = httpx.Client(base_url=running.url)
+        login = c.post("/login", data={"username": "operator", "password": PASSWORD})
+        cookie = login.headers["set-cookie"].split(";")[0]
+        headers = {"Cookie": cookie, "Accept": "application/json"}
+        cam = next(d for d in c.get("/devices", headers=headers).json()["devices"] if d["device_id"] == "cam-01")
+        assert cam["tamper"] == "-" and cam["tampered"] is False
+        report(["covered"])
+        cam = next(d for d in c.get("/devices", headers=headers).json()["devices"] if d["device_id"] == "cam-01")
+        assert cam["tamper"] == "TAMPER covered" and cam["tampered"] is True
+        page = c.get("/devices", headers={"Cookie": cookie})
+        assert 'class="tampered"' in page.text and "TAMPER covered" in page.text
+        [alarm] = wait_for_tamper_alarms(c, headers, 1)
+        assert alarm["pattern"] == "camera tamper: covered" and alarm["device_id"] == "cam-01"
+        detail = c.get("/alarms/" + url(alarm["alarm_id"]), headers={"Cookie": cookie})
+        assert detail.status_code == 200 and "reports its camera <strong>covered</strong>" in detail.text
+        time.sleep(2.5)                         # the same tamper, checked again: no second alarm
+        assert len(tamper_alarms(c, headers)) == 1
+        report(["covered", "moved"])            # a new kind: a new alarm
+        second = [a for a in wait_for_tamper_alarms(c, headers, 2) if a["alarm_id"] != alarm["alarm_id"]]
+        assert second[0]["pattern"] == "camera tamper: covered, moved"
+        c.close()
+    finally:
+        running.stop()
+    records = [r for r in audit_records(console_dir) if r["kind"] == "console.device_tamper"]
+    assert [r["kinds"] for r in records] == [["covered"], ["covered", "moved"]]
 
 
 def test_live_push_reaches_open_pages_over_a_real_server(site):
