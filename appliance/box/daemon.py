@@ -375,7 +375,8 @@ class _HealthTicker:
                 "profile": self.pipeline.profile.ref.id, "camera": camera,
                 "last_frame_wall": src.health.last_frame_wall, "uptime_s": round(now - self.started, 1),
                 "frames": st.frames, "analysed_frames": st.analysed_frames,
-                "clips_sealed": self.sealer.sealed, "clips_refused_spool_full": self.sealer.refused,
+                "alarms_sent": self.sealer.alarms, "clips_sealed": self.sealer.sealed,
+                "clips_refused_spool_full": self.sealer.refused,
                 "written_wall": time.time(), **_tamper_health(self.pipeline)},
                 device_id=self.cfg.device.id, signing_key=self.sealer.signing_key)
             # Anchor a quiet tail too: checkpoints reach the station with the heartbeats.
