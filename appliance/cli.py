@@ -4,6 +4,7 @@ Each command group lives with the stage it belongs to and registers its own sub-
 
     analyze, run                appliance/box/runtime_cli.py  (the pixel pipeline)
     eval                        appliance/box/behaviour/cli.py
+    tamper eval                 appliance/box/tamper/cli.py
     profiles ...                appliance/box/policy/cli.py
     uplink                      appliance/box/uplink/cli.py   (the network process)
     station ...                 appliance/station/cli.py
@@ -32,6 +33,7 @@ SIDE_DEPENDENCIES = frozenset({"onnxruntime", "cv2", "systemd", "tomli_w"})
 COMMAND_MODULES = (
     "appliance.box.runtime_cli",
     "appliance.box.behaviour.cli",
+    "appliance.box.tamper.cli",
     "appliance.box.policy.cli",
     "appliance.box.uplink.cli",
     "appliance.station.cli",

@@ -84,6 +84,7 @@ def test_alarm_then_clip_share_one_id_at_the_station(world, clip, tmp_path):  # 
     spool = Spool(tmp_path / "spool", 10 * 1024 * 1024)
     seq = spool.next_sequence("dev-a")
     spool.put_alarm(_alarm_for(keys, seq), device_id="dev-a", sequence=seq)
+    assert spool.health().to_json()["spool_alarms"] == 1 and spool.health().pending == 0
     spool.put(seal_for(station_dir, keys, clip, seq), device_id="dev-a", sequence=seq)
     with running_station(station_dir) as (server, audit):
         client = make_client(station_dir, keys, server.endpoint)

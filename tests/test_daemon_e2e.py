@@ -150,6 +150,15 @@ def test_run_delivers_a_triggered_clip_and_stops_on_sigterm(tmp_path, capsys, st
     assert clips[0].pattern in {p.value for p in VIOLENT_PATTERNS}   # bw-polg-44-4 permits only these
     assert list(out_dir.rglob("*.webm"))
 
+    # The signed health statement carries the camera tamper state (no reference was provisioned:
+    # the daemon learns it at run time, and a looping sample clip is not a tampered camera).
+    from appliance.contracts.health import CameraTamper
+
+    statement = json.loads(json.loads((spool_dir / "health.json").read_text())["statement"])
+    tamper = CameraTamper.from_health(statement["health"])
+    assert tamper is not None and not tamper.tampered, statement["health"].get("tamper")
+    assert statement["health"]["tamper"]["reference"]["day"] in ("none", "learned")
+
     # The pixel process's audit log records the permitted trigger with its envelope hash.
     audit_lines = [json.loads(line) for line in Path(cfg["audit"]["log"]).read_text().splitlines()]
     kinds = [r.get("kind") for r in audit_lines]

@@ -122,9 +122,16 @@ def test_enrol_import_and_check_against_a_live_station(tmp_path, capsys, station
     # 4. the on-site check passes against the live station
     code, out = run(capsys, "provision", "check", "--config", str(cfg))
     assert code == 0, out
-    for name in ("camera", "analysis fps", "model hash", "profile and zones", "keys", "station",
+    for name in ("camera", "analysis fps", "model hash", "profile and zones", "tamper reference", "keys", "station",
                  "clock", "spool space"):
         assert any(line.startswith(name) and " PASS " in line for line in out.splitlines()), (name, out)
+    # The tamper reference is recorded in the device layout: features and statistics, no image.
+    reference = tmp_path / "state" / "pixel" / "tamper-reference.json"
+    ref_doc = json.loads(reference.read_text())
+    assert list(ref_doc["modes"]) == ["day"] and ref_doc["modes"]["day"]["source"] == "provision"
+    assert reference.stat().st_mode & 0o777 == 0o600 and reference.stat().st_size < 80_000
+    tamper_row = next(line for line in out.splitlines() if line.startswith("tamper reference"))
+    assert "day reference recorded" in tamper_row and "no image" in tamper_row and "night" in tamper_row
     assert "signed probe acknowledged" in out and "0 failed" in out
     # The sample is a 1920x1080 "camera": the technician is told to pick a smaller stream.
     camera_row = next(line for line in out.splitlines() if line.startswith("camera"))

@@ -187,6 +187,7 @@ def test_check_rows_are_independent(tmp_path, capsys):
     cfg_path.write_text(tomli_w.dumps(doc))
     rows = {r.name: r for r in run_checks(cfg_path)}
     assert not rows["camera"].ok and "no such file" in rows["camera"].detail
+    assert not rows["tamper reference"].ok and "no such file" in rows["tamper reference"].detail
     assert rows["analysis fps"].ok and "grey frame" in rows["analysis fps"].detail
     assert rows["model hash"].ok and rows["clock"].ok and rows["spool space"].ok
     assert not rows["profile and zones"].ok and "no station bundle" in rows["profile and zones"].detail

@@ -221,6 +221,58 @@ class ObjectsConfig:
                              fix="how far the crop reaches beyond the person's box, share of its longer side, e.g. 0.3")
 
 
+# Camera tamper detection (appliance/box/tamper/, docs/tamper.md). Brightness levels are grey
+# levels 0..255 of a small thumbnail; "cells" are the 8x6 grid the sharpness reference is kept on.
+@dataclass(frozen=True)
+class TamperConfig:
+    enabled: bool = opt(True, fix="true to watch the camera for covering, blinding, defocus, turning and "
+                                  "frozen frames (false only on a bench without a camera)")
+    fps: float = opt(1.0, lo=0.1, hi=5.0,
+                     fix="frames per second taken from the RAM ring for the tamper checks, e.g. 1")
+    persist_s: float = opt(10.0, lo=1.0, hi=600.0,
+                           fix="seconds a condition must last before it is raised as a tamper, e.g. 10")
+    clear_s: float = opt(5.0, lo=1.0, hi=600.0,
+                         fix="seconds a condition must be gone before the tamper is cleared, e.g. 5")
+    dark_brightness: float = opt(30.0, lo=1.0, hi=128.0,
+                                 fix="mean grey level below which, with contrast collapsed, the view counts "
+                                     "as covered or dark, e.g. 30")
+    min_contrast: float = opt(8.0, lo=0.5, hi=64.0,
+                              fix="grey-level standard deviation below which the contrast has collapsed, e.g. 8")
+    min_entropy_bits: float = opt(2.5, lo=0.1, hi=7.0,
+                                  fix="histogram entropy in bits below which the view counts as covered, e.g. 2.5")
+    covered_fraction: float = opt(0.35, lo=0.1, hi=1.0,
+                                  fix="share of the reference's textured cells that turned flat and lost their "
+                                      "edges for a partial cover, e.g. 0.35")
+    saturated_fraction: float = opt(0.6, lo=0.1, hi=1.0,
+                                    fix="share of saturated pixels (grey >= 250) that counts as blinded, e.g. 0.6")
+    defocus_ratio: float = opt(0.5, lo=0.05, hi=0.95,
+                               fix="sharpness of the static cells relative to the reference below which the "
+                                   "view counts as defocused or sprayed, e.g. 0.5")
+    min_inlier_ratio: float = opt(0.05, lo=0.0, hi=0.9,
+                                  fix="share of the reference's visible static corners that must still match the "
+                                      "view (RANSAC homography inliers), else it counts as moved, e.g. 0.05")
+    max_shift: float = opt(0.04, lo=0.005, hi=0.5,
+                           fix="shift of the view against the reference, as a share of the frame width, "
+                               "beyond which it counts as moved, e.g. 0.04")
+    max_rotation_deg: float = opt(5.0, lo=0.5, hi=90.0,
+                                  fix="rotation of the view against the reference, in degrees, beyond which it "
+                                      "counts as moved, e.g. 5")
+    frozen_max_diff: float = opt(0.2, lo=0.0, hi=10.0,
+                                 fix="mean grey-level difference between samples at or below which frames count "
+                                     "as identical (frozen stream), e.g. 0.2")
+    night_max_chroma: float = opt(3.0, lo=0.0, hi=50.0,
+                                  fix="mean colour saturation below which the camera is in its monochrome "
+                                      "(infrared night) mode and the night reference is used, e.g. 3")
+    relearn_s: float = opt(60.0, lo=5.0, hi=3600.0,
+                           fix="seconds a day/night mode without a reference must run untampered before its "
+                               "reference is learnt, e.g. 60")
+    reference_tau_s: float = opt(3600.0, lo=60.0, hi=7 * 86400.0,
+                                 fix="time constant in seconds with which the long-term sharpness reference "
+                                     "follows slow changes (seasons, dusk) while untampered, e.g. 3600")
+    reference: str = opt("", fix="path of the tamper reference written by `provision check`; "
+                                 "empty = <state_dir>/pixel/tamper-reference.json")
+
+
 @dataclass(frozen=True)
 class Region:
     name: str = opt(fix="a short name for the polygon, e.g. 'entrance'")
@@ -288,6 +340,7 @@ class AppConfig:
     uplink: UplinkConfig = opt(fix="", factory=UplinkConfig)
     station: StationConfig = opt(fix="", factory=StationConfig)
     audit: AuditConfig = opt(fix="", factory=AuditConfig)
+    tamper: TamperConfig = opt(fix="", factory=TamperConfig)
 
     @property
     def station_endpoints(self) -> tuple[str, ...]:
@@ -310,6 +363,12 @@ class AppConfig:
     @property
     def audit_log(self) -> Path:
         return Path(self.audit.log or Path(self.device.state_dir) / "audit.jsonl")
+
+    @property
+    def tamper_reference(self) -> Path:
+        # DeviceLayout.tamper_reference: beside the device signing key, only the pixel process
+        # reads it (features and statistics, never pixels).
+        return Path(self.tamper.reference or Path(self.device.state_dir) / "pixel" / "tamper-reference.json")
 
 
 def _cross_checks(cfg: AppConfig, problems: list[str]) -> None:
@@ -339,6 +398,9 @@ def _cross_checks(cfg: AppConfig, problems: list[str]) -> None:
     if cfg.camera is not None and cfg.camera.reconnect_initial_s > cfg.camera.reconnect_max_s:
         problems.append("camera.reconnect_initial_s: must not exceed camera.reconnect_max_s "
                         "(fix: e.g. 0.5 and 30)")
+    if cfg.tamper.persist_s * cfg.tamper.fps < 2:
+        problems.append(f"tamper.persist_s = {cfg.tamper.persist_s:g}: must span at least 2 samples at "
+                        f"tamper.fps = {cfg.tamper.fps:g} (fix: raise persist_s or fps, e.g. persist_s = 10, fps = 1)")
     _check_endpoints(cfg, problems)
     for group in ("zones", "privacy_masks"):
         names = [r.name for r in getattr(cfg, group)]

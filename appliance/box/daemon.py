@@ -28,6 +28,7 @@ from appliance.box.capture import FileSource, open_source
 from appliance.box.config import AppConfig
 from appliance.box.runtime import Pipeline, analyse_video
 from appliance.box.spool.spool import Spool, SpoolFullError
+from appliance.box.tamper import ModeReference, ReferenceError, TamperEvent, TamperReference, load_reference
 from appliance.common.errors import ApplianceError
 from appliance.common.service import (
     ServiceNotifier,
@@ -171,6 +172,15 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
                     "sealing a clip for the station", e.pattern.value, e.start_t, e.end_t, e.confidence,
                     ",".join(map(str, e.track_ids)), d.profile.id, d.rule)
 
+    def on_tamper(event: TamperEvent) -> None:
+        # Not a clip trigger: the kind, times and a few figures, never pixels.
+        audit.append("camera.tamper", **event.fields())
+        (log.warning if event.state == "raised" else log.info)("camera tamper %s: %s", event.state, event.kind.value)
+
+    def on_tamper_reference(mode: str, ref: ModeReference) -> None:
+        audit.append("camera.tamper_reference", mode=mode, source=ref.source, corners=len(ref.corners),
+                     cells=ref.static_cells)
+
     notifier.extend_timeout(60)   # model load + first frame can take a while on a cold box
     def on_trigger(trigger: Trigger, skeletons: dict) -> None:
         try:
@@ -178,7 +188,9 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
         except Exception:  # the clip still follows under a fresh sequence
             log.exception("sending the alarm message failed")
 
-    pipeline = Pipeline(cfg, on_decision=on_decision, on_trigger=on_trigger)
+    pipeline = Pipeline(cfg, on_decision=on_decision, on_trigger=on_trigger,
+                        tamper_reference=_tamper_reference(cfg, audit), on_tamper=on_tamper,
+                        on_tamper_reference=on_tamper_reference)
     sealer.model_sha256 = pipeline.pose.model_sha256
     audit.append("appliance.start", version=__version__, config=config_path or "",
                  config_sha256=_sha256_file(config_path), profile=pipeline.profile.ref.id,
@@ -283,6 +295,30 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
     return 0
 
 
+def _tamper_reference(cfg: AppConfig, audit: AuditLog) -> TamperReference | None:
+    """The provisioned reference; without one (or with a broken one, left as it is for the
+    technician) every lighting mode's reference is learnt at run time."""
+    if not cfg.tamper.enabled:
+        return None
+    try:
+        reference = load_reference(cfg.tamper_reference)
+    except ReferenceError as exc:
+        log.error("%s; learning the reference at run time instead", exc)
+        audit.append("camera.tamper_reference", mode="all", source="unreadable", detail=str(exc)[:300])
+        return None
+    if reference is None:
+        log.warning("no tamper reference at %s (fix: appliance provision check); learning it at run time",
+                    cfg.tamper_reference)
+    else:
+        log.info("tamper reference: %s", reference.describe())
+    return reference
+
+
+def _tamper_health(pipeline: Pipeline) -> dict:
+    """The health statement's optional ``tamper`` field (docs/wire-protocol.md)."""
+    return {"tamper": pipeline.tamper.status()} if pipeline.tamper is not None else {}
+
+
 def _run_fast(pipeline: Pipeline, source, sealer: ClipSealer, health: _HealthTicker, stop: threading.Event,
               started: float, max_seconds: float | None) -> bool:
     """Reads the whole file in order (``--fast``); True when it reached the end of the file."""
@@ -339,8 +375,10 @@ class _HealthTicker:
                 "profile": self.pipeline.profile.ref.id, "camera": camera,
                 "last_frame_wall": src.health.last_frame_wall, "uptime_s": round(now - self.started, 1),
                 "frames": st.frames, "analysed_frames": st.analysed_frames,
-                "clips_sealed": self.sealer.sealed, "clips_refused_spool_full": self.sealer.refused,
-                "written_wall": time.time()}, device_id=self.cfg.device.id, signing_key=self.sealer.signing_key)
+                "alarms_sent": self.sealer.alarms, "clips_sealed": self.sealer.sealed,
+                "clips_refused_spool_full": self.sealer.refused,
+                "written_wall": time.time(), **_tamper_health(self.pipeline)},
+                device_id=self.cfg.device.id, signing_key=self.sealer.signing_key)
             # Anchor a quiet tail too: checkpoints reach the station with the heartbeats.
             self.audit.maybe_checkpoint()
         self.notifier.ping()

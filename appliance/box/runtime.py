@@ -8,6 +8,8 @@
                  analysed ring frame, zoomed re-pose of the candidate's crop) ─RegionEvidence─┐
                           ([objects] enabled) ObjectStage ─HandScan─┴─► BehaviourAnalyzer ─Event─►
               PolicyGate ─Decision─► (permitted) Trigger, waiting for its post-roll
+              and every 1/tamper.fps s the same frame (person boxes masked out) ──►
+              TamperDetector ─TamperEvent─► on_tamper (audit, health; never a clip trigger)
         ──► once the ring holds the post-roll: build_clip ─Clip─► clip sink
             (the daemon's sink seals into the spool: see appliance/box/daemon.py)
 
@@ -40,6 +42,7 @@ from appliance.box.clip import build_clip
 from appliance.box.config import AppConfig
 from appliance.box.policy import MaskSet, PolicyGate, ZoneSet, load_profile
 from appliance.box.pose import PoseEstimator, estimator_from_config
+from appliance.box.tamper import ModeReference, TamperDetector, TamperEvent, TamperReference
 from appliance.box.tracking import Tracker
 from appliance.contracts.types import Clip, Decision, Event, Frame, HandScan, TrackedFrame, Trigger
 
@@ -65,6 +68,9 @@ class PipelineStats:
     analysis_s: float = 0.0      # time spent in the whole analysis step (pose+track+behaviour+gate)
     stage2_frames: int = 0       # analysed frames with an open candidate (stage 2 ran)
     stage2_s: float = 0.0        # time spent in stage 2 (motion energy + zoomed re-pose)
+    tamper_samples: int = 0      # frames the tamper stage looked at
+    tamper_s: float = 0.0        # time spent in the tamper stage
+    tamper_raised: int = 0
 
     @property
     def triggered(self) -> bool:
@@ -83,6 +89,7 @@ class AnalysisResult:
     tracked: TrackedFrame
     decisions: tuple[Decision, ...]
     scan: HandScan | None = None     # the object stage's result, when [objects] is enabled
+    tamper_events: tuple[TamperEvent, ...] = ()
 
 
 class Pipeline:
@@ -92,6 +99,9 @@ class Pipeline:
     def __init__(self, cfg: AppConfig, *, profile: str | None = None,
                  estimator: PoseEstimator | None = None,
                  on_decision: Callable[[Decision], None] | None = None,
+                 tamper_reference: TamperReference | None = None,
+                 on_tamper: Callable[[TamperEvent], None] | None = None,
+                 on_tamper_reference: Callable[[str, ModeReference], None] | None = None,
                  on_trigger: Callable[[Trigger, dict[str, Any]], None] | None = None):
         self.cfg = cfg
         self.ring = RingBuffer(cfg.ring.seconds, cfg.ring.max_fps)
@@ -120,6 +130,10 @@ class Pipeline:
         self._tracked_history: collections.deque[TrackedFrame] = collections.deque(
             maxlen=max(2, math.ceil(cfg.ring.seconds * cfg.analysis.fps) + 2))
         self.analysis_period = 1.0 / cfg.analysis.fps
+        # Without a provisioned reference the detector learns each lighting mode's own.
+        self.tamper = (TamperDetector(cfg.tamper, tamper_reference, on_reference=on_tamper_reference)
+                       if cfg.tamper.enabled else None)
+        self.on_tamper = on_tamper
         self._wall_offset = 0.0   # wall - stream time of the newest analysed frame
 
     # -- geometry-dependent parts are built on the first frame -------------------------
@@ -180,12 +194,29 @@ class Pipeline:
         st.objects_s += time.perf_counter() - t3
         events = self.behaviour.update(tracked, evidence, scan)
         decisions = tuple(self._decide(e, tracked) for e in events)
+        tamper_events = self._check_tamper(frame, tracked)
         st.analysed_frames += 1
         st.persons_max = max(st.persons_max, len(tracked.persons))
         st.track_ids.update(p.track_id for p in tracked.persons)
         st.inference_s += t1 - t0
         st.analysis_s += time.perf_counter() - t0
-        return AnalysisResult(frame, tracked, decisions, scan)
+        return AnalysisResult(frame, tracked, decisions, scan, tamper_events)
+
+    def _check_tamper(self, frame: Frame, tracked: TrackedFrame) -> tuple[TamperEvent, ...]:
+        """At tamper.fps, the analysed ring frame with its persons' boxes masked out."""
+        if self.tamper is None or not self.tamper.due(frame.t):
+            return ()
+        t0 = time.perf_counter()
+        boxes = np.array([p.box for p in tracked.persons], np.float32).reshape(-1, 4)
+        events = tuple(self.tamper.update(frame.image, frame.t, frame.wall, boxes))
+        st = self.stats
+        st.tamper_samples += 1
+        st.tamper_s += time.perf_counter() - t0
+        st.tamper_raised += sum(e.state == "raised" for e in events)
+        if self.on_tamper:
+            for event in events:
+                self.on_tamper(event)
+        return events
 
     def _previous_analysed_image(self) -> np.ndarray | None:
         """The ring's copy of the previous analysed frame (motion energy's reference), if held."""

@@ -124,6 +124,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             jprint(line)
         for d in res.decisions:
             _report_decision(d)
+        for e in res.tamper_events:
+            if emit_json:
+                jprint({"type": "tamper", **e.fields()})
+            else:
+                began = "since" if e.state == "raised" else "gone since"
+                print(f"  tamper   {e.kind.value:<9} {e.state:<7} at {e.t:6.2f} s (condition {began} "
+                      f"{e.since_t:.2f} s, {e.mode} reference): no clip; audited and in the health statement")
         progress.update(pipeline.stats.frames)
 
     def _report_decision(d: Decision) -> None:
@@ -161,7 +168,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                "seconds": round(stats.seconds, 3), "triggered": stats.triggered,
                "events": stats.events, "permitted": stats.permitted, "clips": stats.clips,
                "profile": pipeline.profile.ref.id, "model_sha256": pipeline.pose.model_sha256,
-               "processing_s": round(wall, 2)}
+               "processing_s": round(wall, 2), "tamper_raised": stats.tamper_raised,
+               "tamper": pipeline.tamper.status() if pipeline.tamper else None}
     if emit_json:
         jprint(summary)
     else:

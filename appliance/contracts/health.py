@@ -11,6 +11,9 @@ The uplink process cannot read the signing key (its sandbox hides the pixel dire
 cannot forge this; it forwards the statement verbatim in its heartbeats, and the station
 verifies it with the device's enrolled key (docs/wire-protocol.md, "Heartbeats").
 A plain JSON object in health.json (no statement) is forwarded as unsigned health.
+
+The optional ``tamper`` member of ``health`` (camera tamper state, docs/wire-protocol.md) is
+read by :meth:`CameraTamper.from_health`; the station trusts it only from a signed statement.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +91,51 @@ def read_health_file(path: str | Path) -> tuple[dict[str, str] | None, dict[str,
     if isinstance(data, dict):
         return None, data
     return None, {"pixel_health": "not an object"}
+
+
+#: The tamper kinds a box reports (appliance/box/tamper); unknown ones are kept, as text.
+TAMPER_KINDS = ("blinded", "covered", "defocused", "moved", "frozen")
+
+
+@dataclass(frozen=True)
+class CameraTamper:
+    """The ``tamper`` member of a health statement: is the camera covered, blinded, defocused,
+    moved or frozen right now (a box without tamper detection sends none)."""
+
+    tampered: bool
+    kinds: tuple[str, ...]          # the raised kinds, sorted
+    since: dict[str, float]         # kind -> Unix seconds it was raised
+    mode: str                       # "day" | "night" | "unknown"
+
+    @staticmethod
+    def from_health(health: Any) -> CameraTamper | None:
+        """None when the statement carries no (or no well-formed) tamper state."""
+        doc = health.get("tamper") if isinstance(health, dict) else None
+        if not isinstance(doc, dict) or doc.get("state") not in ("ok", "tampered"):
+            return None
+        kinds = doc.get("kinds", [])
+        if not isinstance(kinds, list) or not all(isinstance(k, str) and len(k) <= 32 for k in kinds):
+            return None
+        since = doc.get("since", {})
+        since = {str(k): float(v) for k, v in since.items() if isinstance(v, (int, float))} \
+            if isinstance(since, dict) else {}
+        mode = doc.get("mode")
+        return CameraTamper(doc["state"] == "tampered" and bool(kinds), tuple(sorted(kinds)), since,
+                            mode[:16] if isinstance(mode, str) else "unknown")
+
+    def describe(self) -> str:
+        if not self.tampered:
+            return "camera ok"
+        return "TAMPER " + ",".join(self.kinds)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tampered": self.tampered, "kinds": list(self.kinds),
+                "since": {k: round(v, 3) for k, v in sorted(self.since.items())}, "mode": self.mode}
+
+
+def signed_pixel_tamper(recorded: Any) -> CameraTamper | None:
+    """The camera tamper state of a heartbeat's recorded health, only from a verified statement
+    (the uplink could otherwise forge or hide it)."""
+    if not isinstance(recorded, dict) or recorded.get("pixel_signed") is not True:
+        return None
+    return CameraTamper.from_health(recorded.get("pixel"))

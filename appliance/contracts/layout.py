@@ -4,7 +4,9 @@ The state directory is split by process so that the systemd units can give each 
 its own secrets (docs/provisioning.md, "Install layout")::
 
     <state>/pixel/     0700 appliance-pixel   device-signing.key (0600), device-signing.pub,
-                                              station-hpke.pub
+                                              station-hpke.pub, tamper-reference.json (features
+                                              and statistics of the view, never an image;
+                                              written by `provision check`)
     <state>/uplink/    0700 appliance-uplink  device-curve.key_secret (0600), device-curve.key,
                                               station-curve.key, station-signing.pub
     <state>/spool/     2770 root:appliance    sealed envelopes (pixel writes, uplink deletes)
@@ -70,6 +72,11 @@ class DeviceLayout:
     @property
     def curve_secret(self) -> Path:
         return self.uplink_dir / f"{self.curve_name}.key_secret"
+
+    @property
+    def tamper_reference(self) -> Path:
+        """Default of ``[tamper] reference`` (AppConfig.tamper_reference)."""
+        return self.pixel_dir / "tamper-reference.json"
 
     @property
     def station_hpke_public(self) -> Path:

@@ -30,6 +30,8 @@ STALE_AFTER_S = 120.0
 #: A device enrolled but never heard from is "not yet seen", not STALE, for this long: the box
 #: is enrolled at the station before the technician mounts and starts it.
 NOT_SEEN_GRACE_S = 24 * 3600.0
+#: `devices list` exit codes for monitoring: a silent device outranks a tampered camera.
+EXIT_STALE, EXIT_TAMPER = 3, 4
 
 
 def _dir_arg(p: argparse.ArgumentParser, *, storage: bool = True) -> None:
@@ -133,13 +135,15 @@ def register(sub) -> None:
 
     devices = ssub.add_parser("devices", help="the registry of enrolled devices")
     dsub = devices.add_subparsers(dest="devices_command", metavar="DEVICES_COMMAND", required=True)
-    p = dsub.add_parser("list", help="enrolled devices, key fingerprints and last-seen; exit 3 if an "
-                                     "enabled device is silent for longer than --stale-after")
+    p = dsub.add_parser("list", help="enrolled devices, key fingerprints, last-seen and camera tamper state; "
+                                     "exit 3 if an enabled device is silent for longer than --stale-after, "
+                                     "else 4 if an enabled device reports its camera covered, blinded, "
+                                     "defocused, moved or frozen")
     _dir_arg(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--stale-after", type=float, default=STALE_AFTER_S, metavar="SECONDS",
                    help="an enabled device not heard from (heartbeat, clip or probe) for this long is "
-                        f"STALE: a dead box, a cut cable or a covered camera (default {STALE_AFTER_S:.0f}, "
+                        f"STALE: a dead box, a cut cable, a stopped uplink (default {STALE_AFTER_S:.0f}, "
                         "four missed 30-s heartbeats)")
     p.add_argument("--grace", type=float, default=NOT_SEEN_GRACE_S, metavar="SECONDS",
                    help="a device enrolled this recently and never heard from is 'not yet seen', not "
@@ -465,6 +469,7 @@ def cmd_devices_status(args) -> int:
 
 
 def cmd_devices_list(args) -> int:
+    from appliance.contracts.health import signed_pixel_tamper
     from appliance.station.registry import DeviceRegistry
     from appliance.station.store import ClipStore
 
@@ -478,7 +483,7 @@ def cmd_devices_list(args) -> int:
     store = ClipStore(args.dir, settings=settings)
     registry = DeviceRegistry(args.dir, database=store.db)
     now_ms = int(time.time() * 1000)
-    stale_ids = []
+    stale_ids, tampered = [], []
     try:
         for d in registry.list_devices():
             seen = store.last_seen(d.device_id)
@@ -492,11 +497,17 @@ def cmd_devices_list(args) -> int:
             stale = d.enabled and not not_yet_seen and (silent_s is None or silent_s > args.stale_after)
             if stale:
                 stale_ids.append(d.device_id)
+            # Only a signed pixel statement counts (the uplink could forge or hide it). A stale
+            # device's state is its last one: shown, but the stale alarm is what counts.
+            tamper = signed_pixel_tamper(seen.health) if seen else None
+            if tamper is not None and tamper.tampered and d.enabled:
+                tampered.append(f"{d.device_id} ({','.join(tamper.kinds)})")
             row = {"device_id": d.device_id, "enabled": d.enabled, "status": d.status, "signing_key": d.signing_fingerprint,
                    "curve_key": d.curve_fingerprint, "description": d.description,
                    "last_seen_unix_ms": last_ms, "silent_s": None if silent_s is None else round(silent_s, 1),
                    "stale": stale, "not_yet_seen": not_yet_seen, "highest_sequence": seen.highest_sequence if seen else 0,
-                   "health": seen.health if seen else {}}
+                   "health": seen.health if seen else {},
+                   "tamper": tamper.to_json() if tamper else None}
             if args.json:
                 print(json.dumps(row, sort_keys=True))
             else:
@@ -504,14 +515,18 @@ def cmd_devices_list(args) -> int:
                         else f"not yet (enrolled {enrolled_s:.0f} s ago)" if not_yet_seen else "never")
                 state = ("STALE" if stale else d.status.upper() if d.status != "enabled"
                          else "new" if not_yet_seen else "enabled")
-                print(f"{d.device_id:<28} {state:<8} sign {d.signing_fingerprint} "
+                camera = tamper.describe() if tamper else "camera ?"
+                print(f"{d.device_id:<28} {state:<8} {camera:<22} sign {d.signing_fingerprint} "
                       f"curve {d.curve_fingerprint} last seen {last}"
                       + (f" ({silent_s:.0f} s ago)" if silent_s is not None else ""))
     finally:
         registry.close()
         store.close()
+    if tampered:
+        print(f"tamper: {len(tampered)} enabled device(s) report a camera tamper: " + ", ".join(tampered),
+              file=sys.stderr)
     if stale_ids:
         print(f"stale: {len(stale_ids)} enabled device(s) silent for more than {args.stale_after:.0f} s: "
               + ", ".join(stale_ids), file=sys.stderr)
-        return 3
-    return 0
+        return EXIT_STALE
+    return EXIT_TAMPER if tampered else 0

@@ -38,7 +38,7 @@ from appliance.contracts.envelope import (
     parse_envelope,
     verify_parsed,
 )
-from appliance.contracts.health import HealthStatementError, verify_health
+from appliance.contracts.health import HealthStatementError, signed_pixel_tamper, verify_health
 from appliance.contracts.keys import (
     fingerprint_bytes,
     load_hpke_public_key,
@@ -339,6 +339,7 @@ class StationServer:
             except HealthStatementError as exc:
                 raise Rejected("bad_signature", f"pixel health from {device_id}: {exc}", device_id) from None
             recorded.update(pixel=statement["health"], pixel_unix_ms=statement["unix_ms"], pixel_signed=True)
+        self._audit_tamper_change(store, device_id, recorded)
         self._charge_checkpoints(device_id, len(checkpoints))
         store.record_seen(device_id, "heartbeat", recorded)
         new = store.add_checkpoints(device_id, checkpoints)
@@ -382,6 +383,21 @@ class StationServer:
         if offered and budget[1] + offered > MAX_NEW_CHECKPOINTS_PER_HOUR:
             raise Rejected("rate_limited", f"more than {MAX_NEW_CHECKPOINTS_PER_HOUR} new checkpoints "
                            "in an hour; try again later", device_id)
+
+    def _audit_tamper_change(self, store: ClipStore, device_id: str, recorded: dict[str, Any]) -> None:
+        """``station.device_tamper`` when a device's signed camera tamper state changes."""
+        new = signed_pixel_tamper(recorded)
+        if new is None:
+            return
+        seen = store.last_seen(device_id)
+        old = signed_pixel_tamper(seen.health) if seen else None
+        old_kinds = old.kinds if old else ()
+        if new.kinds == old_kinds:
+            return
+        self._audit("station.device_tamper", device_id=device_id, state="tampered" if new.tampered else "ok",
+                    kinds=list(new.kinds), previous=list(old_kinds),
+                    since={k: round(v, 3) for k, v in sorted(new.since.items())}, mode=new.mode)
+        (log.warning if new.tampered else log.info)("device %s camera tamper: %s", device_id, new.describe())
 
     def _handle_alarm(self, req: p.Request, user_id: str, peer: str, registry: DeviceRegistry,
                       store: ClipStore) -> tuple[bool, dict[str, Any]]:

@@ -32,6 +32,10 @@ MAX_STATION_SKEW_S = 30.0
 FPS_FRAMES = 10
 #: A camera stream wider than this many times ring.max_width wastes decoding: check says so.
 OVERSIZED_STREAM = 1.5
+#: The tamper reference: this many frames, one of every TAMPER_EVERY decoded (~4 s at 25 fps),
+#: so corners on passers-by can be told from static ones.
+TAMPER_FRAMES = 10
+TAMPER_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,49 @@ def _polygon_area(points) -> float:
     p = np.asarray(points, float)
     x, y = p[:, 0], p[:, 1]
     return float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2)
+
+
+def _tamper_reference(ctx: CheckContext) -> str:
+    """Records the camera's tamper reference for the current lighting mode (features, no image)."""
+    from appliance.box.policy.masks import MaskSet
+    from appliance.box.pose.estimator import estimator_from_config
+    from appliance.box.provision.files import layout_for, record
+    from appliance.box.provision.preview import grab_camera
+    from appliance.box.tamper import TamperReference, learn_from_images, load_reference, save_reference
+    from appliance.box.tamper.reference import ReferenceError
+
+    cfg = ctx.cfg
+    if not cfg.tamper.enabled:
+        return "tamper detection is off ([tamper] enabled = false): no reference recorded"
+    if cfg.camera is None:
+        raise ApplianceError("no [camera] in the config (fix: [camera] source = ...)")
+    frames = grab_camera(cfg.camera, cfg.ring.max_width, TAMPER_FRAMES, timeout_s=20.0, every=TAMPER_EVERY).frames
+    h, w = frames[0].shape[:2]
+    masks = MaskSet.from_regions(cfg.privacy_masks, w, h)
+    images = [masks.apply(f) for f in frames]      # the detector sees masked ring frames too
+    estimator = estimator_from_config(cfg.pose)
+    boxes = []
+    for image in images:
+        dets = estimator(image)
+        boxes.append(dets.boxes[dets.scores >= cfg.tracking.high_score])
+    mode, ref = learn_from_images(images, boxes, source="provision", night_max_chroma=cfg.tamper.night_max_chroma)
+    path = cfg.tamper_reference
+    try:
+        reference = load_reference(path) or TamperReference({})
+    except ReferenceError:
+        reference = TamperReference({})   # unreadable: replaced by this good one
+    reference = reference.with_mode(mode, ref)
+    save_reference(path, reference)
+    layout = layout_for(cfg)
+    if path.parent == layout.pixel_dir:
+        layout.hand_over()
+    record(layout, "tamper_reference", mode=mode, path=str(path), corners=len(ref.corners), cells=ref.static_cells)
+    other = "night" if mode == "day" else "day"
+    hint = ("" if other in reference.modes else
+            f"; run the check again in {other} conditions to record that one too (else it is learnt after "
+            f"{cfg.tamper.relearn_s:g} s untampered)")
+    return (f"{mode} reference recorded in {path}: {len(ref.corners)} static corners, {ref.static_cells} of "
+            f"{ref.cells.size} cells, from {len(images)} frames (features and statistics, no image){hint}")
 
 
 def _keys(ctx: CheckContext) -> str:
@@ -305,6 +352,7 @@ CHECKS: tuple[tuple[str, Callable[[CheckContext], str]], ...] = (
     ("analysis fps", _fps),
     ("model hash", _model),
     ("profile and zones", _profile_zones),
+    ("tamper reference", _tamper_reference),
     ("keys", _keys),
     ("station", _station),
     ("clock", _clock),

@@ -38,8 +38,10 @@ class CameraSample:
     native_size: tuple[int, int]   # (width, height) before downscaling
 
 
-def grab_camera(camera: CameraConfig, max_width: int, count: int = 1, timeout_s: float = 10.0) -> CameraSample:
-    """Opens the camera once and decodes ``count`` frames (downscaled like the ring); bounded."""
+def grab_camera(camera: CameraConfig, max_width: int, count: int = 1, timeout_s: float = 10.0,
+                every: int = 1) -> CameraSample:
+    """Opens the camera once and keeps ``count`` frames, one of every ``every`` decoded (downscaled
+    like the ring); bounded."""
     kind = classify_source(camera.source)
     target: str | int = int(camera.source) if camera.source.isdigit() else camera_target(camera)
     if kind == "file" and not Path(camera.source).is_file():
@@ -53,10 +55,12 @@ def grab_camera(camera: CameraConfig, max_width: int, count: int = 1, timeout_s:
         if not cap.isOpened():
             raise InputError(f"cannot open camera {redact_url(camera.source)} (check address, credentials, cable)")
         frames, native = [], (0, 0)
-        for _ in range(count):
+        for i in range(count * every):
             ok, image = cap.read()
             if not ok or image is None:
                 break
+            if i % every:
+                continue
             native = (image.shape[1], image.shape[0])
             frames.append(downscale(image, max_width))
         if not frames:

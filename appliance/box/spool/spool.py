@@ -74,6 +74,7 @@ class SpoolHealth:
     used_bytes: int
     max_bytes: int
     quarantined: int = 0
+    alarms_pending: int = 0   # alarm messages waiting in the priority lane
 
     @property
     def full_fraction(self) -> float:
@@ -83,7 +84,8 @@ class SpoolHealth:
         return {"spool_depth": self.pending, "spool_bytes": self.pending_bytes,
                 "spool_rejected": self.rejected, "spool_used_bytes": self.used_bytes,
                 "spool_max_bytes": self.max_bytes,
-                "spool_full_fraction": round(self.full_fraction, 4), "spool_quarantined": self.quarantined}
+                "spool_full_fraction": round(self.full_fraction, 4), "spool_quarantined": self.quarantined,
+                "spool_alarms": self.alarms_pending}
 
 
 class Spool:
@@ -253,7 +255,8 @@ class Spool:
         pending_bytes = sum(e.size for e in pending)
         return SpoolHealth(len(pending), pending_bytes, len(rejected),
                            pending_bytes + sum(e.size for e in rejected) + sum(e.size for e in quarantined),
-                           self.max_bytes, len(quarantined))
+                           self.max_bytes, len(quarantined),
+                           len(self.pending_alarms()))
 
     def put(self, envelope: bytes, *, device_id: str, sequence: int) -> SpoolEntry:
         """Stores an envelope durably; raises :class:`SpoolFullError` if it does not fit."""

@@ -33,9 +33,17 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from appliance.station.console.auth import HOME, LoginGuard, allowed, hash_password
-from appliance.station.console.feed import AlarmFeed, alarm_summary
+from appliance.station.console.feed import AlarmFeed, alarm_summary, console_alarm_pattern
 from appliance.station.console.station_view import StationView
-from appliance.station.console.store import REASON_CODES, ROLES, VERDICTS, ConsoleStore, Session, WorkflowError
+from appliance.station.console.store import (
+    CONSOLE_ALARM_PREFIX,
+    REASON_CODES,
+    ROLES,
+    VERDICTS,
+    ConsoleStore,
+    Session,
+    WorkflowError,
+)
 
 log = logging.getLogger("appliance.console")
 HERE = Path(__file__).parent
@@ -84,7 +92,8 @@ class Console:
         self.tls = tls
         self.cookie_name = "__Host-console" if tls else "console"
         self.guard = LoginGuard(self.store, **(login_guard or {}))
-        self.feed = AlarmFeed(self.view, self.store, poll_s=poll_s, on_stale=self._audit_stale)
+        self.feed = AlarmFeed(self.view, self.store, poll_s=poll_s, on_stale=self._audit_stale,
+                              on_tamper=self._audit_tamper)
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined)
         self.templates.filters["utc"] = _utc
@@ -133,6 +142,9 @@ class Console:
         self._audit("console.device_stale", alarm_id=alarm_id, device_id=body["device_id"],
                     silent_s=body["silent_s"])
 
+    def _audit_tamper(self, alarm_id: str, body: dict[str, Any]) -> None:
+        self._audit("console.device_tamper", alarm_id=alarm_id, device_id=body["device_id"], kinds=body["kinds"])
+
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)   # registered for HTTPException only
         if exc.status_code == 401:
@@ -178,12 +190,12 @@ class Console:
         return HTMLResponse(html, status)
 
     def _alarm_or_404(self, alarm_id: str) -> dict[str, Any]:
-        if alarm_id.startswith("stale:"):
+        if alarm_id.split(":", 1)[0] in CONSOLE_ALARM_PREFIX.values():
             for c in self.store.console_alarms():
                 if c["alarm_id"] == alarm_id:
-                    return {"alarm_id": alarm_id, "kind": "device_stale", "device_id": c["device_id"],
-                            "pattern": "device stale", "created_unix_ms": c["created_unix_ms"], "body": c["body"],
-                            "place": self._places().get(c["device_id"], ""), "clip": False}
+                    return {"alarm_id": alarm_id, "kind": c["kind"], "device_id": c["device_id"],
+                            "pattern": console_alarm_pattern(c), "created_unix_ms": c["created_unix_ms"],
+                            "body": c["body"], "place": self._places().get(c["device_id"], ""), "clip": False}
             raise HTTPException(404, f"no alarm {alarm_id}")
         alarm = self.view.alarm(alarm_id)
         if alarm is None:
@@ -231,8 +243,8 @@ class Console:
         workflows = self.store.workflows()
         items = [alarm_summary(a) for a in self.view.alarms()]
         for c in self.store.console_alarms():
-            items.append({"alarm_id": c["alarm_id"], "kind": "device_stale", "device_id": c["device_id"],
-                          "pattern": "device stale", "created_unix_ms": c["created_unix_ms"],
+            items.append({"alarm_id": c["alarm_id"], "kind": c["kind"], "device_id": c["device_id"],
+                          "pattern": console_alarm_pattern(c), "created_unix_ms": c["created_unix_ms"],
                           "received_unix_ms": c["created_unix_ms"], "profile": "", "confidence": None,
                           "has_skeletons": False, "clip": False})
         out = []

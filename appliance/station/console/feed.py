@@ -5,7 +5,9 @@ microseconds; it changes only when the receiver commits) every ``poll_s`` and, o
 reads the alarms updated since. New alarms and changes (the clip arrived) are put into each
 subscriber's bounded queue; a subscriber that cannot keep up is dropped (its browser
 reconnects and reloads), so one slow page never holds up the others or grows memory.
-The same task raises the console's own alarm when an enabled device goes stale.
+The same task raises the console's own alarms, of the device kind: an enabled device gone stale,
+and an enabled device whose signed health statement reports its camera tampered (covered,
+blinded, defocused, moved, frozen; docs/tamper.md) — once per new set of tamper kinds.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance.station.console.station_view import StationView
-from appliance.station.console.store import ConsoleStore
+from appliance.station.console.store import CONSOLE_ALARM_LABEL, ConsoleStore
 from appliance.station.store import StoredAlarm
 
 log = logging.getLogger("appliance.console.feed")
@@ -41,13 +43,24 @@ def alarm_summary(alarm: StoredAlarm) -> dict[str, Any]:
             "clip": bool(alarm.clip_id)}
 
 
+def console_alarm_pattern(alarm: dict[str, Any]) -> str:
+    """What the list shows for one of the console's own alarms: "device stale",
+    "camera tamper: covered, moved"."""
+    label = CONSOLE_ALARM_LABEL.get(alarm["kind"], alarm["kind"])
+    kinds = alarm.get("body", {}).get("kinds")
+    return f"{label}: {', '.join(kinds)}" if kinds else label
+
+
 class AlarmFeed:
     def __init__(self, view: StationView, store: ConsoleStore, *, poll_s: float = 0.05,
-                 on_stale: Callable[[str, dict[str, Any]], None] | None = None):
+                 on_stale: Callable[[str, dict[str, Any]], None] | None = None,
+                 on_tamper: Callable[[str, dict[str, Any]], None] | None = None):
         self.view = view
         self.store = store
         self.poll_s = poll_s
         self.on_stale = on_stale
+        self.on_tamper = on_tamper
+        self._tampered: dict[str, tuple[str, ...]] = {}   # device -> the kinds its open alarm is about
         self._subscribers: set[asyncio.Queue] = set()
         self._known: dict[str, tuple[int, bool, bool]] = {}
         self._version: tuple[int, int] = (-1, -1)
@@ -89,8 +102,11 @@ class AlarmFeed:
             self._known[a.alarm_id] = (a.updated_unix_ms, a.has_message, bool(a.clip_id))
         # A device already stale at start-up raises its alarm, unless one is still open for it.
         workflows = self.store.workflows()
-        self._stale = {c["device_id"] for c in self.store.console_alarms()
-                       if workflows.get(c["alarm_id"]) is None or workflows[c["alarm_id"]].state != "closed"}
+        open_alarms = [c for c in self.store.console_alarms()
+                       if workflows.get(c["alarm_id"]) is None or workflows[c["alarm_id"]].state != "closed"]
+        self._stale = {c["device_id"] for c in open_alarms if c["kind"] == "device_stale"}
+        self._tampered = {c["device_id"]: tuple(c["body"].get("kinds", ())) for c in open_alarms
+                          if c["kind"] == "device_tamper"}
         self._task = asyncio.get_running_loop().create_task(self._run(), name="alarm-feed")
 
     async def stop(self) -> None:
@@ -110,6 +126,7 @@ class AlarmFeed:
                 if time.monotonic() >= next_stale:
                     next_stale = time.monotonic() + STALE_CHECK_S
                     self.check_stale()
+                    self.check_tamper()
             except Exception:
                 log.exception("alarm feed check failed")
             await asyncio.sleep(self.poll_s)
@@ -145,3 +162,28 @@ class AlarmFeed:
                               "device_id": d.device_id, "pattern": "device stale",
                               "created_unix_ms": int(time.time() * 1000), **body})
         self._stale = now_stale
+
+    def check_tamper(self) -> None:
+        """A console alarm when an enabled device's signed camera tamper kinds change to a set
+        not alarmed yet (a covered camera that is also turned raises again; a cleared one
+        lets the next tamper raise)."""
+        now: dict[str, tuple[str, ...]] = {}
+        for d in self.view.devices():
+            tamper = d.tamper
+            if not d.enabled or tamper is None or not tamper.tampered:
+                continue
+            now[d.device_id] = tamper.kinds
+            if set(tamper.kinds) <= set(self._tampered.get(d.device_id, ())):
+                continue
+            body = {"device_id": d.device_id, "kinds": list(tamper.kinds),
+                    "since": {k: round(v, 3) for k, v in sorted(tamper.since.items())}, "mode": tamper.mode}
+            alarm_id = self.store.add_console_alarm("device_tamper", d.device_id, body)
+            if self.on_tamper is not None:
+                self.on_tamper(alarm_id, body)
+            self.publish({"type": "alarm", "alarm_id": alarm_id, "kind": "device_tamper", "device_id": d.device_id,
+                          "pattern": console_alarm_pattern({"kind": "device_tamper", "body": body}),
+                          "created_unix_ms": int(time.time() * 1000), **body})
+        # Kinds already alarmed stay remembered while they last, so a flapping report does
+        # not raise again; a device whose camera is fine again is forgotten.
+        self._tampered = {dev: tuple(sorted(set(kinds) | set(self._tampered.get(dev, ()))))
+                          for dev, kinds in now.items()}

@@ -182,8 +182,8 @@ def start_console(station_dir: str | Path, console_dir: str | Path, *, bind: str
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), name="console",
                               daemon=True)
     thread.start()
-    for _ in range(200):
-        if server.started:
+    for _ in range(1200):     # up to 60 s on a loaded machine
+        if server.started or not thread.is_alive():
             break
         thread.join(0.05)
     if not server.started:

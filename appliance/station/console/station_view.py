@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.contracts.health import CameraTamper, signed_pixel_tamper
 from appliance.station import db
 from appliance.station.storage import StorageSettings, open_database, resolve_settings
 from appliance.station.store import StoredAlarm, alarm_from_row
@@ -24,6 +25,11 @@ class DeviceState:
     stale: bool
     health: dict[str, Any]
 
+    @property
+    def tamper(self) -> CameraTamper | None:
+        """The camera tamper state from the box's signed statement (never the uplink's own health)."""
+        return signed_pixel_tamper(self.health)
+
     def panel(self) -> dict[str, Any]:
         """The device panel's fields: optional health fields show as '-' when a box does not send them."""
         h = self.health
@@ -31,9 +37,12 @@ class DeviceState:
         return {"device_id": self.device_id, "description": self.description, "enabled": self.enabled,
                 "last_seen_unix_ms": self.last_seen_unix_ms, "silent_s": self.silent_s, "stale": self.stale,
                 "camera": pixel.get("camera", "-"), "analysis_fps": pixel.get("analysis_fps", "-"),
-                "spool_depth": h.get("spool_depth", "-"),
+                "spool_depth": h.get("spool_depth", "-"), "alarms_waiting": h.get("spool_alarms", "-"),
+                "alarms_sent": pixel.get("alarms_sent", "-"),
                 "quarantined": h.get("quarantined", h.get("spool_quarantined", h.get("spool_rejected", "-"))),
-                "tamper": pixel.get("tamper", h.get("tamper", "-")), "pixel_signed": h.get("pixel_signed", False)}
+                "tamper": self.tamper.describe() if self.tamper else "-",
+                "tampered": bool(self.tamper and self.tamper.tampered and self.enabled),
+                "pixel_signed": h.get("pixel_signed", False)}
 
 
 class StationView:

@@ -10,7 +10,7 @@ that several console hosts share users, claims and verdicts:
     sessions     login sessions (SHA-256 of the cookie token, CSRF token, expiry)
     workflow     per alarm id: new -> claimed(owner) -> closed(verdict, reason code, note)
     disclosures  requests for the full video (operator) and their approval (supervisor)
-    console_alarms  alarms the console raises itself (a device gone stale)
+    console_alarms  alarms the console raises itself (a device gone stale, a camera tampered)
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ REASON_CODES: dict[str, tuple[str, ...]] = {
     "false": ("sport_or_play", "greeting_or_hug", "dance", "pose_error", "tracking_error", "other"),
     "unclear": ("occluded", "too_far", "too_short", "other"),
 }
+
+#: The console's own alarm kinds (device alarms, not behaviour alarms) and their id prefixes.
+CONSOLE_ALARM_PREFIX = {"device_stale": "stale", "device_tamper": "tamper"}
+CONSOLE_ALARM_LABEL = {"device_stale": "device stale", "device_tamper": "camera tamper"}
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -78,8 +83,8 @@ CREATE TABLE IF NOT EXISTS disclosures (
     decided_unix_ms  INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS console_alarms (
-    alarm_id         TEXT PRIMARY KEY,           -- "stale:<device>:<unix ms>"
-    kind             TEXT NOT NULL,              -- device_stale
+    alarm_id         TEXT PRIMARY KEY,           -- "stale:<device>:<unix ms>", "tamper:<device>:<unix ms>"
+    kind             TEXT NOT NULL,              -- device_stale | device_tamper
     device_id        TEXT NOT NULL,
     created_unix_ms  INTEGER NOT NULL,
     body_json        TEXT NOT NULL
@@ -361,11 +366,11 @@ class ConsoleStore:
                        "ORDER BY id DESC LIMIT 1", (alarm_id, user))
         return dict(rows[0]) if rows else None
 
-    # -- console alarms (stale devices) ---------------------------------------------------
+    # -- console alarms (stale devices, tampered cameras) ----------------------------------
 
     def add_console_alarm(self, kind: str, device_id: str, body: dict[str, Any]) -> str:
         created = now_ms()
-        alarm_id = f"stale:{device_id}:{created}"
+        alarm_id = f"{CONSOLE_ALARM_PREFIX[kind]}:{device_id}:{created}"
         self._x("INSERT INTO console_alarms(alarm_id, kind, device_id, created_unix_ms, body_json) VALUES (?,?,?,?,?)",
                 (alarm_id, kind, device_id, created, json.dumps(body, sort_keys=True)))
         return alarm_id

@@ -35,7 +35,7 @@ function alarmItem(a) {
   const link = document.createElement("a");
   link.href = "/alarms/" + encodeURIComponent(a.alarm_id);
   const parts = [["pattern", a.pattern], ["device", a.device_id], ["time", utc(a.created_unix_ms)], ["state", "new"],
-    ["clip", a.kind === "device_stale" ? "" : (a.clip ? "clip stored" : "clip follows")]];
+    ["clip", (a.kind || "").startsWith("device_") ? "" : (a.clip ? "clip stored" : "clip follows")]];
   for (const [cls, text] of parts) {
     const s = document.createElement(cls === "pattern" ? "strong" : "span");
     s.className = cls; s.textContent = text; link.appendChild(s);
