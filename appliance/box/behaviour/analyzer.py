@@ -314,6 +314,9 @@ class BehaviourAnalyzer:
 
     def _strike(self, actor: _Person, target: _Person, scale: float, t: float) -> Observation | None:
         cfg = self.cfg
+        prev = actor.prev
+        if prev is None:
+            return None   # no speeds without a previous sample
         goals = [g for g in (target.anchors.head, target.anchors.neck, target.ref) if g is not None]
         goals_arr = np.concatenate([np.array(goals, np.float32).reshape(-1, 2), target.anchors.body])
         best = None
@@ -321,12 +324,12 @@ class BehaviourAnalyzer:
             if speed < cfg.strike_wrist_speed:
                 continue
             reach = F.min_distance(actor.sample.kp[j, :2], goals_arr) / scale
-            before = F.min_distance(actor.prev.kp[j, :2], goals_arr) / scale
+            before = F.min_distance(prev.kp[j, :2], goals_arr) / scale
             sho = F.L_SHO if j == F.WRISTS[0] else F.R_SHO
-            if actor.sample.kp[sho, 2] < cfg.keypoint_min_conf or actor.prev.kp[sho, 2] < cfg.keypoint_min_conf:
+            if actor.sample.kp[sho, 2] < cfg.keypoint_min_conf or prev.kp[sho, 2] < cfg.keypoint_min_conf:
                 continue
             extension = (float(np.hypot(*(actor.sample.kp[j, :2] - actor.sample.kp[sho, :2])))
-                         - float(np.hypot(*(actor.prev.kp[j, :2] - actor.prev.kp[sho, :2])))) / actor.scale
+                         - float(np.hypot(*(prev.kp[j, :2] - prev.kp[sho, :2])))) / actor.scale
             # A blow lands: the arm extends, the wrist ends near the body and came from further away.
             if reach <= cfg.strike_reach and before > reach and extension >= STRIKE_MIN_EXTENSION:
                 conf = _confidence(speed / cfg.strike_wrist_speed, 2.0 - reach / cfg.strike_reach)
@@ -335,7 +338,7 @@ class BehaviourAnalyzer:
         if best is None:
             return None
         conf, speed, reach, j, extension = best
-        return Observation(Pattern.STRIKE, t, actor.prev.t, (actor.track_id, target.track_id), conf, {
+        return Observation(Pattern.STRIKE, t, prev.t, (actor.track_id, target.track_id), conf, {
             "attacker_track": actor.track_id,
             "wrist": "left" if j == F.WRISTS[0] else "right",
             "wrist_speed_torso_per_s": _r(speed),
@@ -345,6 +348,9 @@ class BehaviourAnalyzer:
 
     def _kick(self, actor: _Person, target: _Person, scale: float, t: float) -> Observation | None:
         cfg = self.cfg
+        prev = actor.prev
+        if prev is None:
+            return None   # no speeds without a previous sample
         kp = actor.sample.kp
         best = None
         for j, speed in actor.ankle_speed.items():
@@ -354,7 +360,7 @@ class BehaviourAnalyzer:
             if lift < KICK_MIN_LIFT:
                 continue
             reach = F.min_distance(kp[j, :2], target.anchors.body) / scale
-            before = F.min_distance(actor.prev.kp[j, :2], target.anchors.body) / scale
+            before = F.min_distance(prev.kp[j, :2], target.anchors.body) / scale
             if reach <= cfg.kick_reach and before > reach:
                 conf = _confidence(speed / cfg.kick_ankle_speed, 2.0 - reach / cfg.kick_reach)
                 if best is None or conf > best[0]:
@@ -362,7 +368,7 @@ class BehaviourAnalyzer:
         if best is None:
             return None
         conf, speed, reach, lift = best
-        return Observation(Pattern.KICK, t, actor.prev.t, (actor.track_id, target.track_id), conf, {
+        return Observation(Pattern.KICK, t, prev.t, (actor.track_id, target.track_id), conf, {
             "attacker_track": actor.track_id,
             "ankle_speed_torso_per_s": _r(speed),
             "ankle_to_target_torso": _r(reach),
@@ -552,6 +558,7 @@ class BehaviourAnalyzer:
         # Only a falling person needs the shape: walkers (the hot path) never get that far.
         aspect = F.body_aspect(p.sample.kp, p.sample.box) if down else None
         if down:
+            assert aspect is not None
             window_s, full_drop = cfg.fall_window_s, cfg.fall_drop
             shape_cue = "tip-over" if aspect <= TIPOVER_MAX_ASPECT and not at_edge else None
             shape_drop = TIPOVER_DROP_SHARE * cfg.fall_drop
@@ -559,7 +566,7 @@ class BehaviourAnalyzer:
             window_s, full_drop = cfg.collapse_window_s, math.inf
             shape_cue, shape_drop = "collapse", cfg.collapse_drop
         pc = F.POSTURE_MIN_CONF
-        best = None
+        best: tuple[float, float, float, float | None] | None = None
         for s in self._tracks[p.track_id].samples:
             if s.t < t - window_s or s.t >= t:
                 continue
@@ -582,14 +589,14 @@ class BehaviourAnalyzer:
                 best = (drop, s.t, angle0, aspect0)
         if best is None:
             return None
-        drop, t0, angle0, aspect0 = best
-        if aspect0 is None:
+        drop, t0, angle0, aspect_before = best
+        if aspect_before is None:
             conf = _confidence(drop / cfg.fall_drop, (p.angle or cfg.lying_angle_deg) / cfg.lying_angle_deg)
             cue: dict[str, Any] = {"cue": "down"}
         else:
             assert aspect is not None
-            conf = _confidence(drop / shape_drop, COLLAPSE_ASPECT * aspect0 / max(aspect, 1e-6))
-            cue = {"cue": shape_cue, "height_to_width_ratio_before": _r(aspect0),
+            conf = _confidence(drop / shape_drop, COLLAPSE_ASPECT * aspect_before / max(aspect, 1e-6))
+            cue = {"cue": shape_cue, "height_to_width_ratio_before": _r(aspect_before),
                    "height_to_width_ratio_after": _r(aspect)}
         return Observation(Pattern.FALL, t, t0, (p.track_id,), conf, {
             "body_drop_torso": _r(drop),

@@ -395,10 +395,10 @@ def _draw_det(rows: list[dict[str, float]], report: EvalReport, path: Path) -> N
             x = int(xlog(tick))
             cv2.line(img, (x, H - B), (x, H - B + 5), (0, 0, 0), 1)
             cv2.putText(img, str(tick), (x - 8, H - B + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-    for tick in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
-        y = int(ylin(tick))
+    for frac in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+        y = int(ylin(frac))
         cv2.line(img, (L - 5, y), (L, y), (0, 0, 0), 1)
-        cv2.putText(img, f"{tick:.1f}", (L - 40, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+        cv2.putText(img, f"{frac:.1f}", (L - 40, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
     x1 = int(xlog(1.0))
     cv2.line(img, (x1, T), (x1, H - B), (180, 180, 180), 1)
     pts = np.array([[int(xlog(f)), int(ylin(r))] for f, r in zip(fa, rec, strict=True)], np.int32)
@@ -671,6 +671,7 @@ def evaluate(root: Path, app_cfg: AppConfig, cfg: BehaviourConfig | None = None,
               ("fall", plan.fall_videos, report.fall_videos), ("ordinary", plan.ordinary, report.ordinary))
     for label, paths, out in groups:
         for path in paths:
+            assert pipeline is not None   # made whenever any group has paths
             try:
                 frames = pipeline.analysed_frames(path)
             except InputError as exc:
