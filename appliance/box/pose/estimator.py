@@ -58,7 +58,32 @@ def letterbox(image: np.ndarray, input_width: int, pad_value: int) -> tuple[np.n
     return padded, lb
 
 
-class PoseEstimator:
+class LetterboxedPoseModel:
+    """What every pose model does with a frame: letterbox, infer, decode back to frame pixels.
+
+    Subclasses provide ``preprocess``, ``infer_raw`` and ``decode``; the behaviour stage only
+    ever sees the :class:`Detections` this returns, whichever model made them.
+    """
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        raise NotImplementedError
+
+    def infer_raw(self, blob: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def decode(self, raw: np.ndarray, lb: Letterbox, frame_index: int = 0, t: float = 0.0) -> Detections:
+        raise NotImplementedError
+
+    def __call__(self, frame: Frame | np.ndarray) -> Detections:
+        image = frame.image if isinstance(frame, Frame) else frame
+        blob, lb = self.preprocess(image)
+        raw = self.infer_raw(blob)
+        if isinstance(frame, Frame):
+            return self.decode(raw, lb, frame.index, frame.t)
+        return self.decode(raw, lb)
+
+
+class PoseEstimator(LetterboxedPoseModel):
     """Runs the manifest-verified pose model on frames.
 
     >>> est = PoseEstimator("yolo11n-pose-int8", input_width=640, threads=2)
@@ -114,13 +139,6 @@ class PoseEstimator:
         kpts[:, :, 1] = (kpts[:, :, 1] - lb.pad_y) / lb.scale
         return Detections(frame_index, t, boxes, sel[:, 4].astype(np.float32), kpts)
 
-    def __call__(self, frame: Frame | np.ndarray) -> Detections:
-        image = frame.image if isinstance(frame, Frame) else frame
-        blob, lb = self.preprocess(image)
-        raw = self.infer_raw(blob)
-        if isinstance(frame, Frame):
-            return self.decode(raw, lb, frame.index, frame.t)
-        return self.decode(raw, lb)
 
 
 def estimator_from_config(pose_cfg) -> PoseEstimator | MoveNetEstimator:

@@ -21,15 +21,15 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from appliance.box.pose.estimator import Letterbox, letterbox
+from appliance.box.pose.estimator import Letterbox, LetterboxedPoseModel, letterbox
 from appliance.box.pose.manifest import ModelEntry, verified_session
-from appliance.contracts.types import NUM_KEYPOINTS, Detections, Frame
+from appliance.contracts.types import NUM_KEYPOINTS, Detections
 
 #: MoveNet MultiPose returns at most this many persons per frame.
 MAX_PERSONS = 6
 
 
-class MoveNetEstimator:
+class MoveNetEstimator(LetterboxedPoseModel):
     """Runs the manifest-verified MoveNet MultiPose model on frames.
 
     >>> est = MoveNetEstimator("movenet-multipose-lightning", input_width=256, threads=2)
@@ -88,14 +88,6 @@ class MoveNetEstimator:
         boxes[:, 2] = (sel[:, 54] * lb.input_w - lb.pad_x) / lb.scale
         boxes[:, 3] = (sel[:, 53] * lb.input_h - lb.pad_y) / lb.scale
         return Detections(frame_index, t, boxes, sel[:, 55].astype(np.float32), kpts)
-
-    def __call__(self, frame: Frame | np.ndarray) -> Detections:
-        image = frame.image if isinstance(frame, Frame) else frame
-        blob, lb = self.preprocess(image)
-        raw = self.infer_raw(blob)
-        if isinstance(frame, Frame):
-            return self.decode(raw, lb, frame.index, frame.t)
-        return self.decode(raw, lb)
 
     def raw_detections(self, image: np.ndarray) -> Detections:
         """The model's own scores, uncalibrated (for fitting the calibration)."""
