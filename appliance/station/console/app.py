@@ -139,8 +139,13 @@ class Console:
 
         while True:
             await asyncio.sleep(5.0)
-            for held in self.vault.expire():
-                self._audit_grant_end(held, "expired")
+            self.expire_grants()
+
+    def expire_grants(self) -> int:
+        expired = self.vault.expire()
+        for held in expired:
+            self._audit_grant_end(held, "expired")
+        return len(expired)
 
     def _audit_grant_end(self, held: HeldVideo, why: str) -> None:
         self._audit("console.full_video_grant_ended", user=held.user, alarm_id=held.alarm_id,

@@ -128,7 +128,7 @@ class VideoVault:
 
     reveal_ttl_s: float = 1800.0
     grant_ttl_s: float = 1800.0
-    cache_bytes: int = 96 * 1024 * 1024
+    cache_bytes: int = 64 * 1024 * 1024
     grant_bytes: int = 128 * 1024 * 1024
     max_reveals: int = 10_000
     _reveals: dict[tuple[str, str], float] = field(default_factory=dict)
