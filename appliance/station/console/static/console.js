@@ -186,6 +186,12 @@ async function drawSkeletons(canvas) {
 // The involved persons' boxes (video pixels, per frame index) from the clip's sealed metadata,
 // drawn over the playing video: the outline is the browser's, never burned into the pixels.
 async function startVideo(video, canvas) {
+  // When this page's navigation began (the reveal's form submission) -> data / first frame shown.
+  const timing = window.consoleState.video = window.consoleState.video || {};
+  video.addEventListener("loadeddata", () => { timing[video.id + "_loaded_ms"] = performance.now(); }, { once: true });
+  if (video.requestVideoFrameCallback) {
+    video.requestVideoFrameCallback(() => { timing[video.id + "_first_frame_ms"] = performance.now(); });
+  }
   video.play().catch(() => {});
   const response = await fetch(video.dataset.outlines, { credentials: "same-origin" });
   if (!response.ok) { canvas.dataset.error = String(response.status); return; }
