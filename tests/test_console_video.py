@@ -7,6 +7,7 @@ Real argon2id and AES-GCM, real envelopes sealed by the contracts' sealer, the r
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -236,8 +237,9 @@ def store_v2_clip(station_dir, keys, sequence: int):
 
 
 def login_again(app, role):
+    """A fresh login session (its own cookie) and its CSRF token."""
     c = client_for(app, role)
-    return c, csrf_of(c)
+    return c, re.search(r'data-csrf="([^"]+)"', c.get("/", follow_redirects=True).text).group(1)
 
 
 def test_layer_2_plays_the_pixelated_rendition_to_the_revealing_session_only(console, site, evidence):  # noqa: F811
@@ -338,6 +340,8 @@ def test_layer_3_full_video_needs_a_supervisors_password_and_stays_in_memory(
 
         sys.addaudithook(hook)
         try:
+            op.post(f"/alarms/{url(alarm_id)}/reveal", data={"csrf": csrf, "reason": "first look"})
+            assert op.get(f"/alarms/{url(alarm_id)}/video").content == clip.redacted.video
             assert sup.post(f"/approvals/{req['id']}/grant", data={"csrf": scsrf, "password": "wrong password!"}
                             ).status_code == 403
             r = sup.post(f"/approvals/{req['id']}/grant", data={"csrf": scsrf, "password": PASSWORD})
@@ -364,7 +368,11 @@ def test_layer_3_full_video_needs_a_supervisors_password_and_stays_in_memory(
                                                           "audit.jsonl")}
         assert {p for p in opened_for_writing if p not in allowed_writes and not p.endswith(".lock")} == set()
         assert list(own_tmp.iterdir()) == []
-        probes = [clip.video[i:i + 64] for i in range(0, len(clip.video) - 64, max(64, len(clip.video) // 16))]
+        probes = []
+        for video in (clip.video, clip.redacted.video):
+            chunks = [video[i:i + 64] for i in range(0, len(video) - 64, 64)]
+            probes += [p for p in chunks if len(set(p)) > 40][:32]    # distinctive chunks (not zero runs)
+        assert len(probes) >= 16
         for path in after:
             content = path.read_bytes()
             assert not any(p in content for p in probes), path
@@ -401,6 +409,8 @@ def test_layer_3_full_video_needs_a_supervisors_password_and_stays_in_memory(
     assert len(granted) == 1 and granted[0]["requested_by"] == "operator" and granted[0]["user"] == "supervisor"
     views = [r for r in records if r["kind"] == "station.view" and r.get("layer") == "video_full"]
     assert [v["operator"] for v in views] == ["operator"] and views[0]["request"] == req["id"]
+    assert [r["outcome"] for r in records if r["kind"] == "station.view" and r.get("layer") == "video_blurred"
+            and "outcome" in r] == ["shown"]
     ended = [r for r in records if r["kind"] == "console.full_video_grant_ended"]
     assert ended[0]["why"] == "expired" and ended[0]["views"] == 1
     assert ("password_bad_password" in {r.get("reason") for r in records if r["kind"] == "console.refused"})
