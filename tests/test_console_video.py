@@ -355,9 +355,15 @@ def test_layer_3_full_video_needs_a_supervisors_password_and_stays_in_memory(
             assert op.get(f"/api/alarms/{url(alarm_id)}/outlines?layer=full").json()["rendition"] == "full"
             # Only the requester: not another operator, not the approving supervisor, not the officer.
             for role in ("operator2", "supervisor", "dpo", "admin"):
-                c, _ = login_again(app, role)
+                c, ccsrf = login_again(app, role)
                 assert c.get(f"/alarms/{url(alarm_id)}/full-video").status_code == 403, role
+                assert c.get(f"/api/alarms/{url(alarm_id)}/outlines?layer=full").status_code == 403, role
                 assert 'id="full-video"' not in c.get(f"/alarms/{url(alarm_id)}").text
+                if role != "supervisor":     # opening a grant is a supervisor's (with a password)
+                    assert c.post(f"/approvals/{req['id']}/grant", data={"csrf": ccsrf, "password": PASSWORD}
+                                  ).status_code == 403, role
+                home = c.get("/", follow_redirects=True).text
+                assert "<video" not in home and 'id="reveal"' not in home
         finally:
             tracing[0] = False
         # Nothing decrypted reached a file: no new file, nothing written but the console's own
