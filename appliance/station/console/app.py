@@ -33,7 +33,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from appliance.common.errors import InputError
-from appliance.contracts.envelope import EnvelopeError
+from appliance.contracts.envelope import RENDITION_FULL, RENDITION_REDACTED, EnvelopeError
 from appliance.station.console.auth import HOME, LoginGuard, allowed, hash_password
 from appliance.station.console.custody import WrongPassword, unwrap_key
 from appliance.station.console.feed import AlarmFeed, alarm_summary, console_alarm_pattern
@@ -48,8 +48,6 @@ from appliance.station.console.store import (
     WorkflowError,
 )
 from appliance.station.console.video import (
-    RENDITION_FULL,
-    RENDITION_REDACTED,
     ClipOpener,
     HeldVideo,
     NotPixelated,

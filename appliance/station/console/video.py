@@ -25,10 +25,9 @@ from starlette.responses import Response
 
 from appliance.common.errors import InputError
 from appliance.contracts import envelope as envelope_format
+from appliance.contracts.envelope import RENDITION_FULL, RENDITION_REDACTED
 from appliance.contracts.keys import HpkePrivateKey, load_hpke_private_key
 
-RENDITION_REDACTED = "redacted"
-RENDITION_FULL = "full"
 #: What the browser needs to outline the involved persons (no pixels).
 OUTLINE_FIELDS = ("involved_boxes", "frame_times_s", "width", "height", "fps", "pixelated_tracks", "redaction")
 
@@ -59,13 +58,6 @@ class HeldVideo:
 
     def expires_unix_ms(self) -> int:
         return int((time.time() + max(0.0, self.expires_monotonic - time.monotonic())) * 1000)
-
-
-def envelope_version(data: bytes) -> int:
-    """The binary format version (docs/envelope.md: bytes 4-5), read before anything is decrypted."""
-    if len(data) < 6 or data[:4] != envelope_format.MAGIC:
-        raise envelope_format.EnvelopeError("garbage", "not a sealed clip envelope")
-    return int.from_bytes(data[4:6], "big")
 
 
 class ClipOpener:
@@ -101,8 +93,8 @@ class ClipOpener:
 
     def open(self, alarm_id: str, data: bytes, rendition: str, key: HpkePrivateKey | None = None) -> HeldVideo:
         """Verifies the device signature and decrypts ``rendition`` (the evidence ``key`` for ``full``)."""
-        if rendition == RENDITION_REDACTED and envelope_version(data) < 2:
-            raise NotPixelated(alarm_id)
+        if rendition == RENDITION_REDACTED and envelope_format.parse_envelope(data).header.version < 2:
+            raise NotPixelated(alarm_id)     # v1's one rendition has no bystander pixelation: not opened
         opened = envelope_format.open_envelope(
             data, key if key is not None else self.station_key(), self.view,
             rendition=RENDITION_FULL if rendition == RENDITION_FULL else None)
