@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -181,7 +183,21 @@ def test_video_layers_play_in_a_real_browser(tmp_path):
         driver.get(alarm_url)
         assert driver.execute_script(f"return fetch('{alarm_url}/video').then(r => r.status)") == 403
         reveal_and_play(driver, wait, "who started it")
-        full_video_four_eyes(driver, wait, url, alarm_url)
+        driver.find_element(By.ID, "full-reason").send_keys("identify the attacker, case 2026-120")
+        driver.find_element(By.ID, "request-full").click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "message"), "sent to a supervisor"))
+        # The supervisor approves from another place; the operator's open page shows the video at once.
+        with httpx.Client(base_url=url, timeout=60) as sup:
+            cookie = sup.post("/login", data={"username": "sup-ben", "password": PASSWORD}).headers["set-cookie"]
+            sup.headers["Cookie"] = cookie.split(";")[0]
+            page = sup.get("/approvals").text
+            csrf = re.search(r'data-csrf="([^"]+)"', page).group(1)
+            rid = re.search(r'action="/approvals/(\d+)"', page).group(1)
+            r = sup.post(f"/approvals/{rid}", data={"csrf": csrf, "decision": "approve", "password": PASSWORD,
+                                                    "reason": "confirmed by phone"})
+            assert "is%20open%20for%20op-anna" in r.headers["location"]
+        wait_playing(driver, "full-video")
+        assert driver.find_element(By.ID, "full-layer").text.startswith("FULL video")
     finally:
         driver.quit()
         stop_console(console, tmp_path)
