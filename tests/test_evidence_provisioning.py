@@ -111,8 +111,8 @@ def test_re_importing_a_bundle_without_the_key_goes_back_to_v1(tmp_path, capsys,
     assert load_config(cfg_path).seal.evidence_public_key == "" and not layout.station_evidence_public.exists()
 
 
-def test_the_bundle_refuses_an_evidence_key_that_does_not_match_or_is_the_station_key(tmp_path, capsys,  # noqa: F811
-                                                                                      station):
+def test_the_bundle_refuses_an_evidence_key_that_does_not_match_or_is_the_station_key(
+        tmp_path, capsys, station):  # noqa: F811
     station_dir, server = station
     init_evidence_key(station_dir, tmp_path / "custody.key")
     _, bundle, fingerprint = _import(tmp_path, capsys, station_dir, server.endpoint)

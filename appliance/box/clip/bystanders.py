@@ -26,8 +26,9 @@ covered.)
 
 Analysis runs at ``analysis.fps``, the clip at the ring's rate, so a clip frame usually lies
 between two analysed frames: a bystander's body is covered by the union of the boxes before
-and after (the path they walked), their head by its interpolated position, and their box is carried ``hold_s`` past the last and before the first
-time they were seen, so one missed detection does not unmask them. Detections that no confirmed
+and after (the path they walked), their head by its interpolated position, and both are
+carried ``hold_s`` past the last and before the first time they were seen, so one missed
+detection does not unmask them. Detections that no confirmed
 track took (a tentative track's first frames, a low-score detection) are covered too, without
 an id, ``hold_s`` either way, unless they lie mostly inside an involved person's box (that
 person's own duplicate or not-yet-confirmed track).
