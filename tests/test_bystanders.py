@@ -215,3 +215,15 @@ def test_head_box_from_face_keypoints_or_the_top_of_the_body():
     assert head[0] <= 122 and head[2] >= 138 and head[1] <= 66 and head[3] >= 70 and head[3] < 100
     keypoints[:5, 2] = 0.1                                  # seen from behind: no confident face point
     assert np.array_equal(head_box(box, keypoints), np.float32([100, 50, 160, 100]))
+
+
+def test_an_empty_frame_is_remembered_with_nobody_and_only_when_sealing_v2(pose_estimator):
+    cfg = AppConfig()
+    for redaction, expected in ((cfg.redaction, 1), (None, 0)):
+        pipeline = Pipeline(cfg, estimator=pose_estimator, redaction=redaction)
+        masked = pipeline.ingest(0, 0.0, 1_767_225_600.0, np.zeros((180, 320, 3), np.uint8))
+        pipeline.analyse(Frame(0, 0.0, 1_767_225_600.0, masked))
+        assert len(pipeline.seen_history) == expected
+        if expected:
+            (seen,) = pipeline.seen_history
+            assert seen.tracked == {} and seen.untracked.shape == (0, 2, 4)

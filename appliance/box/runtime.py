@@ -47,7 +47,17 @@ from appliance.box.policy import MaskSet, PolicyGate, ZoneSet, load_profile
 from appliance.box.pose import PoseEstimator, estimator_from_config
 from appliance.box.tamper import ModeReference, TamperDetector, TamperEvent, TamperReference
 from appliance.box.tracking import Tracker
-from appliance.contracts.types import Clip, Decision, Detections, Event, Frame, HandScan, TrackedFrame, Trigger
+from appliance.contracts.types import (
+    NUM_KEYPOINTS,
+    Clip,
+    Decision,
+    Detections,
+    Event,
+    Frame,
+    HandScan,
+    TrackedFrame,
+    Trigger,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +197,8 @@ class Pipeline:
         t1 = time.perf_counter()
         tracked = self.tracker.update(dets)
         self._tracked_history.append(tracked)
-        self._seen_history.append(self._seen(dets, tracked))
+        if self.redaction is not None:   # only a box that seals v2 needs to know who the bystanders are
+            self._seen_history.append(self._seen(dets, tracked))
         self._wall_offset = frame.wall - frame.t
         st = self.stats
         evidence: tuple[RegionEvidence, ...] = ()
@@ -222,7 +233,7 @@ class Pipeline:
         Per person its body box and head box (from the face keypoints)."""
         boxes = np.asarray(dets.boxes, np.float32).reshape(-1, 4)
         scores = np.asarray(dets.scores, np.float32).reshape(-1)
-        keypoints = np.asarray(dets.keypoints, np.float32).reshape(len(scores), -1, 3)
+        keypoints = np.asarray(dets.keypoints, np.float32).reshape(len(scores), NUM_KEYPOINTS, 3)
         taken = np.array([p.box for p in tracked.persons], np.float32).reshape(-1, 4)
         loose = [np.stack([b, head_box(b, k)]) for b, s, k in zip(boxes, scores, keypoints, strict=True)
                  if s >= self.cfg.tracking.low_score and not (taken == b).all(axis=1).any()]
