@@ -245,17 +245,13 @@ def use(clips: list[Clip], names: list[str]) -> None:
         c.X = c.A[:, idx]
 
 
-#: The features a model may use (``--features``; default: every one the analyzer computes).
-CANDIDATES: list[str] = list(FEATURE_NAMES)
-
-
 def monotone_features(clips: list[Clip], seed: int) -> list[str]:
     """Start from every feature, fit, and drop the one with the most negative weight until all
     weights are positive: each feature measures motion or closeness that a fight has *more* of,
     so a model saying "more arm speed, less likely a fight" has learned the hard negatives'
     quirks (walking pairs move more pixels than scuffles), not something an operator could be
     told. Decided on the training clips only (inside each outer fold in the nested CV)."""
-    names = list(CANDIDATES)
+    names = list(FEATURE_NAMES)
     while len(names) > 1:
         use(clips, names)
         m = fit(clips, 1.0, seed)
