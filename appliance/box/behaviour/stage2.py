@@ -285,7 +285,7 @@ def relative_motion(prev: np.ndarray, cur: np.ndarray, union_box: np.ndarray, pe
     interp = cv2.INTER_AREA if f < 1.0 else cv2.INTER_LINEAR
     g0 = cv2.resize(cv2.cvtColor(prev[oy:ey, ox:ex], cv2.COLOR_BGR2GRAY), size, interpolation=interp)
     g1 = cv2.resize(cv2.cvtColor(cur[oy:ey, ox:ex], cv2.COLOR_BGR2GRAY), size, interpolation=interp)
-    flow = cv2.calcOpticalFlowFarneback(g0, g1, None, 0.5, 3, 9, 3, 5, 1.1, 0)
+    flow = cv2.calcOpticalFlowFarneback(g0, g1, np.zeros((size[1], size[0], 2), np.float32), 0.5, 3, 9, 3, 5, 1.1, 0)
 
     def residual(box: np.ndarray) -> float:
         x1, x2 = max(0, round((float(box[0]) - ox) * f)), min(size[0], round((float(box[2]) - ox) * f))
