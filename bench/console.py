@@ -8,6 +8,14 @@ alarms with 30 frames of two skeletons. Latency = when the alarm was made on the
 monitor page (``Date.now()`` in the page, same clock). Pose inference before the trigger is not
 in it (`bench pose`). Then the same with 50 more operator sessions holding the live stream open
 (httpx clients, each its own login), whose receive times are measured too.
+
+Then the video layers (envelope version 2, synthetic 640x360 VP8 clips of 6 s sealed by the
+contracts' sealer, stored in the station): reveal with a reason -> first video frame presented in
+Chromium (the page's navigation start, i.e. the form submission, to its first
+``requestVideoFrameCallback``; cold: each clip decrypted for the first time), a supervisor's
+approval with password (argon2id check + unwrap of the evidence key + decryption of the full
+rendition, one HTTP round trip), the full video's first frame for the operator, and the
+console's RSS with grants open.
 """
 
 from __future__ import annotations
@@ -74,6 +82,7 @@ def run() -> list[tuple[str, float, str]]:
         enrol_device(station_dir, keys)
         accounts = ConsoleStore(console_dir)
         accounts.add_user("op", "operator", hash_password(PASSWORD))
+        accounts.add_user("sup", "supervisor", hash_password(PASSWORD))
         accounts.close()
         procs = []
         ready, url_file = tmp_path / "station.ready", tmp_path / "console.url"
@@ -180,6 +189,8 @@ def run() -> list[tuple[str, float, str]]:
                      ("console RSS idle / with 51 live sessions / peak", f"{rss_idle // 1024}/{rss // 1024}/"
                       f"{peak // 1024}", "MiB"),
                      ("mean of all browser latencies", round(statistics.mean(alone + loaded), 1), "ms")]
+            stop.set()                  # the 50 live sessions end; the browser's page stays
+            rows += _video(driver, url, station_dir, console_dir, keys, tmp_path, console.pid, sequence)
         finally:
             stop.set()
             if driver is not None:
@@ -195,6 +206,89 @@ def run() -> list[tuple[str, float, str]]:
                 except subprocess.TimeoutExpired:
                     p.kill()
     return rows
+
+
+VIDEO_CLIPS = 8
+
+
+def _video(driver, url: str, station_dir: Path, console_dir: Path, keys, tmp_path: Path, pid: int,
+           sequence: int) -> list[tuple[str, float, str]]:
+    import re
+    from urllib.parse import quote
+
+    import httpx
+
+    from appliance.contracts.envelope import parse_envelope, seal_clip
+    from appliance.contracts.keys import load_hpke_private_key, load_hpke_public_key
+    from appliance.contracts.synthetic import synthetic_clip
+    from appliance.station.console.custody import wrap_key
+    from appliance.station.console.store import ConsoleStore
+    from appliance.station.keys import StationKeyPaths, init_evidence_key
+    from appliance.station.store import ClipStore
+
+    paths = StationKeyPaths.of(station_dir)
+    offline = tmp_path / "offline" / "evidence.key"
+    offline.parent.mkdir()
+    init_evidence_key(station_dir, offline)
+    accounts = ConsoleStore(console_dir)
+    accounts.put_wrap(wrap_key(load_hpke_private_key(offline), "sup", PASSWORD))
+    accounts.close()
+    clip = synthetic_clip(frames=60, width=640, height=360, fps=10.0, redacted=True)
+    alarm_ids = []
+    store = ClipStore(station_dir)
+    try:
+        for i in range(VIDEO_CLIPS):
+            seq = sequence + 1000 + i
+            data = seal_clip(clip, device_id=keys.device_id, sequence=seq, signing_key=keys.signing_key(),
+                             station_public_key=load_hpke_public_key(paths.hpke_public),
+                             evidence_public_key=load_hpke_public_key(paths.evidence_public))
+            store.store(parse_envelope(data))
+            alarm_ids.append(f"{keys.device_id}#{seq}")
+    finally:
+        store.close()
+
+    def first_frame(video_id: str) -> float:
+        _wait(lambda: driver.execute_script(
+            f"return (window.consoleState.video || {{}})['{video_id}_first_frame_ms'] !== undefined"), 60)
+        return float(driver.execute_script(f"return window.consoleState.video['{video_id}_first_frame_ms']"))
+
+    reveal = []
+    for alarm_id in alarm_ids:
+        driver.get(f"{url}/alarms/{quote(alarm_id, safe='')}")
+        _wait(lambda: driver.find_elements("id", "reveal-reason"), 30)
+        driver.find_element("id", "reveal-reason").send_keys("bench: who is involved")
+        driver.find_element("id", "reveal").click()
+        reveal.append(first_frame("clip-video"))
+    rss_before = _rss_kib(pid)[0]
+    approve, full = [], []
+    with httpx.Client(base_url=url, timeout=120) as sup:
+        sup.post("/login", data={"username": "sup", "password": PASSWORD})
+        for alarm_id in alarm_ids[:4]:
+            page = f"{url}/alarms/{quote(alarm_id, safe='')}"
+            driver.get(page)
+            _wait(lambda: driver.find_elements("id", "full-reason"), 30)
+            driver.find_element("id", "full-reason").send_keys("bench: full video")
+            driver.find_element("id", "request-full").click()
+            _wait(lambda: "sent to a supervisor" in driver.page_source, 30)
+            approvals = sup.get("/approvals").text
+            csrf = re.search(r'data-csrf="([^"]+)"', approvals).group(1)
+            rid = re.findall(r'action="/approvals/(\d+)"', approvals)[-1]
+            t0 = time.monotonic()
+            r = sup.post(f"/approvals/{rid}", data={"csrf": csrf, "decision": "approve", "password": PASSWORD,
+                                                    "reason": "bench approval"})
+            approve.append(1000 * (time.monotonic() - t0))
+            assert "is%20open%20for%20op" in r.headers.get("location", ""), r.headers
+            driver.get(page)
+            full.append(first_frame("full-video"))
+    rss_grants, peak = _rss_kib(pid)
+    return [("reveal (form submitted) -> first pixelated video frame in Chromium, p50", _pct(reveal, 0.5), "ms"),
+            ("reveal (form submitted) -> first pixelated video frame in Chromium, p95", _pct(reveal, 0.95), "ms"),
+            ("supervisor approval with password (argon2id x2, unwrap, decrypt full), p50", _pct(approve, 0.5), "ms"),
+            ("approved full video: page load -> first frame, p50", _pct(full, 0.5), "ms"),
+            (f"clip size (redacted / full, {len(clip.frame_times)} frames 640x360)",
+             f"{len(clip.redacted.video) // 1024}/{len(clip.video) // 1024}", "KiB"),
+            (f"console RSS after {VIDEO_CLIPS} reveals / with 4 full-video grants open / peak",
+             f"{rss_before // 1024}/{rss_grants // 1024}/{peak // 1024}", "MiB")]
 
 
 def _seen(station_dir: Path, device_id: str) -> bool:

@@ -193,6 +193,30 @@ def test_crash_after_rename_before_new_file(tmp_path):
     assert verify(path).ok
 
 
+def test_keyless_writer_opening_between_rename_and_new_file_continues_the_log(tmp_path):
+    # The window a rotating key holder leaves open: the full file is renamed to a segment, the
+    # next one not yet created. A keyless writer (the uplink) opening then must see a log that
+    # exists, not refuse with NoGenesisYet (once a 1-in-25 failure of the two-process test).
+    path = tmp_path / "audit.jsonl"
+    write_log(path, n=8, limit=10**6)
+    log = open_log(path, limit=10**6)
+    with log._locked():
+        log._write("audit.segment_end", {"first": 0, "last": log._count - 1, "bytes": log._size,
+                                         "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+        log._write_checkpoint()
+        last = log._count - 1
+    os.close(log._fd)
+    log._fd = -1
+    os.rename(path, segment_path(path, 0, last))
+    uplink = AuditLog(path, segment_max_bytes=10**6)
+    uplink.append("spool.ack", clip_id="in-the-window")
+    uplink.close()
+    rows = records(path)
+    assert [r["kind"] for r in rows[last + 1:]] == ["audit.segment_start", "spool.ack"]
+    assert [r["seq"] for r in rows] == list(range(len(rows)))
+    assert verify(path).ok
+
+
 def test_torn_segment_start_is_cut_and_recorded(tmp_path):
     path = tmp_path / "audit.jsonl"
     write_log(path, n=30)

@@ -254,14 +254,19 @@ def test_reveal_needs_a_reason_and_full_video_needs_another_persons_approval(con
                                                       "reason": "ok"}).status_code == 400
     assert sup.post(f"/approvals/{own['id']}", data={"csrf": scsrf, "decision": "approve",
                                                       "reason": "approving myself"}).status_code == 409
+    # Approving needs the supervisor's own password (re-entered), not just the session.
     assert sup.post(f"/approvals/{req['id']}", data={"csrf": scsrf, "decision": "approve",
-                                                      "reason": "case confirmed by the duty officer"}).status_code == 303
+                                                      "reason": "case confirmed by the duty officer"}).status_code == 403
+    assert console.store.disclosure(req["id"])["state"] == "pending"
+    r = sup.post(f"/approvals/{req['id']}", data={"csrf": scsrf, "decision": "approve", "password": PASSWORD,
+                                                  "reason": "case confirmed by the duty officer"})
+    assert r.status_code == 303 and "clip%20has%20not%20arrived" in r.headers["location"]
     assert console.store.approved_full(alarm_id, "operator")["decided_by"] == "supervisor"
     page = op.get(f"/alarms/{url(alarm_id)}").text
-    assert f"appliance station export '{alarm_id}' OUT_DIR --operator operator" in page
-    assert "approved by supervisor: case 2026-117" in page
+    assert f'id="pending-grant-{req["id"]}"' in page and "approved by supervisor (case confirmed" in page
+    assert 'id="full-video"' not in page          # no clip, no grant: nothing to play
     kinds = [(r["kind"], r.get("reason")) for r in audit_records(console_dir)]
-    assert ("console.refused", "no reason given") in kinds
+    assert ("console.refused", "no reason given") in kinds and ("console.refused", "password_bad_password") in kinds
     assert ("console.full_video_approved", "case confirmed by the duty officer") in kinds
 
 

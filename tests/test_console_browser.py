@@ -92,6 +92,11 @@ def test_box_alarm_reaches_the_operator_in_a_real_browser(tmp_path, capsys, stat
         body = driver.find_element(By.TAG_NAME, "body")
         assert "lit" not in body.get_attribute("class")          # black until an alarm
         assert not driver.find_element(By.ID, "alarms").is_displayed()
+        quiet = driver.execute_script("return window.consoleState")   # and silent: no tone, no sound armed
+        assert quiet["beeps"] == 0 and quiet["soundArmed"] is False
+        body.send_keys("s")                                          # sound needs one key press per page
+        assert driver.execute_script("return window.consoleState.soundArmed") is True
+        assert "lit" not in body.get_attribute("class") and driver.execute_script("return window.consoleState.beeps") == 0
 
         procs.append(subprocess.Popen([*APP, "run", "--config", str(cfg_path), "--max-seconds", "300"], cwd=REPO,
                                       env=env, stdout=logs[0], stderr=subprocess.STDOUT))
@@ -119,6 +124,7 @@ def test_box_alarm_reaches_the_operator_in_a_real_browser(tmp_path, capsys, stat
 
         driver.find_element(By.ID, "reveal").click()                # no reason given
         wait.until(EC.text_to_be_present_in_element((By.ID, "message"), "needs a reason"))
+        assert not driver.find_elements(By.ID, "clip-video")
 
         Path(os.environ.get("APPLIANCE_SCREENSHOT_DIR", tmp_path)).mkdir(parents=True, exist_ok=True)
         shot = Path(os.environ.get("APPLIANCE_SCREENSHOT_DIR", tmp_path)) / "console.png"

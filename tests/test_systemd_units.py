@@ -275,5 +275,9 @@ def test_console_unit_settings():
     assert s["ExecStart"][0].startswith("/opt/appliance/.venv/bin/appliance station console serve ")
     assert "--tls-cert" in s["ExecStart"][0]
     assert s["StateDirectory"] == ["appliance-console"] and s["StateDirectoryMode"] == ["0700"]
-    # the station's keys and ciphertext are not even visible to the console
-    assert s["InaccessiblePaths"] == [f"-{STATION_DIR}/keys -{STATION_DIR}/envelopes -{STATION_DIR}/tmp"]
+    # the station's key directory is not even visible to the console; it gets the HPKE key (which
+    # opens only the bystander-pixelated rendition) as a credential, and reads the ciphertext
+    assert s["InaccessiblePaths"] == [f"-{STATION_DIR}/keys -{STATION_DIR}/tmp"]
+    assert s["ReadOnlyPaths"] == [f"-{STATION_DIR}/envelopes"]
+    assert s["LoadCredential"] == [f"station-hpke.key:{STATION_DIR}/keys/hpke.key"]
+    assert s["MemorySwapMax"] == ["0"] and s["LimitCORE"] == ["0"]

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from appliance.common.video import open_vp8_writer
-from appliance.contracts.types import Clip, Decision, Event, Pattern, ProfileRef, Trigger
+from appliance.contracts.types import Clip, Decision, Event, Pattern, ProfileRef, RedactedVideo, Trigger
 
 
 def encode_webm(frames: list[np.ndarray], fps: float) -> bytes:
@@ -51,24 +51,41 @@ def decoded_frame_hashes(webm_path: str) -> list[str]:
     return hashes
 
 
+def _hashes_of(video: bytes) -> tuple[str, ...]:
+    fd, path = tempfile.mkstemp(suffix=".webm")
+    try:
+        os.write(fd, video)
+        os.close(fd)
+        return tuple(decoded_frame_hashes(path))
+    finally:
+        os.unlink(path)
+
+
 def synthetic_clip(frames: int = 8, width: int = 64, height: int = 48, fps: float = 12.5,
-                   video: bytes | None = None, pattern: Pattern = Pattern.STRIKE, seed: int = 0) -> Clip:
-    """A :class:`Clip` with a real VP8 WebM (or the given ``video`` bytes, hashes then empty)."""
+                   video: bytes | None = None, pattern: Pattern = Pattern.STRIKE, seed: int = 0,
+                   redacted: bool = False) -> Clip:
+    """A :class:`Clip` with a real VP8 WebM (or the given ``video`` bytes, hashes then empty).
+
+    ``redacted``: also a second rendition whose right half is flattened (a stand-in for a
+    pixelated bystander), with involved boxes on the left half — for envelope version 2."""
     rng = np.random.default_rng(seed)
     frame_hashes: tuple[str, ...] = ()
+    redacted_video: RedactedVideo | None = None
     if video is None:
         images = [np.full((height, width, 3), (i * 20) % 256, np.uint8) for i in range(frames)]
         for img in images:
             img[rng.integers(0, height), :, :] = 255
         video = encode_webm(images, fps)
-        fd, path = tempfile.mkstemp(suffix=".webm")
-        try:
-            os.write(fd, video)
-            os.close(fd)
-            frame_hashes = tuple(decoded_frame_hashes(path))
-        finally:
-            os.unlink(path)
+        frame_hashes = _hashes_of(video)
         frames = len(frame_hashes)
+        if redacted:
+            flat = [img.copy() for img in images]
+            for img in flat:
+                img[:, width // 2:] = img[:, width // 2:].mean(axis=(0, 1)).astype(np.uint8)
+            red = encode_webm(flat, fps)
+            redacted_video = RedactedVideo(red, _hashes_of(red), ("2",),
+                                           {"method": "mosaic", "block_px": width // 2, "margin": 0.0,
+                                            "hold_s": 0.0, "covers": "synthetic"})
     t0, wall0 = 10.0, time.time()
     times = tuple(t0 + i / fps for i in range(frames))
     profile = ProfileRef("bw-polg-44-4", "1", "ab" * 32)
@@ -79,4 +96,6 @@ def synthetic_clip(frames: int = 8, width: int = 64, height: int = 48, fps: floa
     return Clip(trigger=trigger, video=video, content_type="video/webm", width=width, height=height,
                 fps=fps, frame_times=times, frame_wall=tuple(wall0 + (t - t0) for t in times),
                 frame_sha256=frame_hashes or tuple("00" * 32 for _ in times), tracks=tracks,
-                model_sha256="cd" * 32)
+                model_sha256="cd" * 32, redacted=redacted_video,
+                involved_boxes={"1": tuple((i, 2, 2, width // 3, height - 4) for i in range(frames))}
+                if redacted_video else {})

@@ -223,14 +223,35 @@ class Trigger:
 
 
 @dataclass(frozen=True)
+class RedactedVideo:
+    """The clip's ``redacted`` rendition (docs/envelope.md, v2): the same frames as
+    ``Clip.video`` with every bystander (a person not in the event's tracks) pixelated.
+
+    video: WebM/VP8 bytes, never written to disk in clear.
+    frame_sha256: hex SHA-256 of each decoded frame of *this* video.
+    pixelated_tracks: track ids (str) pixelated in at least one frame.
+    redaction: how (``{"method": "mosaic", "block_px", "margin", "hold_s", "covers"}``).
+    """
+
+    video: bytes
+    frame_sha256: tuple[str, ...]
+    pixelated_tracks: tuple[str, ...]
+    redaction: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Clip:
     """A triggered clip, built in RAM with privacy masks burned in.
 
-    video: the encoded container bytes (WebM/VP8), never written to disk in clear.
+    video: the encoded container bytes (WebM/VP8), never written to disk in clear; bystanders
+    are NOT pixelated in it (the v2 envelope's ``full`` rendition, or v1's only one).
     frame_times: stream seconds of each encoded frame, ``len == frame_count``.
     frame_sha256: hex SHA-256 of each *decoded* frame's pixels (uint8 BGR, C order), so
     the station can re-decode and pinpoint an altered frame.
     tracks: skeleton tracks inside the window, JSON-serialisable.
+    involved_boxes: ``{track_id: ((frame_index, x, y, w, h), ...)}`` of the event's tracks, in
+    video pixels (integers): the console outlines them; nothing is burned in for them.
+    redacted: the bystander-pixelated rendition, when the box seals version 2.
     """
 
     trigger: Trigger
@@ -244,3 +265,5 @@ class Clip:
     frame_sha256: tuple[str, ...]
     tracks: Mapping[str, Any]
     model_sha256: str
+    involved_boxes: Mapping[str, tuple[tuple[int, int, int, int, int], ...]] = field(default_factory=dict)
+    redacted: RedactedVideo | None = None

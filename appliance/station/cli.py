@@ -1,6 +1,7 @@
 """`appliance station ...`: keys, the receiver, listing, and decryption for an operator.
 
     appliance station keygen  --station-dir DIR [--kem MLKEM768_X25519|X25519] [--force]
+    appliance station evidence-key init --station-dir DIR --out PRIVATE_FILE
     appliance station serve   --station-dir DIR [--bind tcp://0.0.0.0:7100] [--ready-file F]
     appliance station list    --station-dir DIR [--device ID] [--json]
     appliance station export  CLIP_ID OUT_DIR --station-dir DIR --operator NAME --reason TEXT
@@ -71,6 +72,19 @@ def register(sub) -> None:
                    help="HPKE KEM for clip encryption (default: post-quantum hybrid MLKEM768_X25519)")
     p.add_argument("--force", action="store_true", help="replace existing keys (makes stored clips unreadable)")
     p.set_defaults(func=cmd_keygen)
+
+    evidence = ssub.add_parser("evidence-key", help="the evidence key: the full (not bystander-pixelated) "
+                               "video is sealed to it; its private half is kept off the station")
+    esub = evidence.add_subparsers(dest="evidence_command", metavar="EVIDENCE_COMMAND", required=True)
+    p = esub.add_parser("init", help="make the evidence key pair: public half into the station's keys "
+                        "(and every new bundle), private half ONLY to --out (0600, never overwritten)")
+    _dir_arg(p, storage=False)
+    p.add_argument("--out", required=True, type=Path, metavar="PRIVATE_FILE",
+                   help="where the evidence private key goes (removable media / supervisor custody; "
+                        "never inside the station directory)")
+    p.add_argument("--kem", choices=("MLKEM768_X25519", "X25519"),
+                   help="HPKE KEM (default: the station HPKE key's)")
+    p.set_defaults(func=cmd_evidence_key_init)
 
     p = ssub.add_parser("serve", help="receive envelopes, heartbeats and probes from enrolled devices")
     _dir_arg(p)
@@ -206,6 +220,23 @@ def cmd_keygen(args) -> int:
     print(f"next: start the receiver (appliance station serve --station-dir {args.dir}), then enrol each box: "
           f"appliance station devices add REQUEST.enrol.json --station-dir {args.dir} "
           "--endpoint tcp://HOST:7100 --profile bw-polg-44-4 --out bundle.json")
+    return 0
+
+
+def cmd_evidence_key_init(args) -> int:
+    from appliance.station.db import require_owner
+    from appliance.station.keys import StationKeyPaths, init_evidence_key
+
+    require_owner(args.dir)
+    public = init_evidence_key(args.dir, args.out, kem=args.kem)
+    paths = StationKeyPaths.of(args.dir)
+    print(f"evidence key ({public.kem}) fingerprint {public.fingerprint}")
+    print(f"  public half:  {paths.evidence_public} (goes into every station bundle made from now on)")
+    print(f"  private half: {args.out} (mode 0600): the only copy. Keep it offline, in supervisors' custody; "
+          "it opens the full, not bystander-pixelated video of every clip sealed to it.")
+    print(f"next: re-issue the bundle of each box (appliance station devices add REQUEST.enrol.json --replace "
+          f"--station-dir {args.dir} ...) and import it there: a box seals version 2 once its bundle names "
+          "this key")
     return 0
 
 

@@ -13,6 +13,8 @@ from appliance.contracts.curve import (
 )
 from appliance.contracts.keys import (
     DEFAULT_KEM,
+    HpkePublicKey,
+    KeyFileError,
     generate_hpke_key,
     generate_signing_key,
     load_hpke_public_key,
@@ -46,6 +48,13 @@ class StationKeyPaths:
         return self.directory / "signing.pub"
 
     @property
+    def evidence_public(self) -> Path:
+        """The evidence key's public half (optional): the box seals the full rendition to it.
+
+        Its private half is never in the station directory (docs/keys.md, "Evidence key")."""
+        return self.directory / "evidence.pub"
+
+    @property
     def curve_public(self) -> Path:
         return self.directory / "station.key"
 
@@ -57,8 +66,12 @@ class StationKeyPaths:
         return (self.hpke_private, self.signing_private, self.curve_secret)
 
     def public_files(self) -> tuple[Path, ...]:
-        """What goes to every device (the provisioning bundle)."""
+        """What goes to every device (the provisioning bundle); all required."""
         return (self.hpke_public, self.signing_public, self.curve_public)
+
+    def bundle_files(self) -> tuple[Path, ...]:
+        """Everything the bundle carries: the required public files and, once made, the evidence key's."""
+        return self.public_files() + ((self.evidence_public,) if self.evidence_public.exists() else ())
 
     def require(self) -> None:
         missing = [p for p in (*self.public_files(), self.signing_private, self.curve_secret) if not p.exists()]
@@ -94,11 +107,43 @@ def generate_station_keys(station_dir: str | Path, *, kem: str = DEFAULT_KEM,
 def station_fingerprints(station_dir: str | Path) -> dict[str, str]:
     paths = StationKeyPaths.of(station_dir)
     hpke_pub = load_hpke_public_key(paths.hpke_public)
-    return {
+    out = {
         f"hpke ({hpke_pub.kem})": hpke_pub.fingerprint,
         "signing (Ed25519)": public_key_fingerprint(load_signing_public_key(paths.signing_public)),
         "curve": curve_fingerprint(load_curve_public(paths.curve_public)),
     }
+    if paths.evidence_public.exists():
+        evidence = load_hpke_public_key(paths.evidence_public)
+        out[f"evidence ({evidence.kem})"] = evidence.fingerprint
+    return out
+
+
+def init_evidence_key(station_dir: str | Path, private_out: str | Path, *, kem: str | None = None) -> HpkePublicKey:
+    """Makes the evidence HPKE key pair (docs/keys.md, "Evidence key"): the public half into the
+    station's key directory (``keys/evidence.pub``, then into every new bundle), the private
+    half ONLY to ``private_out`` (0600, never overwritten), for offline custody.
+
+    The KEM defaults to the station HPKE key's. Refuses when the station already has an evidence
+    key (a new one would not open clips sealed to the old one: rotate deliberately, by moving the
+    old public file away) or when ``private_out`` lies inside the station directory."""
+    paths = StationKeyPaths.of(station_dir)
+    if not paths.hpke_public.exists():
+        raise InputError(f"no station HPKE key at {paths.hpke_public} (fix: run 'appliance station keygen "
+                         f"--station-dir {station_dir}' first)")
+    if paths.evidence_public.exists():
+        raise InputError(f"{paths.evidence_public} already exists; refusing to replace the evidence key (clips "
+                         "sealed to it need its private half; to rotate, move the old public file away first "
+                         "and keep the old private key for those clips)")
+    out = Path(private_out).absolute()
+    # Resolved through links: a path that only looks like it is elsewhere is refused too.
+    real = out.parent.resolve() / out.name
+    if Path(station_dir).resolve() in real.parents:
+        raise InputError(f"{private_out} lies inside the station directory {station_dir}; the evidence private "
+                         "key must never be stored there (fix: write it to removable media or into a "
+                         "supervisor's custody, e.g. --out /media/evidence/evidence.key)")
+    if out.exists() or out.is_symlink():
+        raise KeyFileError(f"{out}: already exists; refusing to overwrite a key")
+    return generate_hpke_key(out, paths.evidence_public, kem=kem or load_hpke_public_key(paths.hpke_public).kem)
 
 
 def station_log_public_key(station_dir: str | Path):

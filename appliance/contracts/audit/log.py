@@ -117,8 +117,10 @@ class AuditLog:
         self._closed = False                     # the current file holds audit.segment_end
         # A genesis without a key makes every later checkpoint "signed by unknown key" (a false
         # TAMPERED): only the key holder may create the log (docs/audit-log.md §2).
+        # The log exists once it has an active file *or* a sealed segment: between a key
+        # holder's rename of the full file and its creation of the next one, only segments do.
         refuse_genesis = signer is None and not create_unsigned
-        if refuse_genesis and not self.path.exists():
+        if refuse_genesis and not self.path.exists() and not list_segments(self.path):
             raise self._no_genesis()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = self._open_active()

@@ -32,7 +32,10 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from appliance.common.errors import InputError
+from appliance.contracts.envelope import RENDITION_FULL, RENDITION_REDACTED, EnvelopeError
 from appliance.station.console.auth import HOME, LoginGuard, allowed, hash_password
+from appliance.station.console.custody import WrongPassword, unwrap_key
 from appliance.station.console.feed import AlarmFeed, alarm_summary, console_alarm_pattern
 from appliance.station.console.station_view import StationView
 from appliance.station.console.store import (
@@ -44,10 +47,20 @@ from appliance.station.console.store import (
     Session,
     WorkflowError,
 )
+from appliance.station.console.video import (
+    ClipOpener,
+    HeldVideo,
+    NotPixelated,
+    VideoVault,
+    ranged_response,
+)
+from appliance.station.keys import StationKeyPaths
 
 log = logging.getLogger("appliance.console")
 HERE = Path(__file__).parent
 SESSION_TTL_MS = 12 * 3600 * 1000
+#: systemd passes the station's HPKE private key to the console as this credential (docs/console.md).
+STATION_KEY_CREDENTIAL = "station-hpke.key"
 MAX_REASON_CHARS = 500
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "media-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -84,7 +97,8 @@ class Console:
 
     def __init__(self, station_dir: str | Path, console_dir: str | Path, *, audit: Any,
                  tls: bool = False, stale_after_s: float = 120.0, poll_s: float = 0.05,
-                 login_guard: dict[str, Any] | None = None):
+                 login_guard: dict[str, Any] | None = None, station_key: str | Path | None = None,
+                 vault: VideoVault | None = None):
         self.station_dir = Path(station_dir)
         self.store = ConsoleStore(console_dir)
         self.view = StationView(station_dir, stale_after_s=stale_after_s)
@@ -97,17 +111,43 @@ class Console:
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined)
         self.templates.filters["utc"] = _utc
+        self.opener = ClipOpener(self.view, station_key or default_station_key(station_dir))
+        self.vault = vault or VideoVault()
         self.app = Starlette(
             routes=self._routes(), middleware=[Middleware(SecurityHeaders, tls=tls)],
             exception_handlers={HTTPException: self._http_error}, lifespan=self._lifespan)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app):
+        import asyncio
+
         self.feed.start()
+        sweeper = asyncio.create_task(self._sweep_grants())
         try:
             yield
         finally:
+            sweeper.cancel()
             await self.feed.stop()
+            for held in self.vault.expire_all():
+                self._audit_grant_end(held, "console_stopped")
+
+    async def _sweep_grants(self) -> None:
+        """Drops full-video grants whose time is up, each an audit record (a bounded loop per tick)."""
+        import asyncio
+
+        while True:
+            await asyncio.sleep(5.0)
+            self.expire_grants()
+
+    def expire_grants(self) -> int:
+        expired = self.vault.expire()
+        for held in expired:
+            self._audit_grant_end(held, "expired")
+        return len(expired)
+
+    def _audit_grant_end(self, held: HeldVideo, why: str) -> None:
+        self._audit("console.full_video_grant_ended", user=held.user, alarm_id=held.alarm_id,
+                    request=held.request_id, approved_by=held.approved_by, views=held.views, why=why)
 
     def close(self) -> None:
         self.store.close()
@@ -120,12 +160,16 @@ class Console:
             Route("/", self.monitor), Route("/login", self.login, methods=["GET", "POST"]),
             Route("/logout", self.logout, methods=["POST"]), Route("/events", self.events),
             Route("/api/alarms", self.api_alarms), Route("/api/alarms/{alarm_id:path}/skeletons", self.api_skeletons),
+            Route("/api/alarms/{alarm_id:path}/outlines", self.api_outlines),
+            Route("/alarms/{alarm_id:path}/video", self.video_blurred),
+            Route("/alarms/{alarm_id:path}/full-video", self.video_full),
             Route("/alarms/{alarm_id:path}/claim", self.claim, methods=["POST"]),
             Route("/alarms/{alarm_id:path}/close", self.close_alarm, methods=["POST"]),
             Route("/alarms/{alarm_id:path}/reveal", self.reveal, methods=["POST"]),
             Route("/alarms/{alarm_id:path}/request-full", self.request_full, methods=["POST"]),
             Route("/alarms/{alarm_id:path}", self.alarm_page),
             Route("/approvals", self.approvals), Route("/approvals/{request_id:int}", self.decide, methods=["POST"]),
+            Route("/approvals/{request_id:int}/grant", self.open_grant, methods=["POST"]),
             Route("/devices", self.devices), Route("/dpo", self.dpo),
             Route("/admin/users", self.admin_users, methods=["GET", "POST"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
@@ -232,6 +276,7 @@ class Console:
         if session is not None:
             await self._form(request, session)
             self.store.end_session(request.cookies.get(self.cookie_name))
+            self.vault.end_session(session.token_sha256)
             self._audit("console.logout", user=session.username)
         response = RedirectResponse("/login", 303)
         response.delete_cookie(self.cookie_name, path="/", secure=True, httponly=True, samesite="strict")
@@ -302,9 +347,14 @@ class Console:
         alarm = self._alarm_or_404(alarm_id)
         wf = self.store.workflow(alarm_id)
         requests = self.store.disclosures(alarm_id=alarm_id)
+        version = self.view.clip_version(alarm_id) if alarm.get("clip") else None
+        grant = self.vault.granted(session.username, alarm_id) if allowed(session.role, "video.full.view") else None
         return self._page("alarm.html", session, alarm=alarm, wf=wf, verdicts=VERDICTS, reason_codes=REASON_CODES,
-                          requests=requests, message=request.query_params.get("m", "")[:200],
-                          explanation=_explanation_in_words(alarm["body"].get("explanation", {})))
+                          requests=requests, message=request.query_params.get("m", "")[:300],
+                          explanation=_explanation_in_words(alarm["body"].get("explanation", {})),
+                          clip_version=version, grant=grant,
+                          revealed=version is not None and version >= 2 and allowed(session.role, "video.blurred")
+                          and self.vault.revealed(session.token_sha256, alarm_id))
 
     async def api_skeletons(self, request: Request) -> Response:
         """Layer 1: the involved persons' skeletons (no pixels). Viewing it is audited."""
@@ -350,9 +400,7 @@ class Console:
         return RedirectResponse("/", 303)
 
     def _redirect_alarm(self, alarm_id: str, message: str, status: int = 303) -> Response:
-        from urllib.parse import quote
-
-        response = RedirectResponse(f"/alarms/{quote(alarm_id)}?m={quote(message)}", 303)
+        response = RedirectResponse(f"/alarms/{_quote(alarm_id)}?m={_quote(message)}", 303)
         if status != 303:
             response.headers["X-Console-Refused"] = str(status)
         return response
@@ -373,11 +421,86 @@ class Console:
             self._audit("console.refused", user=session.username, alarm_id=alarm_id, layer="video_blurred",
                         reason="no reason given")
             return self._redirect_alarm(alarm_id, "refused: revealing the video needs a reason", 400)
+        version = self.view.clip_version(alarm_id) if alarm.get("clip") else None
+        outcome = "unavailable" if version is None else "not_pixelated" if version < 2 else "shown"
+        # Recorded before anything is decrypted (as the station's export does).
         self._audit("station.view", operator=session.username, reason=reason, alarm_id=alarm_id,
-                    layer="video_blurred", outcome="unavailable" if not alarm.get("clip") else "not_implemented")
-        return self._redirect_alarm(alarm_id, "video layer: " + (
-            "the clip has not arrived yet" if not alarm.get("clip") else
-            "not available in this release (envelope version 1 carries no bystander-pixelated rendition)"))
+                    layer="video_blurred", outcome=outcome)
+        if version is None:
+            return self._redirect_alarm(alarm_id, "video layer: the clip has not arrived yet")
+        if version < 2:
+            return self._redirect_alarm(alarm_id, (
+                "video layer: this clip was sealed by a box without bystander pixelation (envelope version 1), so "
+                "it is not shown at this layer: request the full video below (a supervisor decides)"))
+        try:
+            await self._redacted(alarm_id)
+        except (InputError, EnvelopeError, NotPixelated) as exc:
+            self._audit("console.video_failed", user=session.username, alarm_id=alarm_id, layer="video_blurred",
+                        error=getattr(exc, "reason", str(exc))[:300])
+            return self._redirect_alarm(alarm_id, f"video layer: the clip could not be opened ({exc})", 500)
+        self.vault.reveal(session.token_sha256, alarm_id)
+        return self._redirect_alarm(alarm_id, "video with bystanders pixelated: outlines mark the involved persons")
+
+    async def _redacted(self, alarm_id: str) -> HeldVideo:
+        """The redacted rendition, from the cache or decrypted now (in memory) with the station key."""
+        held = self.vault.cached(alarm_id)
+        if held is None:
+            def work() -> HeldVideo:
+                return self.opener.open(alarm_id, self.opener.envelope(alarm_id), RENDITION_REDACTED)
+
+            held = await run_in_threadpool(work)
+            self.vault.cache(held)
+        return held
+
+    async def video_blurred(self, request: Request) -> Response:
+        """Layer 2's bytes, for the session that revealed this alarm with a reason (Range requests)."""
+        session = self._require(request, "video.blurred")
+        alarm_id = request.path_params["alarm_id"]
+        if not self.vault.revealed(session.token_sha256, alarm_id):
+            self._audit("console.refused", user=session.username, alarm_id=alarm_id, layer="video_blurred",
+                        path=request.url.path, reason="no_reveal")
+            raise Forbidden("reveal the video with a reason first (in this login session)")
+        try:
+            held = await self._redacted(alarm_id)
+        except (InputError, EnvelopeError, NotPixelated) as exc:
+            raise HTTPException(409, f"the clip cannot be shown: {exc}") from None
+        return self._stream(request, session, held, "video_blurred")
+
+    async def video_full(self, request: Request) -> Response:
+        """Layer 3's bytes: only the operator whose request a supervisor approved, while the grant lasts."""
+        session = self._require(request, "video.full.view")
+        alarm_id = request.path_params["alarm_id"]
+        held = self.vault.granted(session.username, alarm_id)
+        if held is None:
+            self._audit("console.refused", user=session.username, alarm_id=alarm_id, layer="video_full",
+                        path=request.url.path, reason="no_grant")
+            raise Forbidden("no approved full video for you on this alarm (request it; a supervisor decides)")
+        return self._stream(request, session, held, "video_full")
+
+    def _stream(self, request: Request, session: Session, held: HeldVideo, layer: str) -> Response:
+        range_header = request.headers.get("range")
+        if not range_header or range_header.replace(" ", "").startswith("bytes=0-"):
+            # A playback starts (the browser's first fetch); seeks within it are not each recorded.
+            held.views += 1
+            self._audit("station.view", operator=session.username, reason="playback", alarm_id=held.alarm_id,
+                        layer=layer, request=held.request_id, bytes=held.size)
+        return ranged_response(held, range_header)
+
+    async def api_outlines(self, request: Request) -> Response:
+        """Where the involved persons are, per frame (from the sealed metadata): the browser outlines them."""
+        session = self._require(request, "video.blurred")
+        alarm_id = request.path_params["alarm_id"]
+        full = request.query_params.get("layer") == "full"
+        held: HeldVideo | None
+        if full:
+            held = self.vault.granted(session.username, alarm_id) if allowed(session.role, "video.full.view") else None
+        else:
+            held = await self._redacted(alarm_id) if self.vault.revealed(session.token_sha256, alarm_id) else None
+        if held is None:
+            self._audit("console.refused", user=session.username, alarm_id=alarm_id, path=request.url.path,
+                        layer="video_full" if full else "video_blurred", reason="no_grant" if full else "no_reveal")
+            raise Forbidden("no video disclosed to you for this alarm")
+        return JSONResponse({"alarm_id": alarm_id, "rendition": held.rendition, **held.outlines})
 
     async def request_full(self, request: Request) -> Response:
         session = self._require(request, "video.full.request")
@@ -397,8 +520,20 @@ class Console:
 
     async def approvals(self, request: Request) -> Response:
         session = self._require(request, "video.full.approve")
+        decided = [r for r in self.store.disclosures()[-50:] if r["state"] != "pending"]
+        for r in decided:
+            r["granted"] = self.vault.granted(r["requested_by"], r["alarm_id"]) is not None
         return self._page("approvals.html", session, pending=self.store.disclosures(state="pending"),
-                          decided=self.store.disclosures()[-50:])
+                          decided=decided, wrap=self.store.wrap(session.username),
+                          holders=[w.username for w in self.store.wraps()],
+                          message=request.query_params.get("m", "")[:300])
+
+    async def _confirm_password(self, request: Request, session: Session, password: str, rid: int) -> None:
+        result = await run_in_threadpool(self.guard.reauthenticate, session.username, password)
+        if not result.ok:
+            self._audit("console.refused", user=session.username, request=rid, path=request.url.path,
+                        reason=f"password_{result.why}")
+            raise Forbidden("approving the full video needs your own password (it was wrong, or the account is locked)")
 
     async def decide(self, request: Request) -> Response:
         session = self._require(request, "video.full.approve")
@@ -409,6 +544,12 @@ class Console:
         if len(reason) < 4:
             self._audit("console.refused", user=session.username, request=rid, reason="no reason given")
             raise HTTPException(400, "a decision on the full video needs a reason")
+        pending = self.store.disclosure(rid)
+        if pending is not None and pending["requested_by"] == session.username:
+            self._audit("console.refused", user=session.username, request=rid, reason="four eyes")
+            raise HTTPException(409, "four eyes: a request is decided by another person than its requester")
+        if approve:
+            await self._confirm_password(request, session, form.get("password", ""), rid)
         try:
             decided = self.store.decide(rid, session.username, approve, reason)
         except WorkflowError as exc:
@@ -416,7 +557,63 @@ class Console:
             raise HTTPException(409, str(exc)) from None
         self._audit("console.full_video_" + ("approved" if approve else "refused"), user=session.username,
                     request=rid, alarm_id=decided["alarm_id"], requested_by=decided["requested_by"], reason=reason)
-        return RedirectResponse("/approvals", 303)
+        message = f"request {rid} refused"
+        if approve:
+            message = f"request {rid} approved: " + await self._grant(session, decided, form.get("password", ""))
+        return RedirectResponse(f"/approvals?m={_quote(message)}", 303)
+
+    async def open_grant(self, request: Request) -> Response:
+        """Opens (again) the full video of an approved request: after the grant expired, the console
+        restarted, or the clip arrived after the approval. A supervisor other than the requester."""
+        session = self._require(request, "video.full.approve")
+        form = await self._form(request, session)
+        rid = request.path_params["request_id"]
+        row = self.store.disclosure(rid)
+        if row is None or row["state"] != "approved":
+            raise HTTPException(409, f"no approved request {rid}")
+        if row["requested_by"] == session.username:
+            self._audit("console.refused", user=session.username, request=rid, reason="four eyes")
+            raise HTTPException(409, "four eyes: the full video is opened by another person than its requester")
+        await self._confirm_password(request, session, form.get("password", ""), rid)
+        message = await self._grant(session, row, form.get("password", ""))
+        return RedirectResponse(f"/approvals?m={_quote(f'request {rid}: ' + message)}", 303)
+
+    async def _grant(self, session: Session, row: dict[str, Any], password: str) -> str:
+        """Unwraps the evidence key with the supervisor's password, opens the full rendition of this
+        one alarm in memory, drops the key, and holds the video for the requester (a grant)."""
+        alarm_id, rid, requester = row["alarm_id"], int(row["id"]), row["requested_by"]
+        version = self.view.clip_version(alarm_id)
+        if version is None:
+            return "the clip has not arrived yet; open the video here once it is stored"
+        if version < 2:
+            return ("this clip (envelope version 1) has no evidence rendition: it is exported at the station's "
+                    "evidence workstation (the command is on the requester's alarm page)")
+        wrap = self.store.wrap(session.username)
+        if wrap is None:
+            return ("you hold no wrap of the evidence key, so the console cannot open the video for you: a key "
+                    "custodian runs 'appliance station console evidence-key wrap --user "
+                    f"{session.username} --key EVIDENCE_KEY_FILE' with you (docs/console.md)")
+
+        def work() -> HeldVideo:
+            key = unwrap_key(wrap, password)
+            try:
+                return self.opener.open(alarm_id, self.opener.envelope(alarm_id), RENDITION_FULL, key)
+            finally:
+                del key     # the only reference: the evidence key lives for this one call
+
+        try:
+            held = await run_in_threadpool(work)
+        except (WrongPassword, InputError, EnvelopeError, NotPixelated) as exc:
+            self._audit("console.video_failed", user=session.username, alarm_id=alarm_id, layer="video_full",
+                        request=rid, error=getattr(exc, "reason", str(exc))[:300])
+            return f"the full video could not be opened ({exc})"
+        for dropped in self.vault.grant(held, user=requester, request_id=rid, approved_by=session.username):
+            self._audit_grant_end(dropped, "replaced_or_evicted")
+        self._audit("console.full_video_granted", user=session.username, request=rid, alarm_id=alarm_id,
+                    requested_by=requester, key_fingerprint=wrap.fingerprint, bytes=held.size,
+                    expires_unix_ms=held.expires_unix_ms())
+        return (f"the full video is open for {requester} until "
+                f"{_utc(held.expires_unix_ms())} (the evidence key was used once and dropped)")
 
     # -- devices, officer, administrator ------------------------------------------------------
 
@@ -476,6 +673,23 @@ def _explanation_in_words(explanation: dict[str, Any]) -> list[tuple[str, str]]:
                 break
         out.append((words, f"{value:.2f}" if isinstance(value, float) else str(value)))
     return out
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+def default_station_key(station_dir: str | Path) -> Path:
+    """Where the station's HPKE private key is read: the systemd credential when the unit passes
+    one (``LoadCredential=``, the console's own copy in memory), else the station's key directory."""
+    import os
+
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / STATION_KEY_CREDENTIAL).exists():
+        return Path(credentials) / STATION_KEY_CREDENTIAL
+    return StationKeyPaths.of(station_dir).hpke_private
 
 
 async def _wait(queue, timeout: float):

@@ -18,9 +18,10 @@ from appliance.station.console.store import ConsoleStore, now_ms
 #: content; only a supervisor approves the full video, and never their own request.
 PERMISSIONS: dict[str, frozenset[str]] = {
     "operator": frozenset({"monitor", "alarm.view", "alarm.claim", "alarm.close", "video.blurred",
-                           "video.full.request", "devices"}),
+                           "video.full.request", "video.full.view", "devices"}),
     "supervisor": frozenset({"monitor", "alarm.view", "alarm.claim", "alarm.close", "alarm.take_over",
-                             "video.blurred", "video.full.request", "video.full.approve", "devices"}),
+                             "video.blurred", "video.full.request", "video.full.view", "video.full.approve",
+                             "devices"}),
     "dpo": frozenset({"dpo"}),
     "admin": frozenset({"users", "devices"}),
 }
@@ -81,6 +82,16 @@ class LoginGuard:
     def login(self, username: str, password: str, client: str) -> LoginResult:
         if self._rate_limited(client):
             return LoginResult(False, username, why="rate_limited")
+        result = self.reauthenticate(username, password)
+        if result.ok:
+            user = self.store.user(username)
+            if user is not None and _hasher.check_needs_rehash(user.password_hash):
+                self.store.set_password(username, _hasher.hash(password))
+        return result
+
+    def reauthenticate(self, username: str, password: str) -> LoginResult:
+        """The password check (lock-out counted), also for a logged-in user confirming a grave step
+        (approving the full video): that form is no way around the login's brakes."""
         user = self.store.user(username)
         if user is None:
             _verify(_DUMMY_HASH, password)
@@ -93,8 +104,6 @@ class LoginGuard:
             n = self.store.record_login_failure(username, lock_after=self.lock_after, lock_ms=self.lock_ms)
             return LoginResult(False, username, why="locked_now" if n >= self.lock_after else "bad_password")
         self.store.record_login_success(username)
-        if _hasher.check_needs_rehash(user.password_hash):
-            self.store.set_password(username, _hasher.hash(password))
         return LoginResult(True, username, user.role)
 
 

@@ -6,6 +6,9 @@
     appliance station console user list|disable|enable ...
     appliance station console demo-user --console-dir DIR [--role operator]  (prints a one-time login)
     appliance station console tls-cert --console-dir DIR --host NAME [--host ADDR ...]
+    appliance station console user passwd NAME --console-dir DIR [--drop-wrap]
+    appliance station console evidence-key wrap --console-dir DIR --key FILE --user SUPERVISOR [--station-dir DIR]
+    appliance station console evidence-key list|remove ...
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ def register(ssub) -> None:
     p.add_argument("--ready-file", type=Path, help="write the console's URL here once it accepts connections")
     p.add_argument("--login-attempts-per-minute", type=int, default=10, metavar="N",
                    help="login attempts allowed per client address and minute (default 10)")
+    p.add_argument("--station-key", type=Path, metavar="FILE",
+                   help="the station's HPKE private key, for the bystander-pixelated video (default: the systemd "
+                        "credential station-hpke.key, else STATION_DIR/keys/hpke.key)")
     p.set_defaults(func=cmd_serve)
 
     users = csub.add_parser("user", help="console accounts")
@@ -64,6 +70,31 @@ def register(ssub) -> None:
         p.add_argument("username")
         _console_dir(p)
         p.set_defaults(func=cmd_user_state, action=action)
+
+    p = usub.add_parser("passwd", help="set a new password (current, then new, from stdin or prompted); "
+                                      "re-wraps the user's evidence key under the new one")
+    p.add_argument("username")
+    p.add_argument("--drop-wrap", action="store_true",
+                   help="reset without the current password: the user's evidence-key wrap is deleted")
+    _console_dir(p)
+    p.set_defaults(func=cmd_user_passwd)
+
+    ev = csub.add_parser("evidence-key", help="custody of the evidence key: wrapped under supervisors' passwords")
+    esub = ev.add_subparsers(dest="evidence_command", metavar="EVIDENCE_COMMAND", required=True)
+    p = esub.add_parser("wrap", help="wrap the evidence private key for a supervisor, who types their password")
+    p.add_argument("--key", type=Path, required=True, help="the evidence private key file (offline custody)")
+    p.add_argument("--user", required=True, help="the supervisor's account")
+    p.add_argument("--station-dir", type=Path, default=DEFAULT_STATION_DIR,
+                   help="checks the key against its keys/evidence.pub when present (default %(default)s)")
+    _console_dir(p)
+    p.set_defaults(func=cmd_evidence_wrap)
+    p = esub.add_parser("list", help="which supervisors hold a wrap")
+    _console_dir(p)
+    p.set_defaults(func=cmd_evidence_list)
+    p = esub.add_parser("remove", help="delete a supervisor's wrap")
+    p.add_argument("--user", required=True)
+    _console_dir(p)
+    p.set_defaults(func=cmd_evidence_remove)
 
     p = csub.add_parser("demo-user", help="create an account with a random password and print both once")
     _console_dir(p)
@@ -87,7 +118,7 @@ def cmd_serve(args) -> int:
     console, server, sock, url, audit = build_server(
         args.station_dir, args.console_dir, bind=args.bind, tls_cert=args.tls_cert, tls_key=args.tls_key,
         behind_proxy=args.behind_proxy, stale_after_s=args.stale_after,
-        login_guard={"per_client": args.login_attempts_per_minute})
+        login_guard={"per_client": args.login_attempts_per_minute}, station_key=args.station_key)
     notifier = ServiceNotifier()
     print(f"console listening on {url}", file=sys.stderr, flush=True)
     # uvicorn's Server.serve turns SIGTERM/SIGINT into a graceful stop (open event streams end),
@@ -118,14 +149,126 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def _read_password() -> str:
+def _read_password(prompt: str = "password: ", *, confirm: bool = True) -> str:
     if sys.stdin.isatty():
-        first = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != first:
+        first = getpass.getpass(prompt)
+        if confirm and getpass.getpass("again: ") != first:
             from appliance.common.errors import InputError
             raise InputError("the two passwords differ")
         return first
     return sys.stdin.readline().rstrip("\n")
+
+
+def _by() -> str:
+    return os.environ.get("SUDO_USER") or os.environ.get("USER") or "cli"
+
+
+def _audited(console_dir: Path, kind: str, **fields) -> None:
+    from appliance.station.console.service import open_console_audit_log
+
+    audit = open_console_audit_log(console_dir)
+    try:
+        audit.append(kind, user=_by(), **fields)
+    finally:
+        audit.close()
+
+
+def _check_password(store, username: str, password: str) -> None:
+    from appliance.common.errors import InputError
+    from appliance.station.console.auth import LoginGuard
+
+    result = LoginGuard(store).reauthenticate(username, password)
+    if not result.ok:
+        raise InputError(f"{username}: the password is not this account's ({result.why}); nothing changed")
+
+
+def cmd_user_passwd(args) -> int:
+    from appliance.station.console.auth import hash_password
+    from appliance.station.console.custody import unwrap_key, wrap_key
+    from appliance.station.console.store import ConsoleStore, now_ms
+
+    store = ConsoleStore(args.console_dir)
+    try:
+        wrap = store.wrap(args.username)
+        key = None
+        if wrap is not None and not args.drop_wrap:
+            current = _read_password("current password: ", confirm=False)
+            _check_password(store, args.username, current)
+            key = unwrap_key(wrap, current)
+        new = _read_password("new password: ")
+        rewrapped = None if key is None else wrap_key(key, args.username, new, created_unix_ms=now_ms(),
+                                                       created_by=_by())
+        del key
+        store.change_password(args.username, hash_password(new), rewrapped)
+    finally:
+        store.close()
+    _audited(args.console_dir, "console.password_changed", target=args.username,
+             evidence_wrap="rewrapped" if rewrapped else "dropped" if wrap else "none")
+    print(f"password of {args.username} changed" + (
+        "; evidence-key wrap re-made under it" if rewrapped else
+        "; its evidence-key wrap was deleted (wrap the key again)" if wrap else ""))
+    return 0
+
+
+def cmd_evidence_wrap(args) -> int:
+    from appliance.contracts.keys import load_hpke_public_key
+    from appliance.station.console.custody import load_evidence_private_key, unwrap_key, wrap_key
+    from appliance.station.console.store import ConsoleStore, now_ms
+    from appliance.station.keys import StationKeyPaths
+
+    public = StationKeyPaths.of(args.station_dir).directory / "evidence.pub"
+    expected = load_hpke_public_key(public).fingerprint if public.exists() else None
+    key = load_evidence_private_key(args.key, expected)
+    store = ConsoleStore(args.console_dir)
+    try:
+        user = store.user(args.user)
+        if user is None or user.role != "supervisor":
+            from appliance.common.errors import InputError
+            raise InputError(f"{args.user!r} is not a supervisor account (see 'appliance station console user list')")
+        password = _read_password(f"password of {args.user}: ", confirm=False)
+        _check_password(store, args.user, password)
+        wrap = wrap_key(key, args.user, password, created_unix_ms=now_ms(), created_by=_by())
+        unwrap_key(wrap, password)          # it opens before it is stored
+        store.put_wrap(wrap)
+    finally:
+        store.close()
+    _audited(args.console_dir, "console.evidence_key_wrapped", target=args.user, key_fingerprint=wrap.fingerprint)
+    print(f"evidence key {wrap.fingerprint} wrapped for {args.user}" +
+          ("" if expected else f" (not checked: no {public})"))
+    return 0
+
+
+def cmd_evidence_list(args) -> int:
+    import time
+
+    from appliance.station.console.store import ConsoleStore
+
+    store = ConsoleStore(args.console_dir)
+    try:
+        wraps = store.wraps()
+    finally:
+        store.close()
+    for w in wraps:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(w.created_unix_ms / 1000))
+        print(f"{w.username:<24} {w.fingerprint} {w.kem:<16} wrapped {when}Z by {w.created_by}")
+    if not wraps:
+        print("no supervisor holds a wrap of the evidence key (see 'evidence-key wrap')")
+    return 0
+
+
+def cmd_evidence_remove(args) -> int:
+    from appliance.common.errors import InputError
+    from appliance.station.console.store import ConsoleStore
+
+    store = ConsoleStore(args.console_dir)
+    try:
+        if not store.delete_wrap(args.user):
+            raise InputError(f"{args.user} holds no wrap of the evidence key")
+    finally:
+        store.close()
+    _audited(args.console_dir, "console.evidence_key_wrap_removed", target=args.user)
+    print(f"wrap of {args.user} deleted")
+    return 0
 
 
 def cmd_user_add(args) -> int:

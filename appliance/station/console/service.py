@@ -148,7 +148,8 @@ class RunningConsole:
 def build_server(station_dir: str | Path, console_dir: str | Path, *, bind: str = DEFAULT_BIND,
                  tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
                  behind_proxy: bool = False, stale_after_s: float = 120.0,
-                 login_guard: dict[str, Any] | None = None) -> tuple[Console, uvicorn.Server, socket.socket, str, Any]:
+                 login_guard: dict[str, Any] | None = None,
+                 station_key: str | Path | None = None) -> tuple[Console, uvicorn.Server, socket.socket, str, Any]:
     host, port = parse_bind(bind)
     tls = tls_cert is not None
     if tls != (tls_key is not None):
@@ -158,7 +159,7 @@ def build_server(station_dir: str | Path, console_dir: str | Path, *, bind: str 
                          f"console tls-cert'), or bind to 127.0.0.1 behind a TLS reverse proxy (--behind-proxy)")
     audit = open_console_audit_log(console_dir)
     console = Console(station_dir, console_dir, audit=audit, tls=tls, stale_after_s=stale_after_s,
-                      login_guard=login_guard)
+                      login_guard=login_guard, station_key=station_key)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

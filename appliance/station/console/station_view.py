@@ -3,15 +3,20 @@ embedded tier, the shared PostgreSQL database on the scale-out tier (docs/storag
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from appliance.common.errors import InputError
 from appliance.contracts.health import CameraTamper, signed_pixel_tamper
 from appliance.station import db
 from appliance.station.storage import StorageSettings, open_database, resolve_settings
+from appliance.station.storage.blobs import open_blobs
 from appliance.station.store import StoredAlarm, alarm_from_row
 
 
@@ -57,10 +62,60 @@ class StationView:
         # database account given in the URL (give the console a read-only role there).
         self._conn: Any = db.connect_readonly(station_dir) if not settings.db else open_database(station_dir, settings)
         self._lock = threading.Lock()
+        self._store_url = settings.store
+        self._blobs: Any = None
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            if self._blobs is not None:
+                self._blobs.close()
+
+    def read_envelope(self, alarm_id: str) -> bytes | None:
+        """The stored envelope (ciphertext) of an alarm's clip, its SHA-256 checked; None if no clip yet.
+
+        Embedded tier: read from ``envelopes/`` (group-readable, docs/console.md); scale-out: the
+        object store, with the console's own (read-only) credentials."""
+        with self._lock:
+            row = self._conn.execute("SELECT c.path, c.envelope_sha256 FROM alarms a JOIN clips c "
+                                     "ON c.clip_id = a.clip_id WHERE a.alarm_id=?", (alarm_id,)).fetchone()
+        if row is None:
+            return None
+        location, sha = row[0], row[1]
+        if self._store_url:
+            with self._lock:
+                if self._blobs is None:
+                    self._blobs = open_blobs(self.station_dir, self._store_url)
+            data = self._blobs.get(location)
+        else:
+            path = self.station_dir / location
+            try:
+                data = path.read_bytes()
+            except PermissionError:
+                raise InputError(f"{path}: the console may not read the station's envelopes (fix: the envelope "
+                                 "directories 0750, group appliance-station; docs/console.md)") from None
+            except FileNotFoundError:
+                raise InputError(f"{path}: the envelope is missing although indexed: storage damaged") from None
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise InputError(f"the envelope of {alarm_id} differs from the index (SHA-256): storage tampered or damaged")
+        return data
+
+    def clip_version(self, alarm_id: str) -> int | None:
+        """The envelope format version of the alarm's stored clip (from its signed header); None: no clip yet."""
+        import json
+
+        with self._lock:
+            row = self._conn.execute("SELECT c.header_json FROM alarms a JOIN clips c ON c.clip_id = a.clip_id "
+                                     "WHERE a.alarm_id=?", (alarm_id,)).fetchone()
+        return None if row is None else int(json.loads(row[0]).get("version", 1))
+
+    def signing_public(self, device_id: str) -> Ed25519PublicKey | None:
+        """The device's registered Ed25519 key: disabled devices' clips stay viewable, a revoked
+        device's (its key is no longer trusted) are not."""
+        with self._lock:
+            row = self._conn.execute("SELECT signing_public FROM devices WHERE device_id=? AND enabled >= 0",
+                                     (device_id,)).fetchone()
+        return None if row is None else Ed25519PublicKey.from_public_bytes(bytes(row[0]))
 
     def data_version(self) -> tuple[int, int]:
         """Changes whenever an alarm is stored or changed: the feed's cheap change check (an index)."""

@@ -11,6 +11,7 @@ that several console hosts share users, claims and verdicts:
     workflow     per alarm id: new -> claimed(owner) -> closed(verdict, reason code, note)
     disclosures  requests for the full video (operator) and their approval (supervisor)
     console_alarms  alarms the console raises itself (a device gone stale, a camera tampered)
+    evidence_wraps  the evidence private key wrapped under a supervisor's password (custody.py)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.common.errors import ApplianceError, InputError
+from appliance.station.console.custody import EvidenceWrap
 from appliance.station.storage import StorageSettings, resolve_settings
 from appliance.station.storage.database import Database, PostgresDatabase, SqliteDatabase
 
@@ -141,9 +143,20 @@ CREATE TABLE console_alarms (
 )
 """
 
+_EVIDENCE_WRAPS = """
+CREATE TABLE evidence_wraps (
+    username         TEXT PRIMARY KEY,           -- a supervisor
+    fingerprint      TEXT NOT NULL,              -- of the evidence public key
+    kem              TEXT NOT NULL,
+    wrap_json        TEXT NOT NULL,              -- salt, KDF parameters, nonce, ciphertext: no secret
+    created_unix_ms  BIGINT NOT NULL,
+    created_by       TEXT NOT NULL DEFAULT ''
+)
+"""
+
 #: Versioned migrations of the console's tables, one list per dialect (as the station's).
-CONSOLE_SQLITE: list[tuple[int, str]] = [(1, _SCHEMA)]
-CONSOLE_POSTGRESQL: list[tuple[int, str]] = [(1, _SCHEMA_POSTGRESQL)]
+CONSOLE_SQLITE: list[tuple[int, str]] = [(1, _SCHEMA), (2, _EVIDENCE_WRAPS)]
+CONSOLE_POSTGRESQL: list[tuple[int, str]] = [(1, _SCHEMA_POSTGRESQL), (2, _EVIDENCE_WRAPS)]
 
 
 def now_ms() -> int:
@@ -166,6 +179,7 @@ class Session:
     role: str
     csrf: str
     expires_unix_ms: int
+    token_sha256: str = ""     # names the session (a reveal of the video is bound to it)
 
 
 @dataclass(frozen=True)
@@ -282,7 +296,7 @@ class ConsoleStore:
         if not rows or rows[0]["expires_unix_ms"] < now_ms() or rows[0]["disabled"]:
             return None
         r = rows[0]
-        return Session(r["username"], r["role"], r["csrf"], r["expires_unix_ms"])
+        return Session(r["username"], r["role"], r["csrf"], r["expires_unix_ms"], _sha(token))
 
     def end_session(self, token: str | None) -> None:
         if token:
@@ -361,10 +375,49 @@ class ConsoleStore:
                     ("approved" if approve else "refused", supervisor, reason, now_ms(), request_id))
             return dict(self._q("SELECT * FROM disclosures WHERE id=?", (request_id,))[0])
 
+    def disclosure(self, request_id: int) -> dict[str, Any] | None:
+        rows = self._q("SELECT * FROM disclosures WHERE id=?", (request_id,))
+        return dict(rows[0]) if rows else None
+
     def approved_full(self, alarm_id: str, user: str) -> dict[str, Any] | None:
         rows = self._q("SELECT * FROM disclosures WHERE alarm_id=? AND requested_by=? AND state='approved' "
                        "ORDER BY id DESC LIMIT 1", (alarm_id, user))
         return dict(rows[0]) if rows else None
+
+    # -- evidence-key custody (custody.py) -----------------------------------------------
+
+    def put_wrap(self, wrap: EvidenceWrap) -> None:
+        """Stores (or replaces) a supervisor's wrap of the evidence key."""
+        user = self.user(wrap.username)
+        if user is None or user.role != "supervisor":
+            raise InputError(f"{wrap.username!r} is not a supervisor account: only supervisors approve the full "
+                             "video (fix: 'appliance station console user list')")
+        self._x("INSERT INTO evidence_wraps(username, fingerprint, kem, wrap_json, created_unix_ms, created_by) "
+                "VALUES (?,?,?,?,?,?) ON CONFLICT(username) DO UPDATE SET fingerprint=excluded.fingerprint, "
+                "kem=excluded.kem, wrap_json=excluded.wrap_json, created_unix_ms=excluded.created_unix_ms, "
+                "created_by=excluded.created_by",
+                (wrap.username, wrap.fingerprint, wrap.kem, wrap.blob, wrap.created_unix_ms or now_ms(),
+                 wrap.created_by))
+
+    def wrap(self, username: str) -> EvidenceWrap | None:
+        rows = self._q("SELECT * FROM evidence_wraps WHERE username=?", (username,))
+        return _wrap(rows[0]) if rows else None
+
+    def wraps(self) -> list[EvidenceWrap]:
+        return [_wrap(r) for r in self._q("SELECT * FROM evidence_wraps ORDER BY username")]
+
+    def delete_wrap(self, username: str) -> bool:
+        return bool(self._x("DELETE FROM evidence_wraps WHERE username=?", (username,)))
+
+    def change_password(self, username: str, password_hash: str, wrap: EvidenceWrap | None) -> None:
+        """A new password hash, and the user's evidence-key wrap re-made under the new password
+        (``wrap``) or dropped (``None``: e.g. an administrator's reset, who cannot unwrap), together."""
+        with self._lock:
+            self.set_password(username, password_hash)
+            if wrap is not None:
+                self.put_wrap(wrap)
+            else:
+                self.delete_wrap(username)
 
     # -- console alarms (stale devices, tampered cameras) ----------------------------------
 
@@ -406,6 +459,11 @@ class WorkflowError(InputError):
 def _workflow(r: Any) -> Workflow:
     return Workflow(r["alarm_id"], r["state"], r["owner"], r["claimed_unix_ms"], r["closed_unix_ms"],
                     r["closed_by"], r["verdict"], r["reason_code"], r["note"])
+
+
+def _wrap(r: Any) -> EvidenceWrap:
+    return EvidenceWrap(r["username"], r["fingerprint"], r["kem"], r["wrap_json"], r["created_unix_ms"],
+                        r["created_by"])
 
 
 def _sha(token: str) -> str:

@@ -69,13 +69,15 @@ class EnvelopeFiles:
         self.station_dir = Path(station_dir)
         self.envelope_dir = self.station_dir / "envelopes"
         self.tmp = self.station_dir / "tmp"
-        for d in (self.envelope_dir, self.tmp):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Ciphertext only: 0750 (files 0640) lets the console (group appliance-station) read it
+        # to show a revealed clip; tmp/ stays the receiver's own.
+        self.envelope_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def put(self, device_id: str, sequence: int, sha256: str, data: bytes) -> str:
         device_dir = self.envelope_dir / device_id
         if not device_dir.exists():
-            device_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            device_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
             fsync_dir(self.envelope_dir)
         rel = f"envelopes/{device_id}/{sequence:016d}-{sha256[:16]}.env"
         atomic_write(self.station_dir / rel, data, self.tmp)

@@ -1,4 +1,5 @@
-// The console's only script: live alarms (Server-Sent Events), sound, keyboard, skeleton canvas.
+// The console's only script: live alarms (Server-Sent Events), sound, keyboard, skeleton canvas,
+// and the revealed video with the involved persons outlined on a canvas over it.
 // No inline script anywhere (the Content-Security-Policy forbids it); data comes from data-*
 // attributes and same-origin JSON.
 "use strict";
@@ -94,6 +95,10 @@ function startMonitor() {
 function startAlarmPage() {
   const canvas = document.getElementById("skeleton");
   if (canvas) { drawSkeletons(canvas); }
+  for (const [videoId, canvasId] of [["clip-video", "outlines"], ["full-video", "full-outlines"]]) {
+    const video = document.getElementById(videoId);
+    if (video) { startVideo(video, document.getElementById(canvasId)); }
+  }
   // The clip arriving, or another person claiming or closing this alarm, shows at once.
   const detail = document.querySelector(".alarm-detail");
   const source = new EventSource("/events");
@@ -134,6 +139,10 @@ function startAlarmPage() {
     if (key === "r" && document.getElementById("reveal-reason")) {
       e.preventDefault(); document.getElementById("reveal-reason").focus();
     }
+    if (key === "v") {
+      const video = document.getElementById("full-video") || document.getElementById("clip-video");
+      if (video) { if (video.paused) { video.play(); } else { video.pause(); } }
+    }
   });
 }
 
@@ -172,6 +181,64 @@ async function drawSkeletons(canvas) {
     if (i < 100000) { setTimeout(() => requestAnimationFrame(frame), 100); }
   }
   frame();
+}
+
+// The involved persons' boxes (video pixels, per frame index) from the clip's sealed metadata,
+// drawn over the playing video: the outline is the browser's, never burned into the pixels.
+async function startVideo(video, canvas) {
+  // When this page's navigation began (the reveal's form submission) -> data / first frame shown.
+  const timing = window.consoleState.video = window.consoleState.video || {};
+  video.addEventListener("loadeddata", () => { timing[video.id + "_loaded_ms"] = performance.now(); }, { once: true });
+  if (video.requestVideoFrameCallback) {
+    video.requestVideoFrameCallback(() => { timing[video.id + "_first_frame_ms"] = performance.now(); });
+  }
+  video.play().catch(() => {});
+  const response = await fetch(video.dataset.outlines, { credentials: "same-origin" });
+  if (!response.ok) { canvas.dataset.error = String(response.status); return; }
+  const data = await response.json();
+  const byFrame = new Map();
+  const tracks = Object.keys(data.involved_boxes || {}).sort((a, b) => Number(a) - Number(b));
+  for (const track of tracks) {
+    for (const [fi, x, y, w, h] of data.involved_boxes[track]) {
+      if (!byFrame.has(fi)) { byFrame.set(fi, []); }
+      byFrame.get(fi).push([track, x, y, w, h]);
+    }
+  }
+  const frames = (data.frame_times_s || []).length;
+  const fps = data.fps || 10;
+  const ctx = canvas.getContext("2d");
+  let drawn = 0;
+  function draw() {
+    const cw = video.clientWidth, ch = video.clientHeight;
+    if (canvas.width !== cw || canvas.height !== ch) { canvas.width = cw; canvas.height = ch; }
+    ctx.clearRect(0, 0, cw, ch);
+    const vw = video.videoWidth || data.width, vh = video.videoHeight || data.height;
+    if (!vw || !vh) { return; }
+    // The element keeps the video's aspect ratio inside its box (object-fit: contain).
+    const scale = Math.min(cw / vw, ch / vh), ox = (cw - vw * scale) / 2, oy = (ch - vh * scale) / 2;
+    const sx = scale * vw / (data.width || vw), sy = scale * vh / (data.height || vh);
+    let fi = Math.floor(video.currentTime * fps + 1e-3);
+    if (frames) { fi = Math.min(frames - 1, fi); }
+    const boxes = byFrame.get(fi) || [];
+    ctx.lineWidth = 3; ctx.font = "14px sans-serif";
+    for (const [track, x, y, w, h] of boxes) {
+      const colour = COLOURS[tracks.indexOf(track) % COLOURS.length];
+      ctx.strokeStyle = colour; ctx.fillStyle = colour;
+      ctx.strokeRect(ox + x * sx, oy + y * sy, w * sx, h * sy);
+      ctx.fillText("#" + track, ox + x * sx + 2, Math.max(12, oy + y * sy - 4));
+    }
+    drawn += 1;
+    canvas.dataset.drawn = String(drawn);
+    canvas.dataset.boxes = String(boxes.length);
+    canvas.dataset.frame = String(fi);
+  }
+  canvas.dataset.tracks = String(tracks.length);
+  const onFrame = () => { draw(); video.requestVideoFrameCallback(onFrame); };
+  if (video.requestVideoFrameCallback) { video.requestVideoFrameCallback(onFrame); }
+  else { video.addEventListener("timeupdate", draw); }
+  for (const ev of ["loadeddata", "seeked", "pause"]) { video.addEventListener(ev, draw); }
+  window.addEventListener("resize", draw);
+  draw();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
