@@ -147,6 +147,10 @@ class BehaviourConfig:
     fight_model: str = opt("fight-stage2",
                            fix="a fight classifier listed in models/manifest.toml, e.g. 'fight-stage2'; "
                                "empty = the kinematic fight rule")
+    fight_threshold: float = opt(0.0, lo=0.0, hi=0.99,
+                                 fix="P(fight) at or above which a candidate region's window counts, 0..0.99, "
+                                     "e.g. 0.6 (lower: more fights found and more false alarms per camera-hour, "
+                                     "see the DET in docs/behaviour.md); 0 = the operating point stored in the model")
     fight_distance: float = opt(3.0, lo=0.2, hi=10,
                                 fix="hip-to-hip distance within which two persons interact, torso lengths, e.g. 3")
     fight_limb_speed: float = opt(5.0, lo=0.5, hi=100,
@@ -162,6 +166,11 @@ class BehaviourConfig:
                                   fix="most candidate regions measured per analysed frame (motion energy, "
                                       "zoomed re-pose), e.g. 2; 0 = stage 2 off (no violent pattern can fire)")
     stage2_zoom: bool = opt(True, fix="re-run the pose model on each candidate region's crop, true or false")
+    violent_min_relative_motion: float = opt(
+        0.1, lo=0.0, hi=5.0,
+        fix="with the stage-2 classifier, strike, kick, push and strangle need both persons' relative motion "
+            "(optical flow minus the body's own translation, box heights per second) at least this, e.g. 0.1; "
+            "0 = not required")
 
     # Fall / lying.
     fall_drop: float = opt(1.0, lo=0.1, hi=10,

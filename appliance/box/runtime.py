@@ -205,7 +205,9 @@ class Pipeline:
         candidates = self.candidates.update(tracked)
         if candidates and self.stage2.max_regions:
             t2 = time.perf_counter()
-            evidence = self.stage2.measure(frame.image, self._previous_analysed_image(), candidates, tracked)
+            prev = self._previous_analysed_frame()
+            evidence = self.stage2.measure(frame.image, prev.image if prev else None, candidates, tracked,
+                                           frame.t - prev.t if prev else None)
             st.stage2_frames += 1
             st.stage2_s += time.perf_counter() - t2
         self._prev_analysed_t = frame.t
@@ -257,13 +259,13 @@ class Pipeline:
                 self.on_tamper(event)
         return events
 
-    def _previous_analysed_image(self) -> np.ndarray | None:
-        """The ring's copy of the previous analysed frame (motion energy's reference), if held."""
+    def _previous_analysed_frame(self) -> Frame | None:
+        """The ring's copy of the previous analysed frame (motion's reference), if held."""
         if self._prev_analysed_t is None:
             return None
         # The ring keeps frames at the clip rate: the analysed frame itself, or the one just before.
         frames = self.ring.window(self._prev_analysed_t - 0.5 * self.analysis_period, self._prev_analysed_t + 1e-6)
-        return frames[-1].image if frames else None
+        return frames[-1] if frames else None
 
     def finish(self) -> tuple[Decision, ...]:
         """End of stream: lets the behaviour stage close open episodes."""
