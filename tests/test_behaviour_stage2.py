@@ -14,9 +14,9 @@ import pytest
 
 from appliance.box.behaviour import BehaviourAnalyzer, BehaviourConfig
 from appliance.box.behaviour.fight_model import FEATURE_NAMES, FightModel
-from appliance.box.behaviour.stage2 import CandidateGate, MotionField, RegionEvidence, Stage2
+from appliance.box.behaviour.stage2 import CandidateGate, MotionField, RegionEvidence, Stage2, relative_motion
 from appliance.box.capture.source import FileSource
-from appliance.box.config import default_config, package_root
+from appliance.box.config import ConfigError, default_config, package_root, parse_config
 from appliance.box.pose.manifest import load_manifest
 from appliance.box.runtime import Pipeline, analyse_video
 from appliance.common.errors import ModelError
@@ -77,6 +77,27 @@ def test_motion_energy_on_real_frames_zero_when_static_rising_with_motion_scale_
     assert MotionField(frames[140], brighter, [boxes[140]]).energy(boxes[140]) < 0.05
 
 
+def test_relative_motion_subtracts_the_body_s_own_translation_and_is_scale_free():
+    frames, boxes = walking_frames(150), walker_boxes()
+    b68, b140 = boxes[68], boxes[140]
+    # Nothing changed, or the person stands and reads: ~0 box heights per second.
+    assert relative_motion(frames[140], frames[140], b140, [b140], 0.1)[0] < 1e-6
+    standing = relative_motion(frames[139], frames[140], b140, [b140], 0.1)[1][0]
+    assert standing < 0.02
+    # The whole picture shifted by 6x3 px (a body carried along as one piece, or a camera pan):
+    # motion energy sees a third of the box change, relative motion almost nothing.
+    h, w = frames[140].shape[:2]
+    shifted = cv2.warpAffine(frames[140], np.float32([[1, 0, 6], [0, 1, 3]]), (w, h), borderMode=cv2.BORDER_REPLICATE)
+    assert MotionField(frames[140], shifted, [b140]).energy(b140) > 0.2
+    assert relative_motion(frames[140], shifted, b140, [b140], 0.1)[1][0] < 0.05
+    # Walking in close to the camera: legs and arms swing against the body.
+    walking = relative_motion(frames[67], frames[68], b68, [b68], 0.1)[1][0]
+    assert walking > 0.2
+    # Box heights per second: the same scene at half the size gives the same value.
+    half = [cv2.resize(f, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA) for f in (frames[67], frames[68])]
+    assert relative_motion(half[0], half[1], b68 / 2, [b68 / 2], 0.1)[1][0] == pytest.approx(walking, rel=0.15)
+
+
 # --------------------------------------------------------------------------- stage 1 gating
 
 
@@ -117,9 +138,10 @@ def test_stage1_opens_on_two_persons_within_reach_with_moving_limbs():
 # --------------------------------------------------------------------------- two-person evidence
 
 
-def worst_case_evidence(frames):
+def worst_case_evidence(frames, relative=None):
     """Stage-2 evidence as strong as it gets for every candidate stage 1 opens: the whole box
-    changed, and the zoomed re-pose returns the frame's own detections of the persons."""
+    changed, every body moves in itself (``relative``: track id -> relative motion, default 1 box
+    height/s for everyone), and the zoomed re-pose returns the frame's own detections."""
     gate = CandidateGate()
     for f in frames:
         out = []
@@ -127,8 +149,9 @@ def worst_case_evidence(frames):
             persons = [p for p in f.persons if p.track_id in c.key]
             zoomed = Detections(f.frame_index, f.t, np.array([p.box for p in persons], np.float32),
                                 np.ones(len(persons), np.float32), np.array([p.keypoints for p in persons]))
+            moving = tuple((relative or {}).get(k, 1.0) for k in c.key)
             out.append(RegionEvidence(c.key, c.reason, c.box, 1.0, tuple(1.0 for _ in c.key), 0.0, c.box, 2.0,
-                                      zoomed))
+                                      zoomed, max(moving), moving))
         yield f, tuple(out)
 
 
@@ -146,6 +169,28 @@ def test_one_person_falling_never_raises_a_violent_pattern(profile):
     gate = PolicyGate(load_profile(profile))
     assert not [e for e in events if e.pattern.violent]
     assert not [e for e in events if e.pattern.violent and gate.decide(e, {}).permitted]
+
+
+def test_a_violent_rule_needs_both_bodies_moving_in_themselves():
+    """Strike, kick, push and strangle need stage-2 evidence that *both* persons move relative
+    to their own body (a blow moves the actor's limbs and the target's body): the same real
+    skeletons with a kick fire when both move, and not when the target's box stands still."""
+    frames = load_fixture("pair_kick_constructed")
+
+    def run(relative):
+        analyzer = BehaviourAnalyzer()
+        events = []
+        for f, ev in worst_case_evidence(frames, relative):
+            events += analyzer.update(f, ev)
+        return [e for e in events + analyzer.flush() if e.pattern.violent]
+
+    both = run(None)
+    assert [e.pattern for e in both] == [Pattern.KICK]
+    assert both[0].explanation["relative_motion_min_box_heights_per_s"] == 1.0
+    target = both[0].track_ids[1]
+    assert not run({target: 0.05})        # the other stands still: a keypoint swing, not a kick
+    assert run({target: 0.2})             # both move: still a kick
+    assert not run({t: 0.0 for t in both[0].track_ids})   # no relative motion measured at all
 
 
 def test_a_region_with_one_body_is_never_asked_about_a_fight():
@@ -188,11 +233,42 @@ def test_bundled_onnx_classifier_loads_with_its_manifest_entry():
     assert model.sha256 == entry.sha256 and model.feature_names and set(model.feature_names) <= set(FEATURE_NAMES)
     assert 0.0 < model.threshold < 1.0 and model.consecutive_windows >= 1
     # More of any feature it uses never makes a fight less likely (an operator can be told why).
-    base = np.array([0.1, 0.1, 1.0, 1.0, 2.0, 0.2])
+    base = np.array([{"zoomed_persons_mean": 2.0, "region_speed_p50_log_per_s": 0.2}.get(n, 0.1 if "energy" in n or
+                     "fraction" in n or "closeness" in n else 1.0) for n in FEATURE_NAMES])
     for name in model.feature_names:
         more = base.copy()
         more[FEATURE_NAMES.index(name)] += 1.0
         assert 0.0 <= model.probability(base) < model.probability(more) <= 1.0, name
+
+
+def test_the_operating_threshold_is_a_site_setting_validated_by_the_config(tmp_path):
+    """``[behaviour] fight_threshold`` moves a site along the DET without retraining: below the
+    probabilities of real windows it fires, above them it does not, and the event names
+    the threshold it was judged by. Out of range is refused by the one validator, naming the key."""
+    # A real crowd (scfd no-fight clip) given the strongest stage-2 evidence: its windows reach a
+    # middling P(fight) — exactly what a site's threshold decides about.
+    frames = load_fixture("scfd_nofight_crowd")
+
+    def run(threshold: float):
+        analyzer = BehaviourAnalyzer(BehaviourConfig(fight_threshold=threshold))
+        events, probs = [], []
+        for f, evidence in worst_case_evidence(frames):
+            events += analyzer.update(f, evidence)
+            probs.append(analyzer.fight_probability)
+        return [e for e in events if e.pattern is Pattern.FIGHT], max(probs)
+
+    default_fights, p_max = run(0.0)
+    assert 0.0 < p_max < 1.0
+    low, _ = run(0.05)
+    high, _ = run(min(0.99, round(p_max + 0.01, 2)))
+    assert low and not high
+    assert low[0].explanation["threshold_probability"] == 0.05 and low[0].confidence >= 0.5
+    if default_fights:
+        assert default_fights[0].explanation["threshold_probability"] == FightModel.load(MODEL).threshold
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match="behaviour.fight_threshold"):
+            parse_config({"behaviour": {"fight_threshold": bad}})
+    assert parse_config({"behaviour": {"fight_threshold": 0.6}}).behaviour.fight_threshold == 0.6
 
 
 def test_a_changed_onnx_classifier_is_refused(tmp_path):

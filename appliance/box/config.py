@@ -147,6 +147,10 @@ class BehaviourConfig:
     fight_model: str = opt("fight-stage2",
                            fix="a fight classifier listed in models/manifest.toml, e.g. 'fight-stage2'; "
                                "empty = the kinematic fight rule")
+    fight_threshold: float = opt(0.0, lo=0.0, hi=0.99,
+                                 fix="P(fight) at or above which a candidate region's window counts, 0..0.99, "
+                                     "e.g. 0.6 (lower: more fights found and more false alarms per camera-hour, "
+                                     "see the DET in docs/behaviour.md); 0 = the operating point stored in the model")
     fight_distance: float = opt(3.0, lo=0.2, hi=10,
                                 fix="hip-to-hip distance within which two persons interact, torso lengths, e.g. 3")
     fight_limb_speed: float = opt(5.0, lo=0.5, hi=100,
@@ -162,6 +166,11 @@ class BehaviourConfig:
                                   fix="most candidate regions measured per analysed frame (motion energy, "
                                       "zoomed re-pose), e.g. 2; 0 = stage 2 off (no violent pattern can fire)")
     stage2_zoom: bool = opt(True, fix="re-run the pose model on each candidate region's crop, true or false")
+    violent_min_relative_motion: float = opt(
+        0.1, lo=0.0, hi=5.0,
+        fix="with the stage-2 classifier, strike, kick, push and strangle need both persons' relative motion "
+            "(optical flow minus the body's own translation, box heights per second) at least this, e.g. 0.1; "
+            "0 = not required")
 
     # Fall / lying.
     fall_drop: float = opt(1.0, lo=0.1, hi=10,
@@ -285,6 +294,25 @@ class SealConfig:
     signing_key: str = opt("", fix="path to the device's Ed25519 private key (written by 'provision init')")
     kem: str = opt("MLKEM768_X25519", choices=("MLKEM768_X25519", "X25519"),
                    fix="HPKE KEM: 'MLKEM768_X25519' (post-quantum hybrid, default) or 'X25519'")
+    evidence_public_key: str = opt("", fix="path to the station's evidence HPKE public key (written by 'provision "
+                                           "import' when the bundle has one); set = seal envelope version 2, "
+                                           "empty = version 1")
+
+
+@dataclass(frozen=True)
+class RedactionConfig:
+    """Bystander pixelation in the clip's redacted rendition (docs/clip.md); used when the box
+    seals version 2 (its station bundle names an evidence key)."""
+
+    block_px: int = opt(16, lo=4, hi=128, fix="smallest mosaic block in pixels, e.g. 16")
+    blocks_per_height: int = opt(8, lo=2, hi=64,
+                                 fix="a bystander's box is at most this many mosaic blocks tall (bigger people "
+                                     "get bigger blocks), e.g. 8")
+    margin: float = opt(0.2, lo=0.0, hi=1.0,
+                        fix="fraction of a bystander's box width/height added on every side, e.g. 0.2")
+    hold_s: float = opt(1.0, lo=0.0, hi=10.0,
+                        fix="seconds a bystander's box is kept across missed detections (before the first and "
+                            "after the last sighting too), e.g. 1.0")
 
 
 @dataclass(frozen=True)
@@ -336,6 +364,7 @@ class AppConfig:
     zones: tuple[Region, ...] = opt((), fix="[[zones]] tables with name and polygon; none = whole frame")
     privacy_masks: tuple[Region, ...] = opt((), fix="[[privacy_masks]] tables with name and polygon")
     seal: SealConfig = opt(fix="", factory=SealConfig)
+    redaction: RedactionConfig = opt(fix="", factory=RedactionConfig)
     spool: SpoolConfig = opt(fix="", factory=SpoolConfig)
     uplink: UplinkConfig = opt(fix="", factory=UplinkConfig)
     station: StationConfig = opt(fix="", factory=StationConfig)

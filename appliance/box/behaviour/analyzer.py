@@ -181,11 +181,16 @@ class BehaviourAnalyzer:
         #: The highest stage-2 fight probability of the last analysed frame among regions with
         #: two-person evidence (0 when none was computed).
         self.fight_probability = 0.0
+        #: P(fight) at which a region's window counts: ``[behaviour] fight_threshold`` when set
+        #: (a site moving along the DET without retraining), else the model's own operating point.
+        self.fight_threshold = 0.0
         if self.cfg.fight_model:
             self.fight_model = FightModel.load(self.cfg.fight_model, models_dir)
+            self.fight_threshold = self.cfg.fight_threshold or self.fight_model.threshold
         self._regions = RegionWindows(self.fight_model.window_s if self.fight_model else 2.0)
         #: Regions with two-person evidence this frame (strike, kick, push, strangle need one).
         self._two_person_regions: dict[int, RegionScore] = {}
+        self._relative_motion: dict[int, float] = {}
         #: This frame's stage-2 regions (features; for training and tests).
         self.region_scores: list[RegionScore] = []
 
@@ -293,7 +298,7 @@ class BehaviourAnalyzer:
                 dist = float(np.hypot(*(a.ref - b.ref))) / scale
                 if dist > PAIR_RANGE:
                     continue
-                region = None
+                region, moving = None, 0.0
                 if self.fight_model is not None:
                     # A violent rule needs the pair to be a stage-2 candidate region with
                     # two-person evidence: stage 1 saw them within reach with moving limbs, and
@@ -302,11 +307,20 @@ class BehaviourAnalyzer:
                     region = self._region_of((a.track_id, b.track_id))
                     if region is None:
                         continue
+                    # ... and both bodies must move in themselves in this frame (a blow or a push
+                    # moves the actor's limbs and the target's body; a keypoint jump of a low-score
+                    # skeleton beside someone standing or walking does not).
+                    moving = min(self._relative_motion.get(a.track_id, 0.0),
+                                 self._relative_motion.get(b.track_id, 0.0))
+                    if moving < self.cfg.violent_min_relative_motion:
+                        continue
                 for actor, target in ((a, b), (b, a)):
                     for detect in (self._strike, self._kick, self._push, self._strangle):
                         obs = detect(actor, target, scale, t)
                         if obs is not None:
-                            out.append(dataclasses.replace(obs, region=region))
+                            explanation = obs.explanation if region is None else {
+                                **obs.explanation, "relative_motion_min_box_heights_per_s": _r(moving)}
+                            out.append(dataclasses.replace(obs, region=region, explanation=explanation))
                 fight = self._fight(a, b, dist, t) if self.fight_model is None else None
                 if fight is not None:
                     out.append(fight)
@@ -472,6 +486,11 @@ class BehaviourAnalyzer:
         P(fight) reached the model's threshold in ``consecutive_windows`` windows in a row with
         two-person evidence."""
         self._two_person_regions = {}
+        # Each measured person's relative motion this frame (the highest over the regions holding it).
+        self._relative_motion = {}
+        for ev in evidence:
+            for tid, v in zip(ev.key, ev.person_relative_motion, strict=False):
+                self._relative_motion[tid] = max(v, self._relative_motion.get(tid, 0.0))
         model = self.fight_model
         samples = {p.track_id: (p.prev, p.sample) for p in persons}
         self.region_scores = self._regions.update(t, evidence, samples) if evidence else []
@@ -486,17 +505,18 @@ class BehaviourAnalyzer:
                 continue
             p = model.probability(score.features)
             self.fight_probability = max(self.fight_probability, p)
-            run = score.run + 1 if p >= model.threshold else 0
+            threshold = self.fight_threshold
+            run = score.run + 1 if p >= threshold else 0
             self._regions.set_run(score.region, run)
             if run < model.consecutive_windows:
                 continue
-            # 0.5 at the model's threshold, 1 at certainty (the other detectors' convention).
-            conf = 0.5 + 0.5 * (p - model.threshold) / (1.0 - model.threshold)
+            # 0.5 at the operating threshold, 1 at certainty (the other detectors' convention).
+            conf = 0.5 + 0.5 * (p - threshold) / (1.0 - threshold)
             explanation: dict[str, Any] = {
                 "stage": 2,
                 "region": score.region,
                 "fight_probability": _r(p),
-                "threshold_probability": model.threshold,
+                "threshold_probability": threshold,
                 "window_s": _r(score.span_s),
                 "consecutive_windows": run,
                 "two_person_fraction": _r(score.two_person_fraction),

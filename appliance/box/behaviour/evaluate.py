@@ -76,7 +76,7 @@ def video_frames(path: Path, max_width: int) -> Iterator[tuple[float, np.ndarray
 
 
 #: Bump when what a cached frame holds changes (pose, tracking, stage 1 or stage 2 code).
-CACHE_VERSION = "stage2-v1"
+CACHE_VERSION = "stage2-v2"   # v2: relative motion (optical flow) in the evidence
 
 
 class SkeletonPipeline:
@@ -148,7 +148,7 @@ class SkeletonPipeline:
         gate = CandidateGate()
         period = 1.0 / self.cfg.analysis.fps
         next_t: float | None = None
-        prev_image = None
+        prev_image, prev_t = None, 0.0
         for index, (t, image) in enumerate(video_frames(path, self.cfg.ring.max_width)):
             # The same grid as the runtime's offline driver: analyse when t reaches the tick.
             if next_t is not None and t < next_t - 1e-6:
@@ -158,8 +158,8 @@ class SkeletonPipeline:
             dets = self.estimator(image)
             dets = type(dets)(index, t, dets.boxes, dets.scores, dets.keypoints)
             tracked = tracker.update(dets)
-            evidence = self.stage2.measure(image, prev_image, gate.update(tracked), tracked)
-            prev_image = image
+            evidence = self.stage2.measure(image, prev_image, gate.update(tracked), tracked, t - prev_t)
+            prev_image, prev_t = image, t
             scan = None
             if self.objects is not None:
                 started = time.perf_counter()
@@ -662,7 +662,7 @@ def evaluate(root: Path, app_cfg: AppConfig, cfg: BehaviourConfig | None = None,
     report = EvalReport(profile=prof.id, permitted=lambda e: gate.decide(e, {}).permitted)
     probe = BehaviourAnalyzer(cfg)
     if probe.fight_model is not None:
-        report.operating_point = (probe.fight_model.threshold, probe.fight_model.consecutive_windows,
+        report.operating_point = (probe.fight_threshold, probe.fight_model.consecutive_windows,
                                   cfg.episode_gap_s, cfg.repeat_s)
     pipeline = SkeletonPipeline(app_cfg, cache_dir, with_objects=with_objects) if (
         plan.fight or plan.nofight or plan.fall_videos or plan.ordinary) else None

@@ -18,6 +18,9 @@ Stage 2 (:class:`Stage2`, pixels, only for open candidates, at most ``max_region
 * **zoomed re-pose**: the union box plus margin is cut from the ring frame (full ring
   resolution) and given to the pose model alone, so a small or tangled pair gets 2-4x the
   pixels of the whole-frame pass.
+* **relative motion**: optical flow inside the union box and each person's box minus the box's
+  own translation (:func:`relative_motion`): walking moves a body as one piece, a blow or a
+  push moves limbs, head and torso against each other.
 
 Privacy: everything here runs inside the pixel process on frames already in the RAM ring. What
 leaves it is :class:`RegionEvidence`: a few numbers per region and person and the zoomed
@@ -59,6 +62,14 @@ MOTION_DOWNSCALE = 2
 #: A pixel has changed when its grey level differs by more than max(this, 3x the median
 #: background difference): sensor noise of a still camera is a few grey levels.
 MOTION_MIN_DIFF = 12
+#: Relative motion (optical flow minus each box's own translation) is measured on the union box
+#: resampled to this height in pixels — the same flow resolution for a pair near or far from the
+#: camera — at most this many times enlarged, and at most this many box heights wide (cost).
+FLOW_BOX_HEIGHT = 96
+FLOW_MAX_UPSCALE = 4.0
+FLOW_MAX_ASPECT = 4.0
+#: Context around the union box given to the flow (a share of its larger side).
+FLOW_MARGIN = 0.15
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,7 +94,8 @@ class RegionEvidence:
     order. background_motion: share of pixels outside all persons that changed (0..1).
     crop: ``float32[4]`` the re-posed region in frame pixels; zoom: pose-input pixels per frame
     pixel in the crop; zoomed: the persons found in the crop (frame pixels, score >=
-    ``ZOOM_MIN_SCORE``), or None when the re-pose was not run.
+    ``ZOOM_MIN_SCORE``), or None when the re-pose was not run. union_relative_motion,
+    person_relative_motion: see :func:`relative_motion`.
     """
 
     key: tuple[int, ...]
@@ -95,6 +107,10 @@ class RegionEvidence:
     crop: np.ndarray
     zoom: float
     zoomed: Detections | None
+    #: Optical flow inside the union box and each person's box (``key`` order) minus the box's
+    #: own translation, box heights per second (:func:`relative_motion`); 0 without a previous frame.
+    union_relative_motion: float = 0.0
+    person_relative_motion: tuple[float, ...] = ()
 
     @property
     def zoomed_persons(self) -> int:
@@ -240,6 +256,49 @@ class MotionField:
         return max(0.0, self.share(box) - self.background)
 
 
+def relative_motion(prev: np.ndarray, cur: np.ndarray, union_box: np.ndarray, person_boxes: list[np.ndarray],
+                    dt_s: float) -> tuple[float, tuple[float, ...]]:
+    """Motion inside the union box and inside each person's box *relative to the box's own
+    translation*, box heights per second.
+
+    Dense optical flow (Farnebäck) between the two frames over the union box plus
+    ``FLOW_MARGIN``, resampled so the box is ``FLOW_BOX_HEIGHT`` pixels high; inside a box the
+    median flow vector (the whole body moving: walking, a camera pan) is subtracted and the mean
+    length of what remains is divided by the box height and ``dt_s``. A person walking or
+    standing moves as one piece (legs and arm swing aside); a person hitting, grabbing or being
+    hit moves limbs, head and torso against each other. Scale-free (box heights), and a still
+    scene's noise stays near 0. Pixels stay here: the flow field is a local array.
+    """
+    none = (0.0, tuple(0.0 for _ in person_boxes))
+    ub = np.asarray(union_box, np.float32)
+    bw, bh = max(float(ub[2] - ub[0]), 8.0), max(float(ub[3] - ub[1]), 8.0)
+    if dt_s <= 0 or prev.shape != cur.shape:
+        return none
+    f = min(FLOW_MAX_UPSCALE, FLOW_BOX_HEIGHT / bh, FLOW_MAX_ASPECT * FLOW_BOX_HEIGHT / bw)
+    h, w = cur.shape[:2]
+    m = FLOW_MARGIN * max(bw, bh)
+    ox, oy = max(0, int(ub[0] - m)), max(0, int(ub[1] - m))
+    ex, ey = min(w, math.ceil(ub[2] + m)), min(h, math.ceil(ub[3] + m))
+    if ex - ox < 8 or ey - oy < 8:
+        return none
+    size = (max(8, round((ex - ox) * f)), max(8, round((ey - oy) * f)))
+    interp = cv2.INTER_AREA if f < 1.0 else cv2.INTER_LINEAR
+    g0 = cv2.resize(cv2.cvtColor(prev[oy:ey, ox:ex], cv2.COLOR_BGR2GRAY), size, interpolation=interp)
+    g1 = cv2.resize(cv2.cvtColor(cur[oy:ey, ox:ex], cv2.COLOR_BGR2GRAY), size, interpolation=interp)
+    flow = cv2.calcOpticalFlowFarneback(g0, g1, np.zeros((size[1], size[0], 2), np.float32), 0.5, 3, 9, 3, 5, 1.1, 0)
+
+    def residual(box: np.ndarray) -> float:
+        x1, x2 = max(0, round((float(box[0]) - ox) * f)), min(size[0], round((float(box[2]) - ox) * f))
+        y1, y2 = max(0, round((float(box[1]) - oy) * f)), min(size[1], round((float(box[3]) - oy) * f))
+        if x2 - x1 < 4 or y2 - y1 < 4:
+            return 0.0
+        v = flow[y1:y2, x1:x2].reshape(-1, 2)
+        r = np.hypot(*(v - np.median(v, axis=0)).T)
+        return float(r.mean()) / (max(float(box[3] - box[1]), 8.0) * f) / dt_s
+
+    return residual(ub), tuple(residual(np.asarray(b, np.float32)) for b in person_boxes)
+
+
 class Stage2:
     """Stage 2 for the open candidates of one frame: motion energy and the zoomed re-pose.
 
@@ -255,7 +314,9 @@ class Stage2:
         self.repose_runs = 0
 
     def measure(self, image: np.ndarray, prev_image: np.ndarray | None, candidates: tuple[Candidate, ...],
-                tracked: TrackedFrame) -> tuple[RegionEvidence, ...]:
+                tracked: TrackedFrame, dt_s: float | None = None) -> tuple[RegionEvidence, ...]:
+        """``prev_image``: the previous analysed frame from the ring, ``dt_s`` seconds earlier
+        (relative motion needs both; without them it is 0)."""
         if not candidates:
             return ()
         h, w = image.shape[:2]
@@ -286,7 +347,12 @@ class Stage2:
                     kp[:, :, 1] += y1
                     bx = dets.boxes[keep] + np.array([x1, y1, x1, y1], np.float32)
                     zoomed = Detections(tracked.frame_index, tracked.t, bx, dets.scores[keep], kp)
+            union_rel, person_rel = 0.0, tuple(0.0 for _ in c.key)
+            if motion is not None and prev_image is not None and dt_s:
+                union_rel, person_rel = relative_motion(prev_image, image, c.box,
+                                                        [boxes.get(k, c.box) for k in c.key], dt_s)
             self.regions_measured += 1
             out.append(RegionEvidence(c.key, c.reason, c.box, union_e, person_e,
-                                      motion.background if motion else 0.0, crop, zoom, zoomed))
+                                      motion.background if motion else 0.0, crop, zoom, zoomed,
+                                      union_rel, person_rel))
         return tuple(out)
