@@ -68,6 +68,8 @@ def login(driver, url: str, user: str, password: str) -> None:
     driver.get(url + "/login")
     driver.find_element(By.ID, "username").send_keys(user)
     driver.find_element(By.ID, "password").send_keys(password + Keys.ENTER)
+    # Logged in once the next page shows the logout button (navigating earlier would race the cookie).
+    WebDriverWait(driver, 60).until(EC.presence_of_element_located((By.ID, "logout")))
 
 
 def logout(driver) -> None:
@@ -283,7 +285,6 @@ def test_box_alarm_reaches_the_operator_in_a_real_browser(tmp_path, capsys, stat
         Path(os.environ.get("APPLIANCE_SCREENSHOT_DIR", tmp_path)).mkdir(parents=True, exist_ok=True)
         shot = Path(os.environ.get("APPLIANCE_SCREENSHOT_DIR", tmp_path)) / "console.png"
         wait.until(lambda d: int(d.find_element(By.ID, "skeleton").get_attribute("data-drawn") or 0) >= 2)
-        driver.execute_script("document.getElementById('video-layer').scrollIntoView({block: 'end'})")
         wait.until(lambda d: int(d.find_element(By.ID, "outlines").get_attribute("data-boxes") or 0) > 0)
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
 
