@@ -3,13 +3,16 @@
 It drives the product only through its own command line, as the people who use it would
 (README, docs/provisioning.md), so the demo cannot show something the product cannot do:
 
-1. a station and its keys (`station keygen`);
+1. a station and its keys (`station keygen`), and an evidence key whose private half goes to a
+   "custody" directory outside the station (`station evidence-key init`);
 2. one box, provisioned without questions: `provision init` → `enrol` → `station devices add`
    → `provision import` with the fingerprint the station printed;
 3. the station's receiver (`station serve`), the operator console when it is installed
    (`station console serve`, with a one-time demo login), the box's uplink (`appliance uplink`);
 4. the box's pixel daemon (`appliance run`) on a bundled real fight clip: the alarm, the sealed
-   clip arriving at the station, its verification and export for a named operator with a reason;
+   clip arriving at the station (envelope version 2: bystanders pixelated for the station key,
+   the full video for the evidence key only), its verification and export for a named operator
+   with a reason — the redacted rendition, then the full one with the evidence key;
 5. the same box on the bundled hug clip: nothing is raised, nothing leaves the box;
 6. `audit verify` of both logs and the officer's `audit report`.
 
@@ -81,6 +84,8 @@ class Demo:
         self.station = work / "station"
         self.box = work / "box"
         self.config = self.box / "appliance.toml"
+        # Outside the station directory: the evidence private key is never stored there.
+        self.evidence_key = work / "evidence-custody" / "evidence.key"
         self.children: list[tuple[str, subprocess.Popen, Path]] = []
         self.env = dict(os.environ, APPLIANCE_STATION_DIR=str(self.station), PYTHONUNBUFFERED="1")
         self.started = time.monotonic()
@@ -150,6 +155,10 @@ class Demo:
         self.step("Station: generating its keys")
         self.appliance("station", "keygen", "--station-dir", str(self.station))
         say(f"  station keys in {self.station}/keys (private files 0600, never printed)")
+        self.appliance("station", "evidence-key", "init", "--station-dir", str(self.station),
+                       "--out", str(self.evidence_key))
+        say(f"  evidence key: public half in the station's keys, private half only in {self.evidence_key.parent} "
+            "(a supervisor's custody; the station key cannot open the full video)")
 
         self.step("Technician: provisioning the box (init → enrol → station adds it → import)")
         port = _free_port()
@@ -207,10 +216,17 @@ class Demo:
                              str(self.station), "--operator", "demo-operator", "--reason",
                              "demo: checking the alarm")
         for line in out.splitlines():
-            if line.startswith(("device ", "frames:")):
+            if line.startswith(("device ", "frames:", "rendition:")):
                 say(f"  verification: {line}")
         say(f"  operator demo-operator opened alarm {clip['device_id']}#{clip['sequence']} with a reason "
-            f"(recorded in the station's audit log): video in {export_dir}")
+            f"(recorded in the station's audit log): video with bystanders pixelated in {export_dir}")
+        out = self.appliance("station", "export", clip["clip_id"], str(export_dir), "--station-dir",
+                             str(self.station), "--operator", "demo-supervisor", "--reason",
+                             "demo: case 2026-17, full video approved", "--evidence-key", str(self.evidence_key))
+        for line in out.splitlines():
+            if line.startswith(("rendition:", "frames:")):
+                say(f"  verification: {line}")
+        say("  supervisor demo-supervisor opened the full video with the evidence key from custody (audited)")
 
         self.step(f"Box: the same camera sees two people hug ({self.hug.name})")
         self._use_camera(self.hug)

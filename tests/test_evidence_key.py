@@ -81,3 +81,72 @@ def test_init_needs_station_keys(tmp_path, capsys):
     assert main(["station", "evidence-key", "init", "--station-dir", str(tmp_path / "none"),
                  "--out", str(tmp_path / "e.key")]) == 2
     assert "station keygen" in capsys.readouterr().err and not (tmp_path / "e.key").exists()
+
+
+# -- station export: the redacted rendition by default, the full one with --evidence-key -----------
+
+
+def _stored_v2(tmp_path, station_dir, *, version: int = 2):
+    from appliance.contracts.envelope import parse_envelope
+    from appliance.station.enrol import create_device_keys, enrol_device
+    from appliance.station.store import ClipStore
+
+    keys = create_device_keys(tmp_path / "dev", "dev-x")
+    enrol_device(station_dir, keys)
+    paths = StationKeyPaths.of(station_dir)
+    clip = synthetic_clip(frames=6, width=64, height=48, redacted=True)
+    evidence = load_hpke_public_key(paths.evidence_public) if version == 2 else None
+    env = seal_clip(clip, device_id="dev-x", sequence=1, signing_key=keys.signing_key(),
+                    station_public_key=load_hpke_public_key(paths.hpke_public), evidence_public_key=evidence)
+    store = ClipStore(station_dir)
+    try:
+        return clip, store.store(parse_envelope(env)).clip.clip_id
+    finally:
+        store.close()
+
+
+def test_export_opens_redacted_by_default_and_full_with_the_evidence_key(station_dir, tmp_path, capsys):
+    import json
+
+    custody = tmp_path / "custody.key"
+    assert main(["station", "evidence-key", "init", "--station-dir", str(station_dir), "--out", str(custody)]) == 0
+    clip, clip_id = _stored_v2(tmp_path, station_dir)
+    out = tmp_path / "out"
+    common = ["--station-dir", str(station_dir), "--operator", "kim"]
+    capsys.readouterr()
+    assert main(["station", "export", clip_id, str(out), *common, "--reason", "case 7"]) == 0
+    printed = capsys.readouterr().out
+    assert "rendition: redacted (envelope version 2): bystanders pixelated" in printed and "intact" in printed
+    assert (out / f"{clip_id}.webm").read_bytes() == clip.redacted.video
+    assert main(["station", "export", clip_id, str(out), *common, "--reason", "case 7, approved by sup-1",
+                 "--evidence-key", str(custody)]) == 0
+    printed = capsys.readouterr().out
+    assert "rendition: full (envelope version 2): bystanders visible" in printed and "intact" in printed
+    assert (out / f"{clip_id}.full.webm").read_bytes() == clip.video
+    report = json.loads((out / f"{clip_id}.full.report.json").read_text())
+    assert report["rendition"] == "full" and report["frames"]["ok"]
+
+    # A key that is not this clip's evidence key, and the station key passed as one: refused.
+    other = tmp_path / "other.key"
+    from appliance.contracts.keys import generate_hpke_key
+    generate_hpke_key(other, tmp_path / "other.pub", kem="X25519")
+    assert main(["station", "export", clip_id, str(tmp_path / "o2"), *common, "--reason", "r",
+                 "--evidence-key", str(other)]) == 4
+    assert "wrong_key" in capsys.readouterr().err
+    assert main(["station", "export", clip_id, str(tmp_path / "o3"), *common, "--reason", "r",
+                 "--evidence-key", str(StationKeyPaths.of(station_dir).hpke_private)]) == 2
+    assert "is the station HPKE key" in capsys.readouterr().err
+    audit = (station_dir / "audit.jsonl").read_text()
+    assert audit.count('"key":"evidence"') >= 2 and '"verdict":"failed"' in audit
+    assert '"action":"export"' in audit and "is the station HPKE key" in audit     # the refusal is audited
+
+
+def test_export_of_a_v1_clip_with_an_evidence_key_says_why(station_dir, tmp_path, capsys):
+    custody = tmp_path / "custody.key"
+    assert main(["station", "evidence-key", "init", "--station-dir", str(station_dir), "--out", str(custody)]) == 0
+    clip, clip_id = _stored_v2(tmp_path, station_dir, version=1)
+    common = ["--station-dir", str(station_dir), "--operator", "kim", "--reason", "case 8"]
+    assert main(["station", "export", clip_id, str(tmp_path / "o"), *common, "--evidence-key", str(custody)]) == 2
+    assert "envelope version 1" in capsys.readouterr().err
+    assert main(["station", "export", clip_id, str(tmp_path / "o4"), *common]) == 0
+    assert "rendition: full (envelope version 1): bystanders visible" in capsys.readouterr().out

@@ -91,7 +91,8 @@ def add_scripted_push(pipeline, at_t=1.0):
 def build(sample, profile, profiles_dir, mask):
     policy = {"profile": profile, "profiles_dir": profiles_dir}
     cfg = default_config(str(sample), policy=policy, privacy_masks=[mask], ring={"seconds": 15.0})
-    pipeline = Pipeline(cfg, profile=profile)
+    # redaction: both renditions of envelope version 2 (full and bystanders pixelated) are built
+    pipeline = Pipeline(cfg, profile=profile, redaction=cfg.redaction)
     add_scripted_push(pipeline)
     return pipeline, FileSource(str(sample), max_width=cfg.ring.max_width)
 
@@ -115,7 +116,8 @@ if __name__ == "__main__":
         pass
     print(json.dumps({"events": stats.events, "permitted": stats.permitted, "clips": len(clips),
                       "stage2_frames": stats.stage2_frames, "repose_runs": pipeline.stage2.repose_runs,
-                      "clip_bytes": [len(c.video) for c in clips]}))
+                      "clip_bytes": [len(c.video) for c in clips],
+                      "redacted_bytes": [len(c.redacted.video) for c in clips if c.redacted is not None]}))
 '''
 
 
@@ -242,14 +244,18 @@ def test_permitted_trigger_writes_only_the_in_memory_clip(profiles_dir, pipeline
     clip = clips[0]
     assert clip.trigger.decision.profile.id == "bw-polg-44-4"
     assert decode_frame_hashes(clip.video) == list(clip.frame_sha256)
-    # the privacy mask is black in the clip (interior, away from VP8 ringing at the edge)
+    # both renditions (envelope v2) went through memfds: two links per clip, each removed again
+    assert clip.redacted is not None and len(links) == 2 * len(clips)
+    assert decode_frame_hashes(clip.redacted.video) == list(clip.redacted.frame_sha256)
+    # the privacy mask is black in both renditions (interior, away from VP8 ringing at the edge)
     import cv2
     h, w = clip.height, clip.width
     (x0, y0), (x1, y1) = MASK["polygon"][0], MASK["polygon"][2]
     inner = (slice(int(y0 * h) + 6, int(y1 * h) - 6), slice(int(x0 * w) + 6, int(x1 * w) - 6))
-    for image in decode_frames(clip.video):
-        assert cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[inner].max() <= 8
-        assert np.mean(image) > 20
+    for video in (clip.video, clip.redacted.video):
+        for image in decode_frames(video):
+            assert cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[inner].max() <= 8
+            assert np.mean(image) > 20
 
 
 # ---------------------------------------------------------------------------------------
@@ -365,7 +371,10 @@ def test_strace_permitted_trigger_writes_only_to_memfd(profiles_dir, tmp_path):
     # OpenCV's stderr text for that one call (the VP80 warning), never pixels
     memfds = [r for n, r in found if n == "memfd_create"]
     assert memfds and all('"appliance-clip"' in r or '"appliance-stderr"' in r for r in memfds)
-    assert any('"appliance-clip"' in r for r in memfds)
+    # the full and the redacted rendition (envelope v2), each in its own memfd (plus the one each
+    # re-decode for the frame hashes would need: none, they re-open the same link)
+    assert summary["redacted_bytes"] and len(summary["redacted_bytes"]) == summary["clips"]
+    assert sum('"appliance-clip"' in r for r in memfds) >= 2 * summary["clips"]
     for name, rest in found:
         if name == "memfd_create":
             continue

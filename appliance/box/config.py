@@ -294,6 +294,25 @@ class SealConfig:
     signing_key: str = opt("", fix="path to the device's Ed25519 private key (written by 'provision init')")
     kem: str = opt("MLKEM768_X25519", choices=("MLKEM768_X25519", "X25519"),
                    fix="HPKE KEM: 'MLKEM768_X25519' (post-quantum hybrid, default) or 'X25519'")
+    evidence_public_key: str = opt("", fix="path to the station's evidence HPKE public key (written by 'provision "
+                                           "import' when the bundle has one); set = seal envelope version 2, "
+                                           "empty = version 1")
+
+
+@dataclass(frozen=True)
+class RedactionConfig:
+    """Bystander pixelation in the clip's redacted rendition (docs/clip.md); used when the box
+    seals version 2 (its station bundle names an evidence key)."""
+
+    block_px: int = opt(16, lo=4, hi=128, fix="smallest mosaic block in pixels, e.g. 16")
+    blocks_per_height: int = opt(8, lo=2, hi=64,
+                                 fix="a bystander's box is at most this many mosaic blocks tall (bigger people "
+                                     "get bigger blocks), e.g. 8")
+    margin: float = opt(0.2, lo=0.0, hi=1.0,
+                        fix="fraction of a bystander's box width/height added on every side, e.g. 0.2")
+    hold_s: float = opt(1.0, lo=0.0, hi=10.0,
+                        fix="seconds a bystander's box is kept across missed detections (before the first and "
+                            "after the last sighting too), e.g. 1.0")
 
 
 @dataclass(frozen=True)
@@ -345,6 +364,7 @@ class AppConfig:
     zones: tuple[Region, ...] = opt((), fix="[[zones]] tables with name and polygon; none = whole frame")
     privacy_masks: tuple[Region, ...] = opt((), fix="[[privacy_masks]] tables with name and polygon")
     seal: SealConfig = opt(fix="", factory=SealConfig)
+    redaction: RedactionConfig = opt(fix="", factory=RedactionConfig)
     spool: SpoolConfig = opt(fix="", factory=SpoolConfig)
     uplink: UplinkConfig = opt(fix="", factory=UplinkConfig)
     station: StationConfig = opt(fix="", factory=StationConfig)

@@ -50,6 +50,12 @@ HEALTH_PERIOD_S = 2.0
 COUNTS_PERIOD_S = 3600.0
 
 
+def evidence_key_path(cfg: AppConfig) -> Path | None:
+    """The station's evidence public key (``seal.evidence_public_key``, which `provision import`
+    sets when the bundle carries one), or None: the box then seals envelope version 1."""
+    return Path(cfg.seal.evidence_public_key) if cfg.seal.evidence_public_key else None
+
+
 def key_paths(cfg: AppConfig) -> tuple[Path, Path]:
     """(device signing key, station HPKE public key), defaulting to the provisioned layout."""
     layout = DeviceLayout(Path(cfg.device.state_dir))
@@ -71,6 +77,15 @@ class ClipSealer:
         signing_path, station_path = key_paths(cfg)
         self.signing_key = load_signing_key(signing_path)
         self.station_key = load_hpke_public_key(station_path)
+        evidence_path = evidence_key_path(cfg)
+        self.evidence_key = load_hpke_public_key(evidence_path) if evidence_path else None
+        if self.evidence_key is None:
+            log.info("no evidence key in the station bundle: sealing envelope version 1 (one rendition for the "
+                     "station key, bystanders not pixelated); re-import a bundle from a station with "
+                     "'appliance station evidence-key init' for version 2")
+        else:
+            log.info("sealing envelope version 2: bystanders pixelated in the station's rendition, the full one "
+                     "for evidence key %s only", self.evidence_key.fingerprint)
         self.kem = cfg.seal.kem
         self.device_id = cfg.device.id
         self.spool = spool
@@ -119,7 +134,8 @@ class ClipSealer:
         try:
             sequence = self._reserved.pop(id(clip.trigger), None) or self.spool.next_sequence(self.device_id)
             envelope = seal_clip(clip, device_id=self.device_id, sequence=sequence, signing_key=self.signing_key,
-                                 station_public_key=self.station_key, kem=self.kem)
+                                 station_public_key=self.station_key, kem=self.kem,
+                                 evidence_public_key=self.evidence_key)
             digest = hashlib.sha256(envelope).hexdigest()
             clip_id = alarm_id(self.device_id, sequence)
             self.spool.put(envelope, device_id=self.device_id, sequence=sequence)
@@ -135,7 +151,9 @@ class ClipSealer:
                           confidence=round(float(event.confidence), 3), profile=decision.profile.id,
                           profile_version=decision.profile.version, profile_sha256=decision.profile.sha256,
                           rule=decision.rule, alarm_id=clip_id, clip_id=clip_id, envelope_sha256=digest,
-                          model_sha256=clip.model_sha256, frames=len(clip.frame_times))
+                          model_sha256=clip.model_sha256, frames=len(clip.frame_times),
+                          envelope_version=2 if self.evidence_key else 1,
+                          pixelated_tracks=list(clip.redacted.pixelated_tracks) if clip.redacted else [])
         log.info("sealed the clip of alarm %s (%s, %d frames) into the spool", clip_id, event.pattern.value,
                  len(clip.frame_times))
 
@@ -190,7 +208,8 @@ def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: f
 
     pipeline = Pipeline(cfg, on_decision=on_decision, on_trigger=on_trigger,
                         tamper_reference=_tamper_reference(cfg, audit), on_tamper=on_tamper,
-                        on_tamper_reference=on_tamper_reference)
+                        on_tamper_reference=on_tamper_reference,
+                        redaction=cfg.redaction if sealer.evidence_key is not None else None)
     sealer.model_sha256 = pipeline.pose.model_sha256
     audit.append("appliance.start", version=__version__, config=config_path or "",
                  config_sha256=_sha256_file(config_path), profile=pipeline.profile.ref.id,

@@ -11,6 +11,8 @@
               and every 1/tamper.fps s the same frame (person boxes masked out) ──►
               TamperDetector ─TamperEvent─► on_tamper (audit, health; never a clip trigger)
         ──► once the ring holds the post-roll: build_clip ─Clip─► clip sink
+            (sealing v2: build_clip also pixelates the bystanders — everyone the pose stage saw
+             who is not in the event — into the clip's redacted rendition: box/clip/bystanders.py)
             (the daemon's sink seals into the spool: see appliance/box/daemon.py)
 
 Masks are applied before the ring and before inference, so nobody inside a mask is analysed
@@ -39,12 +41,23 @@ from appliance.box.behaviour import BehaviourAnalyzer
 from appliance.box.behaviour.stage2 import CandidateGate, RegionEvidence, Stage2
 from appliance.box.capture import RingBuffer
 from appliance.box.clip import build_clip
-from appliance.box.config import AppConfig
+from appliance.box.clip.bystanders import SeenPersons, head_box
+from appliance.box.config import AppConfig, RedactionConfig
 from appliance.box.policy import MaskSet, PolicyGate, ZoneSet, load_profile
 from appliance.box.pose import PoseEstimator, estimator_from_config
 from appliance.box.tamper import ModeReference, TamperDetector, TamperEvent, TamperReference
 from appliance.box.tracking import Tracker
-from appliance.contracts.types import Clip, Decision, Event, Frame, HandScan, TrackedFrame, Trigger
+from appliance.contracts.types import (
+    NUM_KEYPOINTS,
+    Clip,
+    Decision,
+    Detections,
+    Event,
+    Frame,
+    HandScan,
+    TrackedFrame,
+    Trigger,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +115,11 @@ class Pipeline:
                  tamper_reference: TamperReference | None = None,
                  on_tamper: Callable[[TamperEvent], None] | None = None,
                  on_tamper_reference: Callable[[str, ModeReference], None] | None = None,
-                 on_trigger: Callable[[Trigger, dict[str, Any]], None] | None = None):
+                 on_trigger: Callable[[Trigger, dict[str, Any]], None] | None = None,
+                 redaction: RedactionConfig | None = None):
         self.cfg = cfg
+        # Set (the daemon does when it seals v2): each clip also gets its redacted rendition.
+        self.redaction = redaction
         self.ring = RingBuffer(cfg.ring.seconds, cfg.ring.max_fps)
         self.pose = estimator or estimator_from_config(cfg.pose)
         self.tracker = Tracker(cfg.tracking)
@@ -129,6 +145,8 @@ class Pipeline:
         # Skeletons kept for clip metadata: as long as the ring, so any clip window is covered.
         self._tracked_history: collections.deque[TrackedFrame] = collections.deque(
             maxlen=max(2, math.ceil(cfg.ring.seconds * cfg.analysis.fps) + 2))
+        # Everyone the pose stage saw (tracked or not), as long as the ring: the bystanders to pixelate.
+        self._seen_history: collections.deque[SeenPersons] = collections.deque(maxlen=self._tracked_history.maxlen)
         self.analysis_period = 1.0 / cfg.analysis.fps
         # Without a provisioned reference the detector learns each lighting mode's own.
         self.tamper = (TamperDetector(cfg.tamper, tamper_reference, on_reference=on_tamper_reference)
@@ -179,6 +197,8 @@ class Pipeline:
         t1 = time.perf_counter()
         tracked = self.tracker.update(dets)
         self._tracked_history.append(tracked)
+        if self.redaction is not None:   # only a box that seals v2 needs to know who the bystanders are
+            self._seen_history.append(self._seen(dets, tracked))
         self._wall_offset = frame.wall - frame.t
         st = self.stats
         evidence: tuple[RegionEvidence, ...] = ()
@@ -203,6 +223,25 @@ class Pipeline:
         st.inference_s += t1 - t0
         st.analysis_s += time.perf_counter() - t0
         return AnalysisResult(frame, tracked, decisions, scan, tamper_events)
+
+    @property
+    def seen_history(self) -> tuple[SeenPersons, ...]:
+        """Who the pose stage saw in each analysed frame still covered by the ring (oldest first)."""
+        return tuple(self._seen_history)
+
+    def _seen(self, dets: Detections, tracked: TrackedFrame) -> SeenPersons:
+        """Tracked persons by id, plus the detections no confirmed track took (a tentative
+        track's first frames, a low-score detection): bystanders are pixelated either way.
+        Per person its body box and head box (from the face keypoints)."""
+        boxes = np.asarray(dets.boxes, np.float32).reshape(-1, 4)
+        scores = np.asarray(dets.scores, np.float32).reshape(-1)
+        keypoints = np.asarray(dets.keypoints, np.float32).reshape(len(scores), NUM_KEYPOINTS, 3)
+        taken = np.array([p.box for p in tracked.persons], np.float32).reshape(-1, 4)
+        loose = [np.stack([b, head_box(b, k)]) for b, s, k in zip(boxes, scores, keypoints, strict=True)
+                 if s >= self.cfg.tracking.low_score and not (taken == b).all(axis=1).any()]
+        return SeenPersons(tracked.t, {p.track_id: np.stack([p.box, head_box(p.box, p.keypoints)])
+                                       for p in tracked.persons},
+                           np.array(loose, np.float32).reshape(-1, 2, 4))
 
     def _check_tamper(self, frame: Frame, tracked: TrackedFrame) -> tuple[TamperEvent, ...]:
         """At tamper.fps, the analysed ring frame with its persons' boxes masked out."""
@@ -277,7 +316,8 @@ class Pipeline:
                     log.warning("trigger %s: no frames left in the ring for its window", trigger.event.pattern)
                     continue
                 clips.append(build_clip(trigger, frames, self._tracks_json(trigger), self.pose.model_sha256,
-                                        self._mask_set(), self.cfg.ring.max_fps))
+                                        self._mask_set(), self.cfg.ring.max_fps, redaction=self.redaction,
+                                        seen=self.seen_history))
             self.stats.clips += 1
         return clips
 

@@ -129,6 +129,7 @@ class StationBundle:
     fingerprint: str
     body: dict[str, Any]
     endpoints: tuple[str, ...] = ()   # every receiver, failover order (bundles with ``endpoints``)
+    evidence_public: HpkePublicKey | None = None   # the evidence key (bundles with ``station_evidence_public``)
 
     @property
     def receivers(self) -> tuple[str, ...]:
@@ -183,9 +184,18 @@ def verify_bundle(data: bytes, typed_fingerprint: str) -> StationBundle:
         endpoints = tuple(body.get("endpoints", ()))
         if endpoints and (endpoints[0] != endpoint or not all(isinstance(e, str) for e in endpoints)):
             raise ValueError("endpoints must be strings, the first being endpoint")
+        evidence = None
+        if "station_evidence_public" in body:
+            evidence = hpke_public_from_bytes(body["station_evidence_public"].encode("ascii"), "bundle evidence key")
     except (KeyError, TypeError, ValueError, AttributeError, InputError) as exc:
         raise BundleError(f"the station bundle is incomplete or malformed: {exc}") from None
     fps = body.get("station_fingerprints", {})
     if fps.get("hpke") != hpke.fingerprint or fps.get("curve") != curve_fingerprint(curve):
         raise BundleError("the bundle's key fingerprints do not match its keys")
-    return StationBundle(device_id, endpoint, public, hpke, hpke_text, curve, profiles, fp, body, endpoints)
+    if (evidence.fingerprint if evidence else None) != fps.get("evidence"):
+        raise BundleError("the bundle's evidence key and its fingerprint do not match (or one is missing)")
+    if evidence is not None and evidence.fingerprint == hpke.fingerprint:
+        raise BundleError("the bundle's evidence key is the station HPKE key: the full video would be "
+                          "readable with the station key (fix: 'appliance station evidence-key init' on the station)")
+    return StationBundle(device_id, endpoint, public, hpke, hpke_text, curve, profiles, fp, body, endpoints,
+                         evidence)

@@ -83,6 +83,11 @@ class DeviceLayout:
         return self.pixel_dir / "station-hpke.pub"
 
     @property
+    def station_evidence_public(self) -> Path:
+        """The station's evidence HPKE public key, when the bundle carries one (envelope v2)."""
+        return self.pixel_dir / "station-evidence.pub"
+
+    @property
     def station_curve_public(self) -> Path:
         return self.uplink_dir / "station-curve.key"
 

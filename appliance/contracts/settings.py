@@ -21,7 +21,8 @@ LEGAL_MAX_RETENTION_HOURS = 2160.0
 #: Top-level sections of appliance.toml that only the box reads (tests/test_layering.py keeps
 #: this in step with appliance.box.config.AppConfig).
 BOX_SECTIONS = frozenset({"device", "camera", "ring", "analysis", "pose", "tracking", "behaviour", "objects",
-                          "zones", "privacy_masks", "seal", "spool", "uplink", "station", "tamper"})
+                          "zones", "privacy_masks", "seal", "redaction", "spool", "uplink", "station",
+                          "tamper"})
 
 
 @dataclass(frozen=True)

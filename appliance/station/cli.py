@@ -4,8 +4,8 @@
     appliance station evidence-key init --station-dir DIR --out PRIVATE_FILE
     appliance station serve   --station-dir DIR [--bind tcp://0.0.0.0:7100] [--ready-file F]
     appliance station list    --station-dir DIR [--device ID] [--json]
-    appliance station export  CLIP_ID OUT_DIR --station-dir DIR --operator NAME --reason TEXT
-    appliance station decrypt ENVELOPE_FILE OUT_DIR --station-dir DIR --operator NAME --reason TEXT
+    appliance station export  CLIP_ID OUT_DIR --station-dir DIR --operator NAME --reason TEXT [--evidence-key FILE]
+    appliance station decrypt ENVELOPE_FILE OUT_DIR --station-dir DIR --operator NAME --reason TEXT [--evidence-key FILE]
     appliance station devices list --station-dir DIR
     appliance station devices add ...     (appliance/station/devices.py)
 """
@@ -59,6 +59,10 @@ def _settings(args) -> Any:
 def _access_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--operator", help="who decrypts (required; recorded in the audit log)")
     p.add_argument("--reason", help="why, e.g. a case number (required; recorded in the audit log)")
+    p.add_argument("--evidence-key", type=Path, metavar="FILE",
+                   help="the evidence private key (from supervisors' custody): open the FULL rendition of a "
+                        "version-2 clip, bystanders not pixelated; without it the station key opens the "
+                        "redacted one")
 
 
 def register(sub) -> None:
@@ -356,6 +360,7 @@ def _print_export(result) -> int:
     r = result.report
     print(f"wrote {result.webm}, {result.metadata}, {result.report_path}")
     print(f"device {r['device_id']} (key {r['device_signing_key']}), sequence {r['sequence']}: signature valid")
+    print(f"rendition: {r['rendition']} (envelope version {r['envelope_version']}): bystanders {r['bystanders']}")
     f = r["frames"]
     w = r.get("window") or {}
     if w.get("complete") is False:
@@ -412,7 +417,7 @@ def cmd_export(args) -> int:
     try:
         args.clip_id = resolve_clip_id(args.dir, args.clip_id, _settings(args))
         result = export_clip(args.dir, args.clip_id, args.out_dir, operator=args.operator, reason=args.reason,
-                             audit=audit, settings=_settings(args))
+                             audit=audit, settings=_settings(args), evidence_key=args.evidence_key)
     except InputError as exc:
         _record_refusal(args, "export", str(exc), audit)
         raise
@@ -433,7 +438,8 @@ def cmd_decrypt(args) -> int:
     try:
         name = args.envelope.name.removesuffix(".env")
         return _print_export(decrypt_envelope_to(data, args.out_dir, name, station_dir=args.dir, settings=_settings(args),
-                                                 operator=args.operator, reason=args.reason, audit=audit))
+                                                 operator=args.operator, reason=args.reason, audit=audit,
+                                                 evidence_key=args.evidence_key))
     finally:
         audit.close()
 

@@ -135,6 +135,10 @@ def station_add_device(station_dir: str | Path, request: bytes, *, endpoint: str
     hpke_text = paths.hpke_public.read_bytes()
     hpke = hpke_public_from_bytes(hpke_text, str(paths.hpke_public))
     curve = load_curve_public(paths.curve_public)
+    evidence, evidence_text = None, b""
+    if paths.evidence_public.exists():
+        evidence_text = paths.evidence_public.read_bytes()
+        evidence = hpke_public_from_bytes(evidence_text, str(paths.evidence_public))
     registry = DeviceRegistry(station_dir)
     try:
         registry.add_device(req.device_id, req.signing_public, req.curve_public,
@@ -151,7 +155,10 @@ def station_add_device(station_dir: str | Path, request: bytes, *, endpoint: str
         "station_hpke_public": hpke_text.decode("ascii"),
         "station_curve_public": curve.decode("ascii"),
         "station_fingerprints": {"signing": public_key_fingerprint(station_key),
-                                 "hpke": hpke.fingerprint, "curve": curve_fingerprint(curve)},
+                                 "hpke": hpke.fingerprint, "curve": curve_fingerprint(curve),
+                                 **({"evidence": evidence.fingerprint} if evidence else {})},
+        # Optional: with it the box seals envelope version 2 (docs/envelope.md, docs/keys.md).
+        **({"station_evidence_public": evidence_text.decode("ascii")} if evidence else {}),
         "allowed_profiles": list(allowed_profiles),
         "issued_unix_ms": int(time.time() * 1000),
     }

@@ -1,10 +1,13 @@
 """Decrypting a stored clip for a named operator with a reason, with a verification report.
 
-The only place the station's HPKE private key is loaded. Writes, into OUT_DIR:
+The only place the station's HPKE private key is loaded. Which rendition (docs/envelope.md):
+by default the one the station key opens — for a version-2 envelope the ``redacted`` one
+(bystanders pixelated), for version 1 its only one; with ``evidence_key`` (a file in
+supervisors' custody) the ``full`` one of a version-2 envelope. Writes, into OUT_DIR:
 
-    <name>.webm           the clip
+    <name>.webm           the clip (<name>.full.webm for the full rendition)
     <name>.metadata.json  the sealed metadata (event, tracks, frame times and hashes)
-    <name>.report.json    device, signature, per-frame hash check, operator and reason
+    <name>.report.json    device, signature, rendition, per-frame hash check, operator and reason
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance.common.errors import InputError
-from appliance.contracts.envelope import open_envelope, parse_envelope
-from appliance.contracts.keys import load_hpke_private_key
+from appliance.contracts.envelope import RENDITION_FULL, EnvelopeError, open_envelope, parse_envelope
+from appliance.contracts.keys import HpkePrivateKey, load_hpke_private_key
 from appliance.contracts.synthetic import decoded_frame_hashes
 from appliance.station.keys import StationKeyPaths
 from appliance.station.registry import DeviceRegistry
@@ -122,21 +125,49 @@ def window_summary(metadata: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _opening_key(station_dir: str | Path, evidence_key: str | Path | None) -> HpkePrivateKey:
+    """The station HPKE key, or the evidence key from its custody file (checked against the
+    station's evidence public key, so a wrong file is named as such before any decryption)."""
+    paths = StationKeyPaths.of(station_dir)
+    if evidence_key is None:
+        return load_hpke_private_key(paths.hpke_private)
+    key = load_hpke_private_key(evidence_key)
+    if key.public_key().fingerprint == load_hpke_private_key(paths.hpke_private).public_key().fingerprint:
+        raise InputError(f"{evidence_key} is the station HPKE key, not the evidence key (fix: give the evidence "
+                         "key file made by 'appliance station evidence-key init')")
+    return key
+
+
 def decrypt_envelope_to(data: bytes, out_dir: str | Path, name: str, *, station_dir: str | Path,
                         operator: str | None, reason: str | None, audit: Any = None,
-                        clip_id: str | None = None, settings: StorageSettings | None = None) -> ExportResult:
+                        clip_id: str | None = None, settings: StorageSettings | None = None,
+                        evidence_key: str | Path | None = None) -> ExportResult:
+    """Verifies and decrypts one rendition of ``data``: the station key's (default), or with
+    ``evidence_key`` (path of the evidence private key) the full one of a version-2 envelope."""
     operator, reason = require_operator(operator, reason)
-    webm, meta, report_path = prepare_out_dir(out_dir, name)
-    paths = StationKeyPaths.of(station_dir)
+    wanted = RENDITION_FULL if evidence_key is not None else None
+    webm, meta, report_path = prepare_out_dir(out_dir, f"{name}.full" if wanted else name)
     parsed = parse_envelope(data)
+    if wanted and parsed.header.version == 1:
+        raise InputError(f"{clip_id or name} is an envelope version 1: it has no evidence rendition; its only "
+                         "rendition (not bystander-pixelated) opens with the station key (fix: drop --evidence-key)")
+    rendition = wanted or ("redacted" if parsed.header.version == 2 else RENDITION_FULL)
+    key = _opening_key(station_dir, evidence_key)
     if audit is not None:  # recorded (and refused by the log's own rules) BEFORE decrypting
         audit.append("station.export", clip_id=clip_id, device_id=parsed.header.device_id,
                      sequence=parsed.header.sequence, envelope_sha256=parsed.sha256,
-                     operator=operator, reason=reason)
+                     operator=operator, reason=reason, rendition=rendition,
+                     key="evidence" if wanted else "station")
     registry = DeviceRegistry(station_dir, settings=settings)
     try:
         device = registry.get(parsed.header.device_id, include_disabled=True)
-        opened = open_envelope(data, load_hpke_private_key(paths.hpke_private), _AnyDeviceKeys(registry))
+        try:
+            opened = open_envelope(data, key, _AnyDeviceKeys(registry), rendition=wanted)
+        except EnvelopeError as exc:
+            if exc.reason == "wrong_key" and wanted:
+                raise EnvelopeError("wrong_key", f"{evidence_key} is not the evidence key this clip's full "
+                                                 f"rendition is sealed to ({exc.detail})") from None
+            raise
     except Exception as exc:
         # A failed export must not read like a successful one in the DPO's report.
         if audit is not None:
@@ -155,6 +186,8 @@ def decrypt_envelope_to(data: bytes, out_dir: str | Path, name: str, *, station_
         "device_signing_key": device.signing_fingerprint, "device_enabled": device.enabled,
         "device_status": device.status,
         "sequence": parsed.header.sequence, "signature": "valid", "decryption": "ok",
+        "envelope_version": parsed.header.version, "rendition": opened.rendition,
+        "bystanders": "pixelated" if opened.rendition == "redacted" else "visible",
         "header": parsed.header.to_json(), "frames": frames,
         "verdict": "intact" if frames["ok"] else "altered",
         "window": window_summary(opened.metadata),
@@ -163,14 +196,16 @@ def decrypt_envelope_to(data: bytes, out_dir: str | Path, name: str, *, station_
     _write_private(report_path, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
     if audit is not None:
         audit.append("station.export_result", clip_id=clip_id, envelope_sha256=parsed.sha256,
-                     operator=operator, verdict=report["verdict"],
+                     operator=operator, verdict=report["verdict"], rendition=opened.rendition,
                      mismatched_frames=frames["mismatched_frames"][:100])
     return ExportResult(webm, meta, report_path, report)
 
 
 def export_clip(station_dir: str | Path, clip_id: str, out_dir: str | Path, *, operator: str | None,
-                reason: str | None, audit: Any = None, settings: StorageSettings | None = None) -> ExportResult:
-    """Verifies and decrypts a stored clip for ``operator`` with ``reason`` (both required)."""
+                reason: str | None, audit: Any = None, settings: StorageSettings | None = None,
+                evidence_key: str | Path | None = None) -> ExportResult:
+    """Verifies and decrypts a stored clip for ``operator`` with ``reason`` (both required):
+    the station key's rendition, or with ``evidence_key`` the full one."""
     require_operator(operator, reason)  # refuse before touching anything
     store = ClipStore(station_dir, settings=settings)
     try:
@@ -179,4 +214,5 @@ def export_clip(station_dir: str | Path, clip_id: str, out_dir: str | Path, *, o
     finally:
         store.close()
     return decrypt_envelope_to(data, out_dir, clip_id, station_dir=station_dir, operator=operator,
-                               reason=reason, audit=audit, clip_id=clip_id, settings=settings)
+                               reason=reason, audit=audit, clip_id=clip_id, settings=settings,
+                               evidence_key=evidence_key)

@@ -71,6 +71,7 @@ def test_the_daemon_sealer_counts_a_disk_full_refusal_and_keeps_going(tmp_path, 
     sealer.signing_key = Ed25519PrivateKey.generate()
     sealer.station_key = generate_hpke_key(tmp_path / "hpke.key", tmp_path / "hpke.pub", kem="X25519")
     sealer.kem, sealer.device_id, sealer.audit = None, "dev-1", audit
+    sealer.evidence_key = None          # a box without an evidence key: envelope version 1
     sealer.spool = Spool(tmp_path / "spool", 100 * 1024 * 1024, audit=audit)
     sealer.sealed = sealer.refused = 0
     sealer._reserved = {}

@@ -3,8 +3,10 @@ by itself) must show an alarm arriving and verified, the hug raising nothing, an
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+from pathlib import Path
 
 from .docs_commands import APPLIANCE, ROOT
 
@@ -33,3 +35,43 @@ def test_make_demo_once_shows_the_product(tmp_path):
     assert re.search(r"station: alarm demo-box-01#\d+ arrived at once", out)
     # --once stopped everything it started: the station's log says so
     assert "station stopped" in (tmp_path / "demo" / "logs" / "station.log").read_text()
+    _layered_disclosure(tmp_path / "demo", out)
+
+
+def _layered_disclosure(demo: Path, out: str) -> None:
+    """Issue 13, layers 2 and 3: the real box sealed envelope version 2 (its bundle names the
+    station's evidence key), the real station stored it, and export opened the redacted
+    rendition with the station key and the full one only with the evidence key from custody."""
+    from appliance.contracts.envelope import EnvelopeError, open_envelope, parse_envelope
+    from appliance.contracts.keys import load_hpke_private_key, load_signing_public_key
+    from appliance.station.keys import StationKeyPaths
+
+    assert "rendition: redacted (envelope version 2): bystanders pixelated" in out, out
+    assert "rendition: full (envelope version 2): bystanders visible" in out, out
+    assert out.count("all SHA-256 match the sealed list: intact") == 2      # frame hashes, per rendition
+    custody = demo / "evidence-custody" / "evidence.key"
+    station = demo / "station"
+    assert custody.exists() and not any(p.name.startswith("evidence.key") for p in station.rglob("*"))
+    stored = sorted((station / "envelopes").rglob("*.env"))
+    assert len(stored) == 1
+    data = stored[0].read_bytes()
+    assert parse_envelope(data).header.version == 2
+    device_key = load_signing_public_key(demo / "box" / "state" / "pixel" / "device-signing.pub")
+    station_key = load_hpke_private_key(StationKeyPaths.of(station).hpke_private)
+    try:
+        open_envelope(data, station_key, device_key, rendition="full")
+        raise AssertionError("the station key opened the full rendition")
+    except EnvelopeError as exc:
+        assert exc.reason == "wrong_key"
+    exports = {p.name: p for p in (demo / "export").iterdir()}
+    redacted = next(p for n, p in exports.items() if n.endswith(".webm") and ".full." not in n)
+    full = next(p for n, p in exports.items() if n.endswith(".full.webm"))
+    assert redacted.read_bytes() != full.read_bytes()
+    report = json.loads(next(p for n, p in exports.items() if n.endswith(".full.report.json")).read_text())
+    assert (report["rendition"], report["verdict"], report["operator"]) == ("full", "intact", "demo-supervisor")
+    meta = json.loads(next(p for n, p in exports.items() if n.endswith(".metadata.json") and ".full." not in n)
+                      .read_text())
+    assert meta["rendition"] == "redacted" and meta["pixelated_tracks"] and meta["involved_boxes"]
+    assert not set(meta["pixelated_tracks"]) & set(meta["involved_boxes"])
+    audit = (station / "audit.jsonl").read_text()
+    assert '"rendition":"full"' in audit and '"key":"evidence"' in audit and '"rendition":"redacted"' in audit

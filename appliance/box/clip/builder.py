@@ -15,6 +15,7 @@ MaskSet is passed it is applied again here — defence in depth, about 0.1 ms pe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -25,10 +26,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from appliance.box.clip.bystanders import RedactionPlan, SeenPersons, describe, pixelate, plan_redaction
+from appliance.box.config import RedactionConfig
 from appliance.box.policy.masks import MaskSet
 from appliance.common.errors import ApplianceError
 from appliance.common.video import open_vp8_writer
-from appliance.contracts.types import Clip, Frame, Trigger
+from appliance.contracts.types import Clip, Frame, RedactedVideo, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -204,14 +207,18 @@ def _container_fps(times: Sequence[float], nominal: float | None) -> float:
 
 def build_clip(trigger: Trigger, frames: Sequence[Frame], tracks: Mapping[str, Any],
                model_sha256: str, masks: MaskSet | None = None, fps: float | None = None, *,
-               ram_dir: str | None = None) -> Clip:
+               ram_dir: str | None = None, redaction: RedactionConfig | None = None,
+               seen: Sequence[SeenPersons] = ()) -> Clip:
     """Encodes the frames inside ``trigger``'s window into an in-memory WebM/VP8 clip.
 
     frames: ring frames in capture order (may reach beyond the window; those are dropped,
     and a window that reaches past the ring's edges gives a shorter clip — the covered span
     is recorded in ``clip.tracks["window"]``). tracks: JSON-ready skeleton data, copied into
     the clip with the window record added. fps: the nominal rate, used only for a
-    single-frame clip (otherwise the frames' measured rate). Raises :class:`ClipError` when no
+    single-frame clip (otherwise the frames' measured rate). redaction: also encode the
+    ``redacted`` rendition (``clip.redacted``), with every person in ``seen`` who is not in the
+    trigger's event pixelated (appliance/box/clip/bystanders.py); both renditions are encoded
+    at once, frame by frame, each into its own memfd. Raises :class:`ClipError` when no
     frame lies inside the window.
     """
     if not frames:
@@ -238,33 +245,22 @@ def build_clip(trigger: Trigger, frames: Sequence[Frame], tracks: Mapping[str, A
         width, height = width - width % 2, height - height % 2
     times = [f.t for f in inside]
     container_fps = _container_fps(times, fps)
-    resized = 0
+    plan = None
+    if redaction is not None:
+        plan = plan_redaction(times, seen, trigger.event.track_ids, redaction, (width, height))
 
     ram_dir = ram_dir or find_ram_dir()
     if not is_ram_dir(ram_dir):
         raise ClipError(f"{ram_dir} is not a writable RAM-backed (tmpfs) directory (fix: use /dev/shm)")
-    with _MemoryWebM(ram_dir) as mem:
-        writer = open_vp8_writer(mem.link, container_fps, (width, height), backend=cv2.CAP_FFMPEG)
-        try:
-            if not writer.isOpened():
-                raise ClipError("OpenCV cannot open a VP8/WebM writer (fix: install an opencv build with FFmpeg)")
-            for f in inside:
-                image = f.image
-                if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                    raise ClipError(f"frame {f.index}: expected uint8[H, W, 3], got {image.dtype}{list(image.shape)}")
-                if image.shape[:2] != (height, width):
-                    if image.shape[:2] == inside[0].image.shape[:2]:
-                        image = image[:height, :width]          # crop the odd row/column
-                    else:
-                        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-                        resized += 1
-                if masks:
-                    image = masks.apply(image)
-                writer.write(np.ascontiguousarray(image))
-        finally:
-            writer.release()
-        frame_sha256 = _hash_decoded(mem.link)
-        video = mem.read_all()
+    resized, renditions = _encode(inside, (width, height), container_fps, masks, ram_dir, plan, redaction)
+    video, frame_sha256 = renditions[0]
+    redacted = None
+    if plan is not None and redaction is not None:
+        red_video, red_sha256 = renditions[1]
+        if len(red_sha256) != len(inside):
+            raise ClipError(f"the encoder wrote {len(red_sha256)} redacted frames for {len(inside)} inputs")
+        redacted = RedactedVideo(red_video, tuple(red_sha256), plan.pixelated_tracks,
+                                 {**describe(redaction), "untracked_boxes": plan.untracked_boxes})
 
     if len(frame_sha256) != len(inside):
         raise ClipError(f"the encoder wrote {len(frame_sha256)} frames for {len(inside)} inputs")
@@ -300,4 +296,42 @@ def build_clip(trigger: Trigger, frames: Sequence[Frame], tracks: Mapping[str, A
         frame_sha256=tuple(frame_sha256),
         tracks=clip_tracks,
         model_sha256=model_sha256,
+        involved_boxes=plan.involved if plan is not None else {},
+        redacted=redacted,
     )
+
+
+def _encode(inside: Sequence[Frame], size: tuple[int, int], fps: float, masks: MaskSet | None, ram_dir: str,
+            plan: RedactionPlan | None, redaction: RedactionConfig | None) -> tuple[int, list[tuple[bytes, list[str]]]]:
+    """Encodes the full rendition (and, with a plan, the redacted one) frame by frame; returns
+    ``(resized frames, [(video, decoded frame hashes), ...])`` in that order. Each video lives in
+    its own memfd (nothing on disk); no frame is held beyond the one being written."""
+    width, height = size
+    with contextlib.ExitStack() as stack:
+        mems = [stack.enter_context(_MemoryWebM(ram_dir)) for _ in range(1 if plan is None else 2)]
+        writers = [open_vp8_writer(m.link, fps, (width, height), backend=cv2.CAP_FFMPEG) for m in mems]
+        resized = 0
+        try:
+            if not all(w.isOpened() for w in writers):
+                raise ClipError("OpenCV cannot open a VP8/WebM writer (fix: install an opencv build with FFmpeg)")
+            for i, f in enumerate(inside):
+                image = f.image
+                if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                    raise ClipError(f"frame {f.index}: expected uint8[H, W, 3], got {image.dtype}{list(image.shape)}")
+                if image.shape[:2] != (height, width):
+                    if image.shape[:2] == inside[0].image.shape[:2]:
+                        image = image[:height, :width]          # crop the odd row/column
+                    else:
+                        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+                        resized += 1
+                if masks:
+                    image = masks.apply(image)
+                image = np.ascontiguousarray(image)
+                writers[0].write(image)
+                if plan is not None and redaction is not None:
+                    writers[1].write(pixelate(image, *plan.frame(i), redaction))
+        finally:
+            for w in writers:
+                w.release()
+        # Hash what the decoder returns (as the station will), then take the bytes out of RAM.
+        return resized, [(m.read_all(), _hash_decoded(m.link)) for m in mems]

@@ -243,8 +243,16 @@ def _keys(ctx: CheckContext) -> str:
     if hpke.kem != cfg.seal.kem:
         raise ApplianceError(f"seal.kem = {cfg.seal.kem!r} but the station key is {hpke.kem}")
     load_curve_public(cfg.uplink.station_curve_public)
+    sealing = "envelope v1 (no evidence key)"
+    if cfg.seal.evidence_public_key:
+        evidence = load_hpke_public_key(cfg.seal.evidence_public_key)
+        if evidence.fingerprint == hpke.fingerprint:
+            raise ApplianceError("seal.evidence_public_key is the station HPKE key: the full video would be "
+                                 "readable with the station key (fix: import a bundle from a station with "
+                                 "'appliance station evidence-key init')")
+        sealing = f"envelope v2, evidence key {evidence.fingerprint}"
     return (f"device signing {public_key_fingerprint(key)}, CURVE {curve_fingerprint(public)}; "
-            f"station HPKE {hpke.fingerprint} ({hpke.kem})")
+            f"station HPKE {hpke.fingerprint} ({hpke.kem}); {sealing}")
 
 
 def _station(ctx: CheckContext) -> str:

@@ -259,7 +259,9 @@ def import_bundle(config_path: str | Path, data: bytes, typed_fingerprint: str, 
     if changed:
         profile = bundle.allowed_profiles[0]
     updates: dict[str, dict[str, Any]] = {
-        "seal": {"station_public_key": str(layout.station_hpke_public), "kem": bundle.hpke_public.kem},
+        "seal": {"station_public_key": str(layout.station_hpke_public), "kem": bundle.hpke_public.kem,
+                 # Set: clips are sealed as envelope version 2 (full rendition to this key only).
+                 "evidence_public_key": str(layout.station_evidence_public) if bundle.evidence_public else ""},
         "uplink": {"endpoint": bundle.endpoint, "station_curve_public": str(layout.station_curve_public)},
         "policy": {"profile": profile},
     }
@@ -283,6 +285,10 @@ def import_bundle(config_path: str | Path, data: bytes, typed_fingerprint: str, 
             planned.insert(0, camera_dropin(cfg.camera.source))
     layout.make_dirs()
     save_hpke_public_key(layout.station_hpke_public, bundle.hpke_public)
+    if bundle.evidence_public is not None:
+        save_hpke_public_key(layout.station_evidence_public, bundle.evidence_public)
+    else:
+        layout.station_evidence_public.unlink(missing_ok=True)   # a station without one: version 1
     _write_curve_public(layout.station_curve_public, bundle.curve_public)
     from appliance.contracts.keys import save_signing_public_key
 
@@ -293,6 +299,7 @@ def import_bundle(config_path: str | Path, data: bytes, typed_fingerprint: str, 
         dropins = tuple(write_dropins(planned, Path(unit_dir)))
     layout.hand_over()
     record(layout, "import", station_fingerprint=bundle.fingerprint, endpoint=bundle.endpoint,
+           evidence_key=bundle.evidence_public.fingerprint if bundle.evidence_public else None,
            endpoints=list(bundle.receivers),
            profile=profile, dropins=[str(p) for p in dropins])
     return ImportResult(new_cfg, bundle.fingerprint, profile, changed, dropins)
