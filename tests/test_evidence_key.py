@@ -40,7 +40,6 @@ def test_init_writes_public_to_station_and_private_only_to_out(station_dir, tmp_
         if f.is_file():
             assert not any(line in f.read_text(errors="replace") for line in body), f
     assert not any(line in printed for line in body)
-    assert paths.evidence_public in paths.bundle_files()
 
     # The station key opens the redacted rendition only; the custody key opens the full one.
     device = Ed25519PrivateKey.generate()

@@ -14,7 +14,7 @@ from appliance.cli import main
 from appliance.common.errors import InputError
 from appliance.contracts.audit.log import AuditLog
 from appliance.contracts.audit.verify import verify_log
-from appliance.contracts.envelope import parse_envelope, seal_bytes
+from appliance.contracts.envelope import RenditionPlain, parse_envelope, seal_bytes, seal_renditions
 from appliance.contracts.keys import HpkePrivateKey
 from appliance.station.retention import (
     LegalHolds,
@@ -42,15 +42,21 @@ def store_clips(station_dir, profiles: list[str]) -> tuple[dict[str, str], float
     """Seals real envelopes and stores them with the station's own store; returns
     {profile-tagged name: clip_id} and the latest received time (Unix s)."""
     hpke = HpkePrivateKey.generate("X25519").public_key()
+    evidence = HpkePrivateKey.generate("X25519").public_key()
     store = ClipStore(station_dir)
     ids = {}
     try:
         for seq, profile in enumerate(profiles, 1):
-            env = seal_bytes(b"\x1aE\xdf\xa3 not really webm %d" % seq, {"frame_sha256": []},
-                             device_id="dev-a", sequence=seq, signing_key=DEVICE_KEY, station_public_key=hpke,
-                             pattern="strike", event_window_ms=(0, 400), clip_wall_unix_ms=(0, 1000),
-                             profile={"id": profile, "version": "1", "sha256": "ab" * 32},
-                             model_sha256="cd" * 32, content_type="video/webm", frames=1)
+            video = b"\x1aE\xdf\xa3 not really webm %d" % seq
+            common = dict(device_id="dev-a", sequence=seq, signing_key=DEVICE_KEY, pattern="strike",
+                          event_window_ms=(0, 400), clip_wall_unix_ms=(0, 1000),
+                          profile={"id": profile, "version": "1", "sha256": "ab" * 32},
+                          model_sha256="cd" * 32, content_type="video/webm", frames=1)
+            if seq % 2 == 0:    # envelope version 2 (two renditions): retention treats it like v1
+                env = seal_renditions([RenditionPlain("redacted", video, {"rendition": "redacted"}, hpke),
+                                       RenditionPlain("full", video, {"rendition": "full"}, evidence)], **common)
+            else:
+                env = seal_bytes(video, {"frame_sha256": []}, station_public_key=hpke, **common)
             ids[f"{seq}:{profile}"] = store.store(parse_envelope(env)).clip.clip_id
         received = max(c.received_unix_ms for c in store.list_clips()) / 1000.0
     finally:
@@ -107,6 +113,7 @@ def test_nothing_early_everything_expired_and_holds(station):
     hashes = {c.clip_id: c.envelope_sha256 for c in clip.list_clips()}
     clip.close()
     holds.set(held, reason="case 2026-0815, court order", by="dpo.mueller", until=received + 100 * HOUR)
+    assert {parse_envelope(paths[i].read_bytes()).header.version for i in (short, bw_b)} == {2}
 
     clock.t = received + 24 * HOUR - 1                   # one second before the first expiry
     result = job.run()

@@ -36,6 +36,7 @@ from appliance.contracts.envelope import (
 from appliance.contracts.keys import HpkePrivateKey, load_hpke_private_key, load_signing_public_key
 from appliance.contracts.synthetic import synthetic_clip
 from appliance.station.store import ClipStore
+from tests.test_seal import _apply_flips, _Registry
 
 VECTORS = Path(__file__).parent / "fixtures" / "seal"
 
@@ -48,14 +49,6 @@ def clip():
 @pytest.fixture(scope="module")
 def device_key():
     return Ed25519PrivateKey.generate()
-
-
-class _Registry:
-    def __init__(self, keys):
-        self.keys = keys
-
-    def signing_public(self, device_id):
-        return self.keys.get(device_id)
 
 
 @pytest.mark.parametrize("kem", ["MLKEM768_X25519", "X25519"])
@@ -268,19 +261,12 @@ _FUZZ_BASE = seal_clip(synthetic_clip(frames=2, width=16, height=16, redacted=Tr
 def _mutations():
     n = len(_FUZZ_BASE)
     flips = st.lists(st.tuples(st.integers(0, n - 1), st.integers(1, 255)), min_size=1, max_size=4)
-    flipped = flips.map(lambda fs: bytes(_flip_all(_FUZZ_BASE, fs)))
+    flipped = flips.map(lambda fs: _apply_flips(_FUZZ_BASE, fs))
     cut = st.integers(0, n - 1).map(lambda k: _FUZZ_BASE[:k])
     spliced = st.tuples(st.integers(0, n), st.binary(max_size=200)).map(
         lambda t: _FUZZ_BASE[:t[0]] + t[1] + _FUZZ_BASE[t[0]:])
     magic_garbage = st.binary(max_size=300).map(lambda b: b"APSE\x00\x02" + b)
     return st.one_of(flipped, cut, spliced, magic_garbage)
-
-
-def _flip_all(data: bytes, flips) -> bytearray:
-    b = bytearray(data)
-    for pos, mask in flips:
-        b[pos] ^= mask
-    return b
 
 
 @settings(max_examples=3000, deadline=None, derandomize=True, database=None,

@@ -8,6 +8,7 @@ bundle for the technician, printing the station fingerprint to read out to them.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -62,7 +63,11 @@ def cmd_add(args) -> int:
     write_public_file(out, added.bundle)
     print(f"device {added.device_id} enrolled (signing {added.device_fingerprints['signing']}, "
           f"CURVE {added.device_fingerprints['curve']})")
-    print(f"station bundle written to {out}")
+    evidence = json.loads(added.bundle)["body"]["station_fingerprints"].get("evidence")
+    print(f"station bundle written to {out}" + (
+        f" (with the evidence key {evidence}: the box seals clips as envelope version 2, bystanders pixelated "
+        "for the station key, the full video for the evidence key only)" if evidence else
+        " (no evidence key: the box seals envelope version 1; see 'appliance station evidence-key init')"))
     print(f"station fingerprint (read it to the technician): {added.station_fingerprint}")
     print(f"next, on the box: appliance provision import {out.name} --config /etc/appliance/appliance.toml "
           f"--station-fingerprint {added.station_fingerprint}")

@@ -66,12 +66,9 @@ class StationKeyPaths:
         return (self.hpke_private, self.signing_private, self.curve_secret)
 
     def public_files(self) -> tuple[Path, ...]:
-        """What goes to every device (the provisioning bundle); all required."""
+        """What goes to every device (the provisioning bundle); all required. The bundle also
+        carries :attr:`evidence_public` once it exists (appliance/station/devices.py)."""
         return (self.hpke_public, self.signing_public, self.curve_public)
-
-    def bundle_files(self) -> tuple[Path, ...]:
-        """Everything the bundle carries: the required public files and, once made, the evidence key's."""
-        return self.public_files() + ((self.evidence_public,) if self.evidence_public.exists() else ())
 
     def require(self) -> None:
         missing = [p for p in (*self.public_files(), self.signing_private, self.curve_secret) if not p.exists()]
