@@ -9,8 +9,8 @@ monitor page (``Date.now()`` in the page, same clock). Pose inference before the
 in it (`bench pose`). Then the same with 50 more operator sessions holding the live stream open
 (httpx clients, each its own login), whose receive times are measured too.
 
-Then the video layers (envelope version 2, synthetic 640x360 VP8 clips of 6 s sealed by the
-contracts' sealer, stored in the station): reveal with a reason -> first video frame presented in
+Then the video layers (envelope version 2: 6 s of the bundled CCTV fight, 626x360 VP8, in both
+renditions, sealed by the contracts' sealer and stored in the station): reveal with a reason -> first video frame presented in
 Chromium (the page's navigation start, i.e. the form submission, to its first
 ``requestVideoFrameCallback``; cold: each clip decrypted for the first time), a supervisor's
 approval with password (argon2id check + unwrap of the evidence key + decryption of the full
@@ -220,7 +220,6 @@ def _video(driver, url: str, station_dir: Path, console_dir: Path, keys, tmp_pat
 
     from appliance.contracts.envelope import parse_envelope, seal_clip
     from appliance.contracts.keys import load_hpke_private_key, load_hpke_public_key
-    from appliance.contracts.synthetic import synthetic_clip
     from appliance.station.console.custody import wrap_key
     from appliance.station.console.store import ConsoleStore
     from appliance.station.keys import StationKeyPaths, init_evidence_key
@@ -233,7 +232,7 @@ def _video(driver, url: str, station_dir: Path, console_dir: Path, keys, tmp_pat
     accounts = ConsoleStore(console_dir)
     accounts.put_wrap(wrap_key(load_hpke_private_key(offline), "sup", PASSWORD))
     accounts.close()
-    clip = synthetic_clip(frames=60, width=640, height=360, fps=10.0, redacted=True)
+    clip = _sample_clip()
     alarm_ids = []
     store = ClipStore(station_dir)
     try:
@@ -262,7 +261,9 @@ def _video(driver, url: str, station_dir: Path, console_dir: Path, keys, tmp_pat
     rss_before = _rss_kib(pid)[0]
     approve, full = [], []
     with httpx.Client(base_url=url, timeout=120) as sup:
-        sup.post("/login", data={"username": "sup", "password": PASSWORD})
+        # The cookie is Secure: httpx would not send it back over plain HTTP by itself.
+        cookie = sup.post("/login", data={"username": "sup", "password": PASSWORD}).headers["set-cookie"]
+        sup.headers["Cookie"] = cookie.split(";")[0]
         for alarm_id in alarm_ids[:4]:
             page = f"{url}/alarms/{quote(alarm_id, safe='')}"
             driver.get(page)
@@ -285,10 +286,48 @@ def _video(driver, url: str, station_dir: Path, console_dir: Path, keys, tmp_pat
             ("reveal (form submitted) -> first pixelated video frame in Chromium, p95", _pct(reveal, 0.95), "ms"),
             ("supervisor approval with password (argon2id x2, unwrap, decrypt full), p50", _pct(approve, 0.5), "ms"),
             ("approved full video: page load -> first frame, p50", _pct(full, 0.5), "ms"),
-            (f"clip size (redacted / full, {len(clip.frame_times)} frames 640x360)",
+            (f"clip size (redacted / full, {len(clip.frame_times)} frames {clip.width}x{clip.height})",
              f"{len(clip.redacted.video) // 1024}/{len(clip.video) // 1024}", "KiB"),
             (f"console RSS after {VIDEO_CLIPS} reveals / with 4 full-video grants open / peak",
              f"{rss_before // 1024}/{rss_grants // 1024}/{peak // 1024}", "MiB")]
+
+
+def _sample_clip():
+    """A clip of real footage (the bundled CCTV fight, 626x360, looped to 6 s at 25 fps) in both
+    renditions, the redacted one with its right third pixelated as a bystander would be."""
+    import dataclasses
+
+    import cv2
+
+    from appliance.contracts.synthetic import encode_webm, synthetic_clip
+    from appliance.contracts.types import RedactedVideo
+
+    cap = cv2.VideoCapture(str(ROOT / "samples" / "scfd_fight_fi023.mp4"))
+    frames = []
+    while len(frames) < 100:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    frames = (frames * 3)[:150]
+    h, w = frames[0].shape[:2]
+    redacted = []
+    for f in frames:
+        r = f.copy()
+        part = r[:, 2 * w // 3:]
+        small = cv2.resize(part, (max(1, part.shape[1] // 16), max(1, h // 16)), interpolation=cv2.INTER_AREA)
+        r[:, 2 * w // 3:] = cv2.resize(small, (part.shape[1], h), interpolation=cv2.INTER_NEAREST)
+        redacted.append(r)
+    base = synthetic_clip(frames=len(frames), video=b"")
+    times = tuple(10.0 + i / 25 for i in range(len(frames)))
+    return dataclasses.replace(
+        base, video=encode_webm(frames, 25.0), width=w, height=h, fps=25.0, frame_times=times,
+        frame_wall=tuple(time.time() + t for t in times), frame_sha256=tuple("00" * 32 for _ in times),
+        redacted=RedactedVideo(encode_webm(redacted, 25.0), tuple("00" * 32 for _ in times), ("9",),
+                               {"method": "mosaic", "block_px": 16, "margin": 0.0, "hold_s": 0.0, "covers": "bench"}),
+        involved_boxes={"1": tuple((i, 120, 60, 140, 280) for i in range(len(frames))),
+                        "2": tuple((i, 250, 60, 140, 280) for i in range(len(frames)))})
 
 
 def _seen(station_dir: Path, device_id: str) -> bool:

@@ -137,7 +137,8 @@ def test_eval_runs_the_real_pipeline_on_a_small_folder(tmp_path, capsys):
     # The weapon pattern is measured too: the 3 s walk is ordinary footage, its hands were looked at.
     assert "false alarms = 0.0 per camera-hour" in text
     rows = (tmp_path.parent / "det.csv").read_text().splitlines()
-    assert rows[0] == "threshold,fight_recall,false_alarms_per_camera_hour,default" and len(rows) > 10
+    assert rows[0] == ("threshold,fight_recall,false_alarms_per_camera_hour,with_rules_fight_recall,"
+                       "with_rules_false_alarms_per_camera_hour,default") and len(rows) > 10
     assert sum(int(r.split(",")[-1]) for r in rows[1:]) == 1      # the default operating point, marked
     import cv2
     assert cv2.imread(str(tmp_path.parent / "det.png")) is not None
@@ -171,3 +172,26 @@ def test_eval_of_a_missing_folder_is_a_user_error(tmp_path):
     args = _cli(["eval", str(tmp_path / "nope"), "--quiet"])
     with pytest.raises(InputError):
         args.func(args)
+
+
+def test_the_det_adds_what_the_rules_raise_at_every_threshold():
+    """The operator's DET: the classifier's alarms at a threshold plus the strike/kick/push/
+    strangle alarms, which do not depend on it; a fight clip found by either counts."""
+    from appliance.box.behaviour.evaluate import ClipResult, EvalReport
+    from appliance.contracts.types import Event, Pattern
+
+    def event(pattern, t):
+        return Event(pattern, t, t + 0.1, (1, 2), 0.7, {})
+
+    high = tuple((0.1 * i, 0.9) for i in range(5))    # P(fight) 0.9 for 0.5 s
+    fights = [ClipResult("fight/a.mp4", "fight", (), 20, 2.0, high),
+              ClipResult("fight/b.mp4", "fight", (event(Pattern.STRIKE, 1.0),), 20, 2.0, ()),
+              ClipResult("fight/c.mp4", "fight", (), 20, 2.0, ())]
+    ordinary = [ClipResult("normal/x.mp4", "ordinary", (event(Pattern.PUSH, 3.0),), 36000, 3600.0,
+                           tuple((0.1 * i, 0.5) for i in range(5)))]
+    report = EvalReport(fight=fights, ordinary=ordinary, operating_point=(0.85, 2, 1.5, 10.0))
+    rows = {r["threshold"]: r for r in report.det_curve([0.4, 0.85])}
+    assert rows[0.85]["fight_recall"] == pytest.approx(1 / 3, abs=1e-4) and rows[0.85]["false_alarms_per_camera_hour"] == 0
+    assert rows[0.85]["with_rules_fight_recall"] == pytest.approx(2 / 3, abs=1e-4)
+    assert rows[0.85]["with_rules_false_alarms_per_camera_hour"] == 1.0      # the push, in one camera-hour
+    assert rows[0.4]["false_alarms_per_camera_hour"] == 1.0 and rows[0.4]["with_rules_false_alarms_per_camera_hour"] == 2.0

@@ -421,3 +421,17 @@ def test_layer_3_full_video_needs_a_supervisors_password_and_stays_in_memory(
     assert ended[0]["why"] == "expired" and ended[0]["views"] == 1
     assert ("password_bad_password" in {r.get("reason") for r in records if r["kind"] == "console.refused"})
     assert kinds.index("console.full_video_approved") < kinds.index("console.full_video_granted")
+
+
+def test_the_station_key_comes_from_the_systemd_credential_when_there_is_one(tmp_path, monkeypatch):
+    from appliance.station.console.app import STATION_KEY_CREDENTIAL, default_station_key
+
+    station = tmp_path / "station"
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert default_station_key(station) == StationKeyPaths.of(station).hpke_private
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    assert default_station_key(station) == StationKeyPaths.of(station).hpke_private    # not passed: the dir
+    (credentials / STATION_KEY_CREDENTIAL).write_bytes(b"key")
+    assert default_station_key(station) == credentials / STATION_KEY_CREDENTIAL

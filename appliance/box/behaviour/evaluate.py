@@ -335,22 +335,38 @@ class EvalReport:
             "per_clip": {c.name: c.patterns() for c in self.fall_videos},
         }
 
+    def _permitted_rules(self, clip: ClipResult) -> list[Event]:
+        """Permitted violent events that are not the classifier's ``fight`` (strike, kick, push,
+        strangle): they do not depend on the classifier's threshold."""
+        return [e for e in self._permitted_violent(clip) if e.pattern is not Pattern.FIGHT]
+
     def det_curve(self, thresholds: Iterable[float] | None = None) -> list[dict[str, float]]:
         """Fight recall (scfd fight clips) against false alarms per camera-hour (all ordinary
-        footage) when the fight classifier's threshold is swept; the other settings as configured."""
+        footage) when the fight classifier's threshold is swept; the other settings as configured.
+
+        Two pairs of columns: the classifier alone, and ``with_rules_*`` — what an operator gets
+        at that threshold: a fight clip counts as found when the classifier or a permitted
+        strike/kick/push/strangle fires in it, and the rules' permitted alarms on ordinary
+        footage are added (an upper bound: a rule and a fight of one region are one episode)."""
         if self.operating_point is None or not self.fight:
             return []
         _, consecutive, gap, repeat = self.operating_point
         clips = self.ordinary_clips()
         hours = sum(c.seconds for c in clips) / 3600.0
+        rule_found = [bool(self._permitted_rules(c)) for c in self.fight]
+        rule_alarms = sum(len(self._permitted_rules(c)) for c in clips)
         rows = []
         if thresholds is None:   # a grid, plus the default operating point itself
             thresholds = sorted({*np.round(np.arange(0.02, 1.0, 0.02), 2).tolist(), self.operating_point[0]})
         for thr in thresholds:
-            recall = float(np.mean([alarms_at(c.fight_trace, thr, consecutive, gap, repeat) > 0 for c in self.fight]))
+            found = [alarms_at(c.fight_trace, thr, consecutive, gap, repeat) > 0 for c in self.fight]
             alarms = sum(alarms_at(c.fight_trace, thr, consecutive, gap, repeat) for c in clips)
-            rows.append({"threshold": float(thr), "fight_recall": round(recall, 4),
-                         "false_alarms_per_camera_hour": round(alarms / hours, 2) if hours else math.nan})
+            both = [a or r for a, r in zip(found, rule_found, strict=True)]
+            rows.append({"threshold": float(thr), "fight_recall": round(float(np.mean(found)), 4),
+                         "false_alarms_per_camera_hour": round(alarms / hours, 2) if hours else math.nan,
+                         "with_rules_fight_recall": round(float(np.mean(both)), 4),
+                         "with_rules_false_alarms_per_camera_hour":
+                             round((alarms + rule_alarms) / hours, 2) if hours else math.nan})
         return rows
 
     def to_json(self) -> dict[str, Any]:
@@ -371,7 +387,8 @@ def write_det(report: EvalReport, csv_path: Path, png_path: Path | None = None) 
     """The DET trade-off as CSV and (drawn with OpenCV) PNG, the default operating point marked."""
     rows = report.det_curve()
     with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, ["threshold", "fight_recall", "false_alarms_per_camera_hour", "default"])
+        w = csv.DictWriter(f, ["threshold", "fight_recall", "false_alarms_per_camera_hour", "with_rules_fight_recall",
+                               "with_rules_false_alarms_per_camera_hour", "default"])
         w.writeheader()
         thr0 = report.operating_point[0] if report.operating_point else None
         for r in rows:
@@ -386,7 +403,9 @@ def _draw_det(rows: list[dict[str, float]], report: EvalReport, path: Path) -> N
     img = np.full((H, W, 3), 255, np.uint8)
     fa = np.array([r["false_alarms_per_camera_hour"] for r in rows], float)
     rec = np.array([r["fight_recall"] for r in rows], float)
-    fmax = max(1.0, float(np.nanmax(fa)) * 1.05)
+    fa_all = np.array([r["with_rules_false_alarms_per_camera_hour"] for r in rows], float)
+    rec_all = np.array([r["with_rules_fight_recall"] for r in rows], float)
+    fmax = max(1.0, float(np.nanmax(fa_all)) * 1.05)
     xlog = lambda v: L + (W - L - R) * math.log10(1 + v) / math.log10(1 + fmax)  # noqa: E731
     ylin = lambda v: H - B - (H - B - T) * v  # noqa: E731
     cv2.rectangle(img, (L, T), (W - R, H - B), (0, 0, 0), 1)
@@ -403,11 +422,17 @@ def _draw_det(rows: list[dict[str, float]], report: EvalReport, path: Path) -> N
     cv2.line(img, (x1, T), (x1, H - B), (180, 180, 180), 1)
     pts = np.array([[int(xlog(f)), int(ylin(r))] for f, r in zip(fa, rec, strict=True)], np.int32)
     cv2.polylines(img, [pts], False, (200, 80, 0), 2)
+    pts_all = np.array([[int(xlog(f)), int(ylin(r))] for f, r in zip(fa_all, rec_all, strict=True)], np.int32)
+    cv2.polylines(img, [pts_all], False, (0, 140, 0), 1)
+    cv2.putText(img, "blue: classifier alone; green: with the strike/kick/push/strangle rules", (L + 5, T + 15),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
     if report.operating_point is not None:
         thr = report.operating_point[0]
         r0 = min(rows, key=lambda r: abs(r["threshold"] - thr))
-        p0 = (int(xlog(r0["false_alarms_per_camera_hour"])), int(ylin(r0["fight_recall"])))
-        cv2.circle(img, p0, 7, (0, 0, 220), 2)
+        for fa_key, rec_key in (("false_alarms_per_camera_hour", "fight_recall"),
+                                ("with_rules_false_alarms_per_camera_hour", "with_rules_fight_recall")):
+            p0 = (int(xlog(r0[fa_key])), int(ylin(r0[rec_key])))
+            cv2.circle(img, p0, 7, (0, 0, 220), 2)
         cv2.putText(img, f"default p>={thr:.2f}", (p0[0] + 10, p0[1] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                     (0, 0, 220), 1)
     cv2.putText(img, "false alarms per camera-hour (all ordinary footage, log scale)", (L, H - 15),

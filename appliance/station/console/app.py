@@ -612,6 +612,8 @@ class Console:
         self._audit("console.full_video_granted", user=session.username, request=rid, alarm_id=alarm_id,
                     requested_by=requester, key_fingerprint=wrap.fingerprint, bytes=held.size,
                     expires_unix_ms=held.expires_unix_ms())
+        # The requester's open alarm page shows the video at once (it reloads; no content in the event).
+        self.feed.publish({"type": "grant", "alarm_id": alarm_id, "user": requester})
         return (f"the full video is open for {requester} until "
                 f"{_utc(held.expires_unix_ms())} (the evidence key was used once and dropped)")
 

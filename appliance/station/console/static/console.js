@@ -112,6 +112,12 @@ function startAlarmPage() {
       document.getElementById("state").textContent = `${w.state} (${w.owner})`;
     }
   });
+  source.addEventListener("grant", (e) => {
+    // A supervisor opened the full video requested on this page: show it (the page asks the server).
+    const g = JSON.parse(e.data);
+    if (g.alarm_id === detail.dataset.alarmId && g.user === document.body.dataset.user &&
+        !document.getElementById("full-video")) { window.location.replace(window.location.pathname); }
+  });
   const verdictForm = document.getElementById("verdict-form");
   const codes = document.getElementById("reason-code");
   function filterCodes(verdict) {
