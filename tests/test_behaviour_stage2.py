@@ -172,9 +172,10 @@ def test_one_person_falling_never_raises_a_violent_pattern(profile):
 
 
 def test_a_violent_rule_needs_both_bodies_moving_in_themselves():
-    """Strike, kick, push and strangle need stage-2 evidence that *both* persons move relative
-    to their own body (a blow moves the actor's limbs and the target's body): the same real
-    skeletons with a kick fire when both move, and not when the target's box stands still."""
+    """Strike, kick, push and strangle (and the classifier's fight: see the threshold test) need
+    stage-2 evidence that *both* persons move relative to their own body (a blow moves the
+    actor's limbs and the target's body): the same real skeletons with a kick fire when both
+    move, and not when the target's box stands still."""
     frames = load_fixture("pair_kick_constructed")
 
     def run(relative):
@@ -249,10 +250,10 @@ def test_the_operating_threshold_is_a_site_setting_validated_by_the_config(tmp_p
     # middling P(fight) — exactly what a site's threshold decides about.
     frames = load_fixture("scfd_nofight_crowd")
 
-    def run(threshold: float):
+    def run(threshold: float, relative=None):
         analyzer = BehaviourAnalyzer(BehaviourConfig(fight_threshold=threshold))
         events, probs = [], []
-        for f, evidence in worst_case_evidence(frames):
+        for f, evidence in worst_case_evidence(frames, relative):
             events += analyzer.update(f, evidence)
             probs.append(analyzer.fight_probability)
         return [e for e in events if e.pattern is Pattern.FIGHT], max(probs)
@@ -263,6 +264,10 @@ def test_the_operating_threshold_is_a_site_setting_validated_by_the_config(tmp_p
     high, _ = run(min(0.99, round(p_max + 0.01, 2)))
     assert low and not high
     assert low[0].explanation["threshold_probability"] == 0.05 and low[0].confidence >= 0.5
+    # Like the rules, the classifier's fight needs the region's persons moving in themselves.
+    assert low[0].explanation["relative_motion_min_box_heights_per_s"] == 1.0
+    still = {p.track_id: 0.05 for f in frames for p in f.persons}
+    assert run(0.05, still) == ([], 0.0)
     if default_fights:
         assert default_fights[0].explanation["threshold_probability"] == FightModel.load(MODEL).threshold
     for bad in (1.0, -0.1):

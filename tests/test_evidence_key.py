@@ -110,6 +110,10 @@ def test_export_opens_redacted_by_default_and_full_with_the_evidence_key(station
     custody = tmp_path / "custody.key"
     assert main(["station", "evidence-key", "init", "--station-dir", str(station_dir), "--out", str(custody)]) == 0
     clip, clip_id = _stored_v2(tmp_path, station_dir)
+    capsys.readouterr()
+    assert main(["station", "list", "--station-dir", str(station_dir), "--json"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert (row["envelope_version"], row["renditions"]) == (2, ["redacted", "full"])   # nothing decrypted
     out = tmp_path / "out"
     common = ["--station-dir", str(station_dir), "--operator", "kim"]
     capsys.readouterr()
@@ -144,6 +148,9 @@ def test_export_of_a_v1_clip_with_an_evidence_key_says_why(station_dir, tmp_path
     custody = tmp_path / "custody.key"
     assert main(["station", "evidence-key", "init", "--station-dir", str(station_dir), "--out", str(custody)]) == 0
     clip, clip_id = _stored_v2(tmp_path, station_dir, version=1)
+    capsys.readouterr()
+    assert main(["station", "list", "--station-dir", str(station_dir), "--json"]) == 0
+    assert '"renditions": ["full"]' in capsys.readouterr().out
     common = ["--station-dir", str(station_dir), "--operator", "kim", "--reason", "case 8"]
     assert main(["station", "export", clip_id, str(tmp_path / "o"), *common, "--evidence-key", str(custody)]) == 2
     assert "envelope version 1" in capsys.readouterr().err

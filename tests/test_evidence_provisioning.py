@@ -72,7 +72,7 @@ def test_a_bundle_with_the_evidence_key_makes_the_box_seal_v2(tmp_path, capsys, 
 
     with caplog.at_level(logging.INFO, logger="appliance.daemon"):
         envelope = _seal_one(cfg_path)
-    assert "sealing envelope version 2" in caplog.text
+    assert "sealing envelope version 2" in caplog.text and "envelope v2, bystander tracks pixelated" in caplog.text
     assert parse_envelope(envelope).header.version == 2
     device = load_signing_public_key(layout.signing_public)
     station_key = load_hpke_private_key(StationKeyPaths.of(station_dir).hpke_private)

@@ -168,9 +168,9 @@ class BehaviourConfig:
     stage2_zoom: bool = opt(True, fix="re-run the pose model on each candidate region's crop, true or false")
     violent_min_relative_motion: float = opt(
         0.1, lo=0.0, hi=5.0,
-        fix="with the stage-2 classifier, strike, kick, push and strangle need both persons' relative motion "
-            "(optical flow minus the body's own translation, box heights per second) at least this, e.g. 0.1; "
-            "0 = not required")
+        fix="with the stage-2 classifier, every violent pattern (fight, strike, kick, push, strangle) needs the "
+            "persons' relative motion (optical flow minus the body's own translation, box heights per second; "
+            "the less moving one) at least this, e.g. 0.1; 0 = not required")
 
     # Fall / lying.
     fall_drop: float = opt(1.0, lo=0.1, hi=10,

@@ -154,8 +154,12 @@ class ClipSealer:
                           model_sha256=clip.model_sha256, frames=len(clip.frame_times),
                           envelope_version=2 if self.evidence_key else 1,
                           pixelated_tracks=list(clip.redacted.pixelated_tracks) if clip.redacted else [])
-        log.info("sealed the clip of alarm %s (%s, %d frames) into the spool", clip_id, event.pattern.value,
-                 len(clip.frame_times))
+        sealed_as = "envelope v1"
+        if self.evidence_key is not None and clip.redacted is not None:
+            tracks = ", ".join(clip.redacted.pixelated_tracks) or "none"
+            sealed_as = f"envelope v2, bystander tracks pixelated for the station: {tracks}"
+        log.info("sealed the clip of alarm %s (%s, %d frames, %s) into the spool", clip_id, event.pattern.value,
+                 len(clip.frame_times), sealed_as)
 
 
 def run_daemon(cfg: AppConfig, *, config_path: str | None = None, max_seconds: float | None = None,

@@ -34,6 +34,14 @@ def coverage(header: dict[str, Any], pre_roll_s: float | None, post_roll_s: floa
             "complete": covered + 2.5 * period >= requested}
 
 
+def renditions(header: dict[str, Any]) -> dict[str, Any]:
+    """The envelope version and its renditions (docs/envelope.md): v1 has one, ``full``; v2 has
+    ``redacted`` (the station key's) and ``full`` (the evidence key's)."""
+    version = int(header.get("version") or 1)
+    names = [r.get("name") for r in header.get("renditions", [])] if version >= 2 else ["full"]
+    return {"envelope_version": version, "renditions": names}
+
+
 def _rolls(profile_id: str, cache: dict[str, tuple[float | None, float | None]]) -> tuple[float | None, float | None]:
     if profile_id not in cache:
         try:
@@ -97,6 +105,7 @@ def clip_facts(station_dir: str | Path, clips: Iterable[Any], *, config: Path | 
             "deleted_after_unix_ms": int(max(expires, hold.until * 1000) if hold else expires),
             "accesses": accesses.get(c.clip_id, 0),
             **coverage(c.header, *_rolls(profile, rolls)),
+            **renditions(c.header),
         }
     return out
 

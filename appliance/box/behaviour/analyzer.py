@@ -483,8 +483,8 @@ class BehaviourAnalyzer:
 
     def _stage2(self, persons: list[_Person], evidence: tuple, t: float) -> list[Observation]:
         """The stage-2 classifier per candidate region; a fight observation per region whose
-        P(fight) reached the model's threshold in ``consecutive_windows`` windows in a row with
-        two-person evidence."""
+        P(fight) reached the threshold in ``consecutive_windows`` windows in a row with
+        two-person evidence and its persons moving in themselves (relative motion)."""
         self._two_person_regions = {}
         # Each measured person's relative motion this frame (the highest over the regions holding it).
         self._relative_motion = {}
@@ -497,10 +497,13 @@ class BehaviourAnalyzer:
         if model is None:
             return []
         out = []
-        for score in self.region_scores:
+        for ev, score in zip(evidence, self.region_scores, strict=True):   # one score per evidence
             if score.two_persons:
                 self._two_person_regions[score.region] = score
-            if score.span_s < model.min_window_s - 1e-6 or not score.two_persons:
+            # Two bodies moving in themselves, like the rules (the less moving one decides).
+            moving = min(ev.person_relative_motion, default=0.0)
+            if score.span_s < model.min_window_s - 1e-6 or not score.two_persons or \
+                    moving < self.cfg.violent_min_relative_motion:
                 self._regions.set_run(score.region, 0)
                 continue
             p = model.probability(score.features)
@@ -520,6 +523,7 @@ class BehaviourAnalyzer:
                 "window_s": _r(score.span_s),
                 "consecutive_windows": run,
                 "two_person_fraction": _r(score.two_person_fraction),
+                "relative_motion_min_box_heights_per_s": _r(moving),
             }
             for name in model.feature_names:
                 value = score.features[FEATURE_NAMES.index(name)]
