@@ -93,9 +93,10 @@ class Demo:
 
     # -- running the product's commands --------------------------------------------------
 
-    def appliance(self, *args: str, check: bool = True, timeout: float = STEP_TIMEOUT_S) -> str:
+    def appliance(self, *args: str, check: bool = True, timeout: float = STEP_TIMEOUT_S, stdin: str | None = None) -> str:
         cmd = [sys.executable, "-m", "appliance.cli", *args]
-        proc = subprocess.run(cmd, cwd=self.work, env=self.env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=self.work, env=self.env, capture_output=True, text=True, timeout=timeout,
+                              input=stdin)
         if check and proc.returncode != 0:
             raise DemoError(f"`appliance {' '.join(args)}` failed (exit {proc.returncode}):\n"
                             f"{proc.stdout}{proc.stderr}")
@@ -274,16 +275,27 @@ class Demo:
             say("  (the operator console is not part of this version)")
             return None, None
         console_dir = self.work / "console"
-        out = self.appliance("station", "console", "demo-user", "--console-dir", str(console_dir))
-        fields = dict(line.split(None, 1) for line in out.splitlines() if len(line.split(None, 1)) == 2)
-        login = f"user {fields.get('user', '?')}, password {fields.get('password', '?')}"
+        operator, supervisor = (self._demo_user(console_dir, role) for role in ("operator", "supervisor"))
+        login = f"user {operator[0]}, password {operator[1]}"
+        # The key ceremony: the evidence key from custody, wrapped under the supervisor's password,
+        # so that supervisor's approval opens the full video in the console (docs/console.md).
+        self.appliance("station", "console", "evidence-key", "wrap", "--console-dir", str(console_dir), "--key",
+                       str(self.evidence_key), "--user", supervisor[0], "--station-dir", str(self.station),
+                       stdin=supervisor[1] + "\n")
         ready = self.work / "console.ready"
         proc = self.start("console", "station", "console", "serve", "--station-dir", str(self.station),
                           "--console-dir", str(console_dir), "--bind", "127.0.0.1:0", "--behind-proxy",
                           "--ready-file", str(ready))
         url = self.wait_file(ready, proc, "the operator console")
         say(f"  console on {url}: black until an alarm arrives (one-time demo login: {login})")
+        say(f"  a supervisor, who approves requests for the full video with their password (the evidence key is "
+            f"wrapped under it in the console): user {supervisor[0]}, password {supervisor[1]}")
         return url, login
+
+    def _demo_user(self, console_dir: Path, role: str) -> tuple[str, str]:
+        out = self.appliance("station", "console", "demo-user", "--console-dir", str(console_dir), "--role", role)
+        fields = dict(line.split(None, 1) for line in out.splitlines() if len(line.split(None, 1)) == 2)
+        return fields.get("user", "?"), fields.get("password", "?")
 
     def _use_camera(self, video: Path) -> None:
         import tomlkit

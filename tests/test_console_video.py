@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -435,3 +436,110 @@ def test_the_station_key_comes_from_the_systemd_credential_when_there_is_one(tmp
     assert default_station_key(station) == StationKeyPaths.of(station).hpke_private    # not passed: the dir
     (credentials / STATION_KEY_CREDENTIAL).write_bytes(b"key")
     assert default_station_key(station) == credentials / STATION_KEY_CREDENTIAL
+
+
+STRACE = shutil.which("strace")
+OPEN_FLAGS = re.compile(r"O_WRONLY|O_RDWR|O_CREAT|O_TRUNC|O_APPEND")
+TRACED = re.compile(r"^(?:\[pid\s+)?\d+\]?\s+(\w+)\((.*)$")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(STRACE is None, reason="strace not installed (scripts/ensure-system-deps.sh installs it)")
+def test_strace_the_console_process_writes_no_video_anywhere(site, evidence, tmp_path):  # noqa: F811
+    """Every system call of the real console process (``strace -f``, every thread, C level too)
+    while an operator reveals and plays the pixelated clip and, after a supervisor's approval, the
+    full one: nothing is opened for writing outside the console's own directory (its database,
+    audit log and key) and SQLite's shared-memory index of the station database, no memfd is
+    made, and no file anywhere under the test's directories holds a byte run of either video."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from appliance.contracts.keys import load_hpke_private_key
+
+    station_dir, console_dir, keys, alarm_id = site
+    clip = store_v2_clip(station_dir, keys, 1)
+    accounts = ConsoleStore(console_dir)
+    accounts.put_wrap(wrap_key(load_hpke_private_key(evidence), "supervisor", PASSWORD))
+    accounts.close()
+    log, ready, home = tmp_path / "strace.log", tmp_path / "console.url", tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(home), "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
+    proc = subprocess.Popen([STRACE, "-f", "-qq", "-s", "200", "-o", str(log), "-e", "trace=%file,memfd_create",
+                             "-e", "signal=none", sys.executable, "-m", "appliance.cli", "station", "console",
+                             "serve", "--station-dir", str(station_dir), "--console-dir", str(console_dir),
+                             "--bind", "127.0.0.1:0", "--ready-file", str(ready),
+                             "--login-attempts-per-minute", "1000"],
+                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if proc.poll() is not None and "ptrace" in proc.stderr.read().lower():
+            pytest.skip("strace cannot trace here")
+        base = ready.read_text().strip()
+
+        def session(user):
+            c = httpx.Client(base_url=base, timeout=120)
+            c.headers["Cookie"] = c.post("/login", data={"username": user, "password": PASSWORD}
+                                         ).headers["set-cookie"].split(";")[0]
+            return c, re.search(r'data-csrf="([^"]+)"', c.get("/").text).group(1)
+
+        op, csrf = session("operator")
+        sup, scsrf = session("supervisor")
+        path = f"/alarms/{url(alarm_id)}"
+        op.post(f"{path}/reveal", data={"csrf": csrf, "reason": "who is involved"})
+        assert op.get(f"{path}/video").content == clip.redacted.video
+        assert op.get(f"{path}/video", headers={"Range": "bytes=10-99"}).status_code == 206
+        op.post(f"{path}/request-full", data={"csrf": csrf, "reason": "case 2026-121"})
+        rid = re.findall(r'action="/approvals/(\d+)"', sup.get("/approvals").text)[-1]
+        sup.post(f"/approvals/{rid}", data={"csrf": scsrf, "decision": "approve", "password": PASSWORD,
+                                            "reason": "duty officer agrees"})
+        assert op.get(f"{path}/full-video").content == clip.video
+        op.close()
+        sup.close()
+    finally:
+        # SIGTERM to the console (strace's child), which stops cleanly; strace then ends with it.
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        for pid in (children.read_text().split() if children.exists() else []):
+            os.kill(int(pid), signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+    allowed = (str(console_dir) + "/", str(ready), str(ready) + ".tmp", str(station_dir / "station.db-shm"),
+               str(station_dir / "station.db-wal"), "/dev/null", "/dev/urandom", "/dev/tty")
+    writes, memfds, own = [], [], []
+    for line in log.read_text(errors="replace").splitlines():
+        m = TRACED.match(line)
+        if not m:
+            continue
+        call, args = m.groups()
+        if call == "memfd_create":
+            memfds.append(line)
+        target = re.search(r'"([^"]*)"', args)
+        if target is None or " = -1 " in args:
+            continue
+        written = (call in ("open", "openat", "openat2") and OPEN_FLAGS.search(args)) or call in (
+            "creat", "rename", "renameat", "renameat2", "mkdir", "mkdirat", "link", "linkat", "symlink", "symlinkat")
+        name = target.group(1)
+        if written and not name.startswith(allowed):
+            writes.append(line)
+        elif written:
+            own.append(name)
+    assert any(n.endswith("audit.jsonl") for n in own) and any("console.db" in n for n in own)   # it traced
+    assert memfds == []
+    assert writes == [], "\n".join(writes[:20])
+    assert list((tmp_path / "tmp").iterdir()) == []
+    probes = []
+    for video in (clip.video, clip.redacted.video):
+        chunks = [video[i:i + 64] for i in range(0, len(video) - 64, 64)]
+        probes += [p for p in chunks if len(set(p)) > 40][:32]
+    for file in (p for p in tmp_path.rglob("*") if p.is_file() and p != log):
+        content = file.read_bytes()
+        assert not any(p in content for p in probes), file

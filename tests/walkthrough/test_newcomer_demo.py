@@ -33,6 +33,18 @@ def test_make_demo_once_shows_the_product(tmp_path):
     # the console (issue 13) is started with a one-time login, and the alarm messages reach it
     assert re.search(r"Operator console: http://127\.0\.0\.1:\d+ +\(one-time demo login: user \S+, password \S+\)", out)
     assert re.search(r"station: alarm demo-box-01#\d+ arrived at once", out)
+    # and a supervisor login whose password opens the full video (the evidence key wrapped under it)
+    supervisor = re.search(r"a supervisor, who approves .*: user (\S+), password (\S+)", out)
+    assert supervisor, out
+    from appliance.station.console.custody import unwrap_key
+    from appliance.station.console.store import ConsoleStore
+
+    accounts = ConsoleStore(tmp_path / "demo" / "console")
+    try:
+        wrap = accounts.wrap(supervisor.group(1))
+    finally:
+        accounts.close()
+    assert unwrap_key(wrap, supervisor.group(2)).kem == wrap.kem
     # --once stopped everything it started: the station's log says so
     assert "station stopped" in (tmp_path / "demo" / "logs" / "station.log").read_text()
     _layered_disclosure(tmp_path / "demo", out)
