@@ -15,7 +15,8 @@ import pytest
 
 from appliance.box.clip import build_clip, decode_frame_hashes, decode_frames
 from appliance.box.clip.bystanders import SeenPersons, dilate, pixelate, plan_redaction
-from appliance.box.config import AppConfig, RedactionConfig, package_root
+from appliance.box.config import AppConfig, RedactionConfig, Region, package_root
+from appliance.box.policy.masks import MaskSet
 from appliance.box.runtime import Pipeline, analyse_video
 from appliance.contracts.types import Decision, Event, Frame, Pattern, ProfileRef, Trigger
 
@@ -61,6 +62,23 @@ def fight_run(pose_estimator):
 
     analyse_video(pipeline, _frames(FIGHT), on_ingest=keep)
     return pipeline, ring
+
+
+def test_privacy_masks_stay_black_in_the_redacted_rendition_too(fight_run):
+    # A mosaic block that straddles a mask's edge averages the visible pixels beside it; painted
+    # back, that colour would cover part of the masked area. The mask is burned in after the mosaic.
+    pipeline, ring = fight_run
+    band = Region("top-band", ((0.0, 0.0), (1.0, 0.0), (1.0, 0.35), (0.0, 0.35)))
+    masks = MaskSet.from_regions((band,))
+    masked_ring = [Frame(f.index, f.t, f.wall, masks.apply(f.image)) for f in ring]
+    clip = build_clip(_trigger((1,), ring[0].t, ring[-1].t), masked_ring, {}, "cd" * 32, masks, 25.0,
+                      redaction=SETTINGS, seen=pipeline.seen_history)
+    assert clip.redacted is not None and clip.redacted.pixelated_tracks
+    inside = masks.masked_pixels(clip.width, clip.height).astype(bool)
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)   # VP8 bleed at the edge
+    for name, video in (("full", clip.video), ("redacted", clip.redacted.video)):
+        for index, image in enumerate(decode_frames(video)):
+            assert image[inside].max() <= 12, (name, index, int(image[inside].max()))
 
 
 def test_bystanders_are_pixelated_and_involved_persons_untouched_on_real_video(fight_run):

@@ -46,9 +46,11 @@ def wait_for(predicate, timeout: float, what: str, step: float = 0.2):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def sensitive_box(tmp_path: Path, capsys, station_dir: Path, endpoint: str, **sections) -> Path:
+def sensitive_box(tmp_path: Path, capsys, station_dir: Path, endpoint: str, *,
+                  behaviour: dict | None = SENSITIVE_BEHAVIOUR, **sections) -> Path:
     """A provisioned, imported box config that loops the sample clip in real time with the
-    lowered fight thresholds; ``sections`` update top-level tables (e.g. ``uplink={...}``)."""
+    lowered fight thresholds (``behaviour=None``: the shipped defaults); ``sections`` update
+    top-level tables (e.g. ``uplink={...}``)."""
     cfg_path, bundle, fingerprint = provision_device(tmp_path, capsys, station_dir, endpoint)
     code, out = run(capsys, "provision", "import", str(bundle), "--config", str(cfg_path),
                     "--station-fingerprint", fingerprint, "--unit-dir", str(tmp_path / "units"))
@@ -57,7 +59,8 @@ def sensitive_box(tmp_path: Path, capsys, station_dir: Path, endpoint: str, **se
     doc["camera"].update({"realtime": True, "loop": True})
     doc["analysis"] = {"fps": 10.0}
     doc["zones"] = []
-    doc["behaviour"] = SENSITIVE_BEHAVIOUR
+    if behaviour is not None:
+        doc["behaviour"] = behaviour
     for name, values in sections.items():
         doc[name].update(values)
     cfg_path.write_text(tomli_w.dumps(doc))

@@ -329,7 +329,10 @@ def _encode(inside: Sequence[Frame], size: tuple[int, int], fps: float, masks: M
                 image = np.ascontiguousarray(image)
                 writers[0].write(image)
                 if plan is not None and redaction is not None:
-                    writers[1].write(pixelate(image, *plan.frame(i), redaction))
+                    # Masks again after the mosaic: a block straddling a mask's edge averages the
+                    # visible pixels next to it and would paint that colour into the masked area.
+                    redacted = pixelate(image, *plan.frame(i), redaction)
+                    writers[1].write(masks.apply_inplace(redacted) if masks else redacted)
         finally:
             for w in writers:
                 w.release()
