@@ -203,6 +203,15 @@ def test_video_layers_play_in_a_real_browser(tmp_path):
     finally:
         driver.quit()
         stop_console(console, tmp_path)
+    # Cache-Control: no-store: the browser kept neither clip in its profile (disk cache) either.
+    probes = []
+    for video in (clip.video, clip.redacted.video):
+        chunks = [video[i:i + 64] for i in range(0, len(video) - 64, 64)]
+        probes += [p for p in chunks if len(set(p)) > 40][:32]
+    assert len(probes) >= 16
+    for file in (p for p in (tmp_path / "chromium-profile").rglob("*") if p.is_file()):
+        content = file.read_bytes()
+        assert not any(p in content for p in probes), file
     records = audit_kinds(console_dir / "audit.jsonl")
     kinds = [(r["kind"], r.get("user") or r.get("operator")) for r in records]
     assert "console.evidence_key_wrapped" in {k for k, _ in kinds}

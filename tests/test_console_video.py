@@ -25,6 +25,7 @@ from appliance.station.keys import StationKeyPaths
 from appliance.station.store import ClipStore
 from tests.test_console import (  # noqa: F401  (fixtures)
     PASSWORD,
+    PASSWORD_HASH,
     audit_records,
     client_for,
     console,
@@ -543,3 +544,47 @@ def test_strace_the_console_process_writes_no_video_anywhere(site, evidence, tmp
     for file in (p for p in tmp_path.rglob("*") if p.is_file() and p != log):
         content = file.read_bytes()
         assert not any(p in content for p in probes), file
+
+
+@pytest.fixture(params=["embedded", "scale"])
+def storage_tier(request, tmp_path):
+    """A station directory on each storage tier (scale-out: real PostgreSQL and S3 servers)."""
+    from appliance.station.storage import StorageSettings, write_storage_file
+
+    station_dir = tmp_path / "station"
+    station_dir.mkdir()
+    if request.param == "scale":
+        write_storage_file(station_dir, request.getfixturevalue("scale_storage"))
+    else:
+        write_storage_file(station_dir, StorageSettings())
+    return station_dir
+
+
+@pytest.mark.servers
+def test_the_console_plays_a_clip_from_either_storage_tier(storage_tier, tmp_path):
+    """The console finds the envelope where the station stored it: a file under envelopes/, or an
+    object in the S3 store (scale-out tier, with the console's own credentials)."""
+    from appliance.station.console.app import Console
+    from appliance.station.console.service import open_console_audit_log
+    from appliance.station.enrol import create_device_keys, enrol_device
+    from appliance.station.keys import generate_station_keys, init_evidence_key
+
+    station_dir, console_dir = storage_tier, tmp_path / "console"
+    generate_station_keys(station_dir, kem="X25519")
+    (tmp_path / "offline").mkdir()
+    init_evidence_key(station_dir, tmp_path / "offline" / "evidence.key")
+    keys = create_device_keys(tmp_path / "dev", "cam-09")
+    enrol_device(station_dir, keys)
+    clip = store_v2_clip(station_dir, keys, 4)
+    accounts = ConsoleStore(console_dir)
+    accounts.add_user("operator", "operator", PASSWORD_HASH)
+    accounts.close()
+    audit = open_console_audit_log(console_dir)
+    app = Console(station_dir, console_dir, audit=audit)
+    try:
+        op, csrf = login_again(app, "operator")
+        op.post(f"/alarms/{url('cam-09#4')}/reveal", data={"csrf": csrf, "reason": "check the scene"})
+        assert op.get(f"/alarms/{url('cam-09#4')}/video").content == clip.redacted.video
+    finally:
+        app.close()
+        audit.close()
