@@ -170,8 +170,9 @@ def test_crash_between_closing_record_and_rename_is_finished_on_next_open(tmp_pa
     assert verify(path).ok
 
 
-def test_crash_after_rename_before_new_file(tmp_path):
-    path = tmp_path / "audit.jsonl"
+def _rotate_and_die_before_new_file(path: Path) -> int:
+    """A key holder's rotation up to the rename, then death: the full file is a sealed segment,
+    no active file exists. Returns the segment's last seq."""
     write_log(path, n=8, limit=10**6)
     log = open_log(path, limit=10**6)
     with log._locked():
@@ -181,7 +182,13 @@ def test_crash_after_rename_before_new_file(tmp_path):
         last = log._count - 1
     os.close(log._fd)
     log._fd = -1
-    os.rename(path, segment_path(path, 0, last))    # died before creating the new active file
+    os.rename(path, segment_path(path, 0, last))
+    return last
+
+
+def test_crash_after_rename_before_new_file(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    last = _rotate_and_die_before_new_file(path)
     assert not path.exists()
     gone = verify(path)                              # verify reads the segments alone
     assert gone.ok, gone.problems
@@ -198,16 +205,7 @@ def test_keyless_writer_opening_between_rename_and_new_file_continues_the_log(tm
     # next one not yet created. A keyless writer (the uplink) opening then must see a log that
     # exists, not refuse with NoGenesisYet (once a 1-in-25 failure of the two-process test).
     path = tmp_path / "audit.jsonl"
-    write_log(path, n=8, limit=10**6)
-    log = open_log(path, limit=10**6)
-    with log._locked():
-        log._write("audit.segment_end", {"first": 0, "last": log._count - 1, "bytes": log._size,
-                                         "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
-        log._write_checkpoint()
-        last = log._count - 1
-    os.close(log._fd)
-    log._fd = -1
-    os.rename(path, segment_path(path, 0, last))
+    last = _rotate_and_die_before_new_file(path)
     uplink = AuditLog(path, segment_max_bytes=10**6)
     uplink.append("spool.ack", clip_id="in-the-window")
     uplink.close()
