@@ -14,7 +14,15 @@ import pytest
 
 from appliance.box.behaviour import BehaviourAnalyzer, BehaviourConfig
 from appliance.box.behaviour.fight_model import FEATURE_NAMES, FightModel
-from appliance.box.behaviour.stage2 import CandidateGate, MotionField, RegionEvidence, Stage2, relative_motion
+from appliance.box.behaviour.stage2 import (
+    CandidateGate,
+    MotionField,
+    RegionEvidence,
+    Stage2,
+    _mostly_inside,
+    _share_crops,
+    relative_motion,
+)
 from appliance.box.capture.source import FileSource
 from appliance.box.config import ConfigError, default_config, package_root, parse_config
 from appliance.box.pose.manifest import load_manifest
@@ -312,9 +320,13 @@ def test_stage2_is_bounded_per_frame():
     f = load_fixture("scfd_fight")[10]
     image = np.zeros((f.frame_size[1], f.frame_size[0], 3), np.uint8)
     from appliance.box.behaviour.stage2 import Candidate
-    cands = tuple(Candidate((i,), np.array([10 * i, 10, 10 * i + 50, 120], np.float32), "wide-box") for i in range(6))
-    out = stage2.measure(image, image, cands, f)
-    assert len(out) == 2 and len(est_calls) == 2
+    apart = tuple(Candidate((i,), np.array([250 * i, 10, 250 * i + 50, 120], np.float32), "wide-box") for i in range(6))
+    out = stage2.measure(image, image, apart, f)
+    assert len(out) == 2 and len(est_calls) == 2          # two separate regions: two re-poses at most
+    overlapping = tuple(Candidate((i,), np.array([10 * i, 10, 10 * i + 50, 120], np.float32), "wide-box")
+                        for i in range(6))
+    out = stage2.measure(image, image, overlapping, f)
+    assert len(out) == 2 and len(est_calls) == 3          # overlapping regions share one
     assert all(isinstance(e.union_motion_energy, float) for e in out)
 
 
@@ -361,6 +373,44 @@ def test_zoomed_repose_finds_the_second_person_the_whole_frame_pass_misses():
     centres = 0.5 * (ev.zoomed.boxes[:, :2] + ev.zoomed.boxes[:, 2:])
     assert float(np.hypot(*(centres[0] - centres[1]))) > 0.15 * float(whole.boxes[i, 3] - whole.boxes[i, 1])
     assert ev.union_motion_energy == 0.0                     # the same frame twice: no motion
+
+
+def test_overlapping_regions_share_one_repose_on_the_bundled_fight():
+    """A crowded fight opens overlapping pairs (A-B, B-C): one pose run on their joint crop serves
+    both regions, each keeping the persons inside its own crop (samples/scfd_fight_fi023.mp4, the
+    demo's real CCTV fight)."""
+    source = ROOT / "samples" / "scfd_fight_fi023.mp4"
+    cfg = small_cfg(source)
+    pipeline = Pipeline(cfg)
+    measured: list[tuple[RegionEvidence, ...]] = []
+    measure = pipeline.stage2.measure
+
+    def recording(*args, **kwargs):
+        out = measure(*args, **kwargs)
+        measured.append(out)
+        return out
+
+    pipeline.stage2.measure = recording
+    frames = FileSource(str(source), max_width=cfg.ring.max_width).frames()
+    analyse_video(pipeline, frames, on_result=lambda r: None, on_final=lambda d: None)
+    shared = [ev for ev in measured if len(ev) == 2 and _share_crops([e.crop for e in ev])[0][0] == [0, 1]]
+    assert shared, "the sample opens two overlapping regions in some frames"
+    assert pipeline.stage2.repose_runs < pipeline.stage2.regions_measured
+    for a, b in shared:
+        assert a.zoomed is not None and b.zoomed is not None and a.zoom == b.zoom > 0
+        for e in (a, b):
+            if len(e.zoomed.boxes):
+                assert _mostly_inside(e.zoomed.boxes, e.crop).all()
+
+
+def test_regions_far_apart_or_of_very_different_size_are_reposed_separately():
+    near = [np.array([100, 100, 300, 400], np.float32), np.array([250, 120, 450, 420], np.float32)]
+    assert [m for m, _ in _share_crops(near)] == [[0, 1]]
+    apart = [near[0], np.array([600, 100, 800, 400], np.float32)]          # two scuffles
+    assert [m for m, _ in _share_crops(apart)] == [[0], [1]]
+    # A small pair touching a large one's crop: a joint crop would cut the small pair's zoom 4x.
+    small = [np.array([0, 0, 100, 100], np.float32), np.array([90, 0, 390, 300], np.float32)]
+    assert [m for m, _ in _share_crops(small)] == [[0], [1]]
 
 
 # --------------------------------------------------------------------------- episodes per region

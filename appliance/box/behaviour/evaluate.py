@@ -76,7 +76,7 @@ def video_frames(path: Path, max_width: int) -> Iterator[tuple[float, np.ndarray
 
 
 #: Bump when what a cached frame holds changes (pose, tracking, stage 1 or stage 2 code).
-CACHE_VERSION = "stage2-v2"   # v2: relative motion (optical flow) in the evidence
+CACHE_VERSION = "stage2-v3"   # v2: relative motion (optical flow) in the evidence; v3: shared re-pose
 
 
 class SkeletonPipeline:
