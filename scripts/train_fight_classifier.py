@@ -334,6 +334,7 @@ def write_onnx(model, names: list[str], C: float, thr: float, out: Path, provena
     entry.key, entry.value = "appliance", json.dumps(meta, sort_keys=True)
     onx.producer_name = "appliance scripts/train_fight_classifier.py"
     onx.doc_string = ""
+    onx.graph.name = "fight_stage2"   # skl2onnx names the graph with a random uuid: same data, same bytes
     blob = onx.SerializeToString(deterministic=True)
     onnx.checker.check_model(onx)
     out.write_bytes(blob)
@@ -352,7 +353,13 @@ def main() -> int:
     ap.add_argument("--write", action="store_true", help="write models/fight-stage2.onnx")
     args = ap.parse_args()
     t0 = time.monotonic()
+    if not (args.data / "scfd-dev" / "fight").is_dir():
+        ap.error(f"no scfd-dev footage under {args.data}: pass --data with the shared data folder "
+                 "(the one whose README.md lists scfd-dev/, normal/, hard-negative/ ...)")
     scfd, train_ord, eval_ord, falls = load(args.data, args.cache, args.cached_only)
+    if not {c.label for c in scfd} >= {0, 1}:
+        ap.error(f"no labelled scfd clips found in {args.data} (with --cached-only: none analysed in {args.cache}; "
+                 "run without --cached-only, or 'appliance eval DATA --cache CACHE' first)")
     extra = [Clip(f"verdict:{aid}", label, "scfd", len(frames) / 10.0, clip_rows(skeleton_only(frames)))
              for path in args.extra_windows for aid, label, frames in read_training_export(path)]
     if extra:
