@@ -225,6 +225,17 @@ def test_the_hug_raises_no_violent_event_though_stage2_looks_at_it():
     assert not [d for d in decisions if d.event.pattern.violent]   # ... but not a fight
 
 
+def test_arm_wrestling_raises_no_violent_event_under_any_profile():
+    """Close, fast, forceful contact between two persons that is not a fight (MMAction2's demo
+    clip, Apache-2.0, 10 s): stage 2 looks at it most of the time, nothing violent comes out —
+    not even an event a profile would refuse."""
+    pipeline, decisions = run_pipeline(FIXTURES / "arm_wrestling.mp4", 60.0)
+    assert pipeline.stats.analysed_frames >= 90
+    assert pipeline.stats.stage2_frames >= 0.5 * pipeline.stats.analysed_frames
+    assert pipeline.stage2.repose_runs < pipeline.stage2.regions_measured   # overlapping regions share
+    assert not [d for d in decisions if d.event.pattern.violent]
+
+
 # --------------------------------------------------------------------------- the model is data
 
 
