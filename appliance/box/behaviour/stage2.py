@@ -356,9 +356,8 @@ class Stage2:
 
         Regions whose crops overlap share one pose run on their joint crop when it is at most
         ``SHARED_CROP_GROWTH`` times larger than each (crowded fights open overlapping pairs: A-B
-        and B-C),
-        so a frame usually pays one re-pose, not one per region; each region keeps the persons
-        lying mostly inside its own crop.
+        and B-C), so a frame usually pays one re-pose, not one per region; each region keeps the
+        persons lying mostly inside its own crop.
         """
         result: list[tuple[float, Detections | None]] = [(0.0, None)] * len(crops)
         for members, joint in _share_crops(crops):
