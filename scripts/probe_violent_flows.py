@@ -39,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from appliance.box.behaviour.evaluate import plan_for, video_frames  # noqa: E402
+from appliance.box.behaviour.evaluate import AnalysisGrid, plan_for, video_frames  # noqa: E402
 
 FPS = 10.0
 WIDTH = 160
@@ -51,11 +51,10 @@ def flow_magnitudes(path: Path) -> list[np.ndarray]:
     """Per analysed frame (10 fps grid, as the runtime): flow magnitude, frame heights/s."""
     mags: list[np.ndarray] = []
     prev = None
-    next_t: float | None = None
+    grid = AnalysisGrid(1.0 / FPS)
     for t, image in video_frames(path, 960):
-        if next_t is not None and t < next_t - 1e-6:
+        if not grid.take(t):
             continue
-        next_t = t + 1.0 / FPS if next_t is None or next_t + 1.0 / FPS <= t else next_t + 1.0 / FPS
         h, w = image.shape[:2]
         grey = cv2.cvtColor(cv2.resize(image, (WIDTH, round(h * WIDTH / w)), interpolation=cv2.INTER_AREA),
                             cv2.COLOR_BGR2GRAY)

@@ -48,6 +48,23 @@ URFD_KEYPOINTS = (KP["nose"], *range(5, 17))
 # Running the pipeline
 
 
+class AnalysisGrid:
+    """Which source frames are analysed: the same grid as the runtime's offline driver — a frame
+    is taken when its time reaches the next tick of ``period`` seconds; a gap in the source
+    restarts the grid at the next frame."""
+
+    def __init__(self, period: float):
+        self.period = period
+        self._next_t: float | None = None
+
+    def take(self, t: float) -> bool:
+        if self._next_t is not None and t < self._next_t - 1e-6:
+            return False
+        nxt = self._next_t
+        self._next_t = t + self.period if nxt is None or nxt + self.period <= t else nxt + self.period
+        return True
+
+
 def video_frames(path: Path, max_width: int) -> Iterator[tuple[float, np.ndarray]]:
     """(t seconds, downscaled BGR image) of a video file or a MOT ``img1/`` image sequence."""
     from appliance.box.capture.source import FileSource, downscale
@@ -146,14 +163,11 @@ class SkeletonPipeline:
 
         tracker = Tracker(self.cfg.tracking)
         gate = CandidateGate()
-        period = 1.0 / self.cfg.analysis.fps
-        next_t: float | None = None
+        grid = AnalysisGrid(1.0 / self.cfg.analysis.fps)
         prev_image, prev_t = None, 0.0
         for index, (t, image) in enumerate(video_frames(path, self.cfg.ring.max_width)):
-            # The same grid as the runtime's offline driver: analyse when t reaches the tick.
-            if next_t is not None and t < next_t - 1e-6:
+            if not grid.take(t):
                 continue
-            next_t = t + period if next_t is None or next_t + period <= t else next_t + period
             tracker.frame_size = (image.shape[1], image.shape[0])
             dets = self.estimator(image)
             dets = type(dets)(index, t, dets.boxes, dets.scores, dets.keypoints)
@@ -544,12 +558,11 @@ def _box_of(kp: np.ndarray) -> np.ndarray:
 
 def urfd_tracked_frames(frames: list[tuple[int, np.ndarray, int]], fps: float) -> Iterator[tuple[TrackedFrame, int]]:
     """One track per sequence, sampled on the analysis grid (the CSV's pose is AlphaPose's)."""
-    next_t = None
+    grid = AnalysisGrid(1.0 / fps)
     for age, (number, kp, label) in enumerate(frames):
         t = number / URFD_FPS
-        if next_t is not None and t < next_t - 1e-6:
+        if not grid.take(t):
             continue
-        next_t = t + 1.0 / fps if next_t is None or next_t + 1.0 / fps <= t else next_t + 1.0 / fps
         person = TrackedPerson(1, _box_of(kp), 1.0, kp, age, 0)
         yield TrackedFrame(number, t, (person,), URFD_SIZE), label
 

@@ -210,8 +210,7 @@ def _at_border(box: np.ndarray, frame_size: tuple[int, int], margin: float = 0.0
 def crop_box(box: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
     """The union box plus ``CROP_MARGIN`` of its larger side, clipped to the frame (int pixels)."""
     w, h = frame_size
-    side = max(float(box[2] - box[0]), float(box[3] - box[1]))
-    m = CROP_MARGIN * side
+    m = CROP_MARGIN * _side(box)
     x1, y1 = max(0.0, float(box[0]) - m), max(0.0, float(box[1]) - m)
     x2, y2 = min(float(w), float(box[2]) + m), min(float(h), float(box[3]) + m)
     return np.array([math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2)], np.float32)
